@@ -1,0 +1,136 @@
+"""Running a built workflow with nipype: plugin settings, progress, and the failure summary."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from nipype import config as nipype_config
+from nipype.pipeline import plugins as nipype_plugins
+
+from mrctprep.bids_app.config import RunConfig
+from mrctprep.bids_app.errors import InputError
+
+LOGGER = logging.getLogger('mrctprep')
+
+
+def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """``--use-plugin`` YAML: ``{plugin: NAME, plugin_args: {...}}``, any nipype plugin."""
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f'{path}: cannot read the plugin file: {exc}') from None
+    if not isinstance(settings, dict) or not isinstance(settings.get('plugin'), str):
+        raise InputError(f'{path}: a plugin file needs "plugin: NAME" (e.g. MultiProc, SLURM)')
+    plugin = settings['plugin']
+    if not hasattr(nipype_plugins, f'{plugin}Plugin'):
+        known = sorted(n[: -len('Plugin')] for n in dir(nipype_plugins) if n.endswith('Plugin'))
+        raise InputError(f'{path}: unknown nipype plugin {plugin!r}; known: {", ".join(known)}')
+    plugin_args = settings.get('plugin_args') or {}
+    if not isinstance(plugin_args, dict):
+        raise InputError(f'{path}: "plugin_args" must be a mapping')
+    return plugin, plugin_args
+
+
+def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:
+    """The plugin and its arguments; the file's arguments win over --nprocs/--mem."""
+    plugin_args = dict(config.plugin_args)
+    if config.plugin == 'MultiProc':
+        plugin_args.setdefault('n_procs', config.nprocs)
+        plugin_args.setdefault('raise_insufficient', False)
+        plugin_args.setdefault('maxtasksperchild', 1)
+        if config.mem_gb:
+            plugin_args.setdefault('memory_gb', config.mem_gb)
+    return config.plugin, plugin_args
+
+
+def configure_nipype(config: RunConfig) -> None:
+    """Global nipype settings for this process (NiPreps defaults)."""
+    nipype_config.update_config(
+        {
+            'execution': {
+                'crashfile_format': 'txt',
+                'remove_unnecessary_outputs': True,
+                'check_version': False,
+                'stop_on_first_crash': config.stop_on_first_crash,
+                'parameterize_dirs': False,
+            },
+            'monitoring': {'enabled': False},
+        }
+    )
+
+
+class _Progress:
+    """``[3/24] sub-01 reorient_T1w_wf.reorient done (1.2 s)``, as nodes finish."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, {}
+
+    def __call__(self, node, status: str) -> None:
+        name = _short_node_name(node.fullname)
+        if status == 'start':
+            self.started[node.fullname] = time.monotonic()
+            return
+        self.done += 1
+        elapsed = time.monotonic() - self.started.pop(node.fullname, time.monotonic())
+        outcome = {'end': 'done', 'exception': 'FAILED'}.get(status, status)
+        level = logging.ERROR if status == 'exception' else logging.INFO
+        LOGGER.log(level, '[%d/%d] %s %s (%.1f s)', self.done, self.total, name, outcome, elapsed)
+
+
+def _short_node_name(fullname: str) -> str:
+    """``mrctprep_0_1_wf.sub_01_wf.reorient_wf.x`` -> ``sub-01 reorient_wf.x``."""
+    parts = fullname.split('.')[1:]
+    if parts and parts[0].startswith('sub_'):
+        subject = parts[0].removesuffix('_wf').replace('sub_', 'sub-', 1).replace('_ses_', '_ses-')
+        return f'{subject} {".".join(parts[1:])}'
+    return '.'.join(parts)
+
+
+def run_workflow(workflow, config: RunConfig) -> None:
+    """Run the graph; nipype raises ``RuntimeError`` at the end if any node failed."""
+    plugin, plugin_args = plugin_settings(config)
+    total = len(workflow._create_flat_graph().nodes())
+    plugin_args = {**plugin_args, 'status_callback': _Progress(total)}
+    LOGGER.info('Running %d nodes with the %s plugin (work directory %s)',
+                total, plugin, config.work_dir)  # fmt: skip
+    workflow.run(plugin=plugin, plugin_args=plugin_args)
+
+
+@dataclass(frozen=True)
+class Failure:
+    subject: str
+    node: str
+    error: str
+    crash_file: Path
+
+
+def collect_failures(config: RunConfig) -> list[Failure]:
+    """Every crash file this run left, with its subject, node and last error line."""
+    failures = []
+    pattern = f'sub-*/log/{config.run_uuid}/crash-*.txt'
+    for crash_file in sorted(config.output_dir.glob(pattern)):
+        text = crash_file.read_text(errors='replace')
+        node = re.search(r'^Node: (.+)$', text, re.MULTILINE)
+        error_lines = [line.strip() for line in text.splitlines() if line.strip()]
+        failures.append(
+            Failure(
+                subject=crash_file.parts[-4],
+                node=_short_node_name(node.group(1)) if node else '(unknown node)',
+                error=error_lines[-1] if error_lines else '(empty crash file)',
+                crash_file=crash_file,
+            )
+        )
+    return failures
+
+
+class DropCrashTracebacks(logging.Filter):
+    """Keep nipype's full tracebacks out of the console; the summary names each crash file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith('Saving crash info to')

@@ -1,0 +1,200 @@
+"""The command line: ``mrctprep BIDS_DIR OUTPUT_DIR {participant,group} [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+from mrctprep import __version__
+from mrctprep.bids_app.errors import InputError
+from mrctprep.models.devices import DEVICE_PATTERN
+
+
+class _ListPipelinesAction(argparse.Action):
+    """Print the pipelines and exit, like ``--version``: no positional arguments needed."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mrctprep.workflows.pipelines import describe_pipelines
+
+        print(describe_pipelines())
+        parser.exit()
+
+
+def parse_memory_gb(value: str) -> float:
+    """``--mem``: ``16G``, ``16GB``, ``16000M``, ``1T``; a bare number is MB (fMRIPrep).
+
+    >>> parse_memory_gb('16G'), parse_memory_gb('8000MB'), parse_memory_gb('2048')
+    (16.0, 7.8125, 2.0)
+    """
+    match = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*', value)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a memory size such as 16G or 8000M')
+    number, unit = float(match.group(1)), (match.group(2) or 'M').upper()
+    return number * {'K': 1 / 1024**2, 'M': 1 / 1024, 'G': 1, 'T': 1024}[unit]
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a positive integer')
+    return number
+
+
+def _device(value: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(f'{value!r}: use auto, cpu, cuda or cuda:N')
+    return value
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f'{value}: file not found')
+    return path.absolute()
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (cgroup/SLURM affinity), not the machine's total."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mrctprep.workflows.pipelines import DEFAULT_PIPELINES, PIPELINES
+
+    parser = argparse.ArgumentParser(
+        prog='mrctprep',
+        description='mrctprep: a BIDS App for MR and CT images. Other commands: '
+        '`mrctprep demo DIR` writes a small example BIDS dataset.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument('bids_dir', type=Path, help='the root of the BIDS dataset (read only)')
+    parser.add_argument('output_dir', type=Path, help='where the derivatives are written')
+    parser.add_argument(
+        'analysis_level', choices=['participant', 'group'], help='processing stage'
+    )
+    parser.add_argument('--version', action='version', version=f'mrctprep {__version__}')
+    parser.add_argument(
+        '--list-pipelines', action=_ListPipelinesAction, help='list the pipelines and exit'
+    )
+
+    bids = parser.add_argument_group('BIDS input')
+    bids.add_argument(
+        '--participant-label', '--participant_label', nargs='+', default=[], metavar='LABEL',
+        help='subjects to process (with or without "sub-"); default: all',
+    )  # fmt: skip
+    bids.add_argument(
+        '--session-label', '--session_label', '--session-id', nargs='+', default=[],
+        metavar='LABEL', help='sessions to process (with or without "ses-"); default: all',
+    )  # fmt: skip
+    bids.add_argument(
+        '--bids-filter-file', type=_existing_file, metavar='FILE',
+        help='JSON {query: {entity: value}} refining the queries t1w, t2w, flair, pdw, ct '
+        '(null = entity absent, "*" = any)',
+    )  # fmt: skip
+    bids.add_argument(
+        '--bids-database-dir', type=Path, metavar='DIR',
+        help='keep the pybids index here and reuse it (default: a fresh one per run, in the '
+        'work directory)',
+    )  # fmt: skip
+    bids.add_argument(
+        '--skip-bids-validation', '--skip_bids_validation', '--skip_bids_validator',
+        action='store_true', help='do not check that file names are BIDS',
+    )  # fmt: skip
+
+    perf = parser.add_argument_group('Resources')
+    cpus = available_cpus()
+    perf.add_argument(
+        '--nprocs', '--nthreads', '--n_cpus', '--n-cpus', type=_positive_int, default=cpus,
+        help='CPU slots for the MultiProc plugin',
+    )  # fmt: skip
+    perf.add_argument(
+        '--omp-nthreads', type=_positive_int, default=None,
+        help='threads per process (torch, ITK); default: min(nprocs - 1, 8), at least 1',
+    )  # fmt: skip
+    perf.add_argument(
+        '--mem', '--mem-mb', '--mem_mb', type=parse_memory_gb, dest='mem_gb', metavar='SIZE',
+        help='memory limit for scheduling, e.g. 16G or 16000M (a bare number is MB)',
+    )  # fmt: skip
+    perf.add_argument(
+        '--use-plugin', type=_existing_file, metavar='FILE',
+        help='YAML {plugin: MultiProc|Linear|SLURM|SGE|PBS|…, plugin_args: {…}}',
+    )  # fmt: skip
+    perf.add_argument(
+        '--device', type=_device, default='auto',
+        help='torch device for model nodes: auto, cpu, cuda or cuda:N',
+    )  # fmt: skip
+
+    flow = parser.add_argument_group('Workflow')
+    flow.add_argument(
+        '--pipelines', nargs='+', choices=sorted(PIPELINES), default=DEFAULT_PIPELINES,
+        metavar='NAME', help=f'pipelines to run ({", ".join(sorted(PIPELINES))}); '
+        'see --list-pipelines',
+    )  # fmt: skip
+    flow.add_argument(
+        '-w', '--work-dir', type=Path, default=Path('work'),
+        help='cache of intermediate results; rerun with the same one to resume',
+    )  # fmt: skip
+    flow.add_argument('--write-graph', action='store_true', help='draw the workflow (.dot/.svg)')
+    flow.add_argument(
+        '--dry-run', action='store_true', help='build and draw the workflow, run nothing'
+    )
+    flow.add_argument(
+        '--stop-on-first-crash', action='store_true',
+        help='stop at the first failing node (default: finish the rest, report every failure)',
+    )  # fmt: skip
+    flow.add_argument(
+        '--boilerplate-only', '--boilerplate_only', action='store_true',
+        help='write the methods text (logs/CITATION.md) and exit',
+    )  # fmt: skip
+    flow.add_argument('--random-seed', type=int, default=0, help='seed for every random step')
+    flow.add_argument('--notrack', action='store_true', help='accepted; mrctprep sends nothing')
+
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        '-v', '--verbose', action='count', default=0,
+        help='more output (-vv: debug); errors then show their traceback',
+    )  # fmt: skip
+    verbosity.add_argument('-q', '--quiet', action='count', default=0, help='less output')
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse the syntax (argparse: usage and exit 2 when wrong) and fill in defaults."""
+    opts = build_parser().parse_args(argv)
+    if opts.omp_nthreads is None:
+        opts.omp_nthreads = max(1, min(opts.nprocs - 1, 8))
+    opts.bids_dir, opts.output_dir, opts.work_dir = (
+        opts.bids_dir.absolute(), opts.output_dir.absolute(), opts.work_dir.absolute()
+    )
+    if opts.bids_database_dir is not None:
+        opts.bids_database_dir = opts.bids_database_dir.absolute()
+    return opts
+
+
+def check_locations(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
+    """The input exists and nothing we write lands inside it."""
+    if not bids_dir.is_dir():
+        raise InputError(
+            f'BIDS_DIR {bids_dir} does not exist or is not a directory (is the volume mounted?)'
+        )
+    if output_dir == bids_dir:
+        raise InputError(f'OUTPUT_DIR must differ from BIDS_DIR ({bids_dir})')
+    # BIDS recommends <bids>/derivatives/<pipeline> for outputs; anywhere else inside the
+    # input would add files to the raw dataset.
+    if output_dir.is_relative_to(bids_dir) and not output_dir.is_relative_to(
+        bids_dir / 'derivatives'
+    ):
+        raise InputError(
+            f'OUTPUT_DIR {output_dir} lies inside BIDS_DIR {bids_dir}; '
+            'choose a folder outside it (or BIDS_DIR/derivatives/mrctprep)'
+        )
+    if work_dir.is_relative_to(bids_dir):
+        raise InputError(f'the work directory {work_dir} must not lie inside BIDS_DIR {bids_dir}')

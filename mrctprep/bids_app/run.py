@@ -1,0 +1,218 @@
+"""``mrctprep``'s entry point: parse, check the inputs, build, run, summarise, exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+# nipype asks a web service for updates on import; a BIDS App must not touch the network.
+os.environ.setdefault('NIPYPE_NO_ET', '1')
+
+from mrctprep.bids_app.errors import (  # noqa: E402
+    EXIT_NODE_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MrctprepError,
+)
+
+LOGGER = logging.getLogger('mrctprep')
+SUBCOMMANDS = ('demo',)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv: list[str]) -> int:
+    """Run the command line ``argv``; return the exit code."""
+    if argv and argv[0] in SUBCOMMANDS and not _is_bids_app_call(argv):
+        return _run_subcommand(argv[0], argv[1:])
+
+    from mrctprep.bids_app.parser import parse_args
+
+    opts = parse_args(argv)
+    verbosity = opts.verbose - opts.quiet
+    setup_logging(verbosity)
+    try:
+        config = _config_from_options(opts, verbosity)
+        if config.analysis_level == 'group':
+            return run_group(config)
+        return run_participant(config)
+    except MrctprepError as exc:
+        return _report_error(exc, exc.exit_code, verbosity)
+
+
+def _is_bids_app_call(argv: list[str]) -> bool:
+    """``mrctprep demo out participant``: a dataset that happens to be named like a command."""
+    return len(argv) >= 3 and argv[2] in ('participant', 'group')
+
+
+def _report_error(exc: Exception, exit_code: int, verbosity: int) -> int:
+    if verbosity > 0:
+        traceback.print_exception(exc)
+    print(f'mrctprep: error: {exc}', file=sys.stderr)
+    return exit_code
+
+
+def setup_logging(verbosity: int) -> None:
+    """-q/-qq quieter, -v/-vv louder; nipype's own node chatter only from -v."""
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(
+        max(verbosity, -2), logging.DEBUG
+    )
+    logging.basicConfig(
+        format='%(asctime)s %(levelname)-7s %(message)s', datefmt='%H:%M:%S', force=True
+    )
+    logging.getLogger('mrctprep').setLevel(level)
+    for name in ('nipype.workflow', 'nipype.interface', 'nipype.utils'):
+        logging.getLogger(name).setLevel(
+            {1: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 1 else logging.WARNING)
+        )
+
+
+def _config_from_options(opts, verbosity: int):
+    from mrctprep.bids_app.bids import read_bids_filters, strip_prefix
+    from mrctprep.bids_app.config import RunConfig
+    from mrctprep.bids_app.engine import read_plugin_file
+    from mrctprep.bids_app.parser import check_locations
+
+    check_locations(opts.bids_dir, opts.output_dir, opts.work_dir)
+
+    plugin, plugin_args = ('MultiProc', {})
+    if opts.use_plugin:
+        plugin, plugin_args = read_plugin_file(opts.use_plugin)
+    if opts.omp_nthreads > opts.nprocs:
+        LOGGER.warning('--omp-nthreads %d exceeds --nprocs %d: processes will compete for CPUs',
+                       opts.omp_nthreads, opts.nprocs)  # fmt: skip
+    return RunConfig(
+        bids_dir=opts.bids_dir,
+        output_dir=opts.output_dir,
+        analysis_level=opts.analysis_level,
+        work_dir=opts.work_dir,
+        pipelines=list(dict.fromkeys(opts.pipelines)),
+        participant_label=strip_prefix(opts.participant_label, 'sub-'),
+        session_label=strip_prefix(opts.session_label, 'ses-'),
+        bids_filters=read_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {},
+        bids_database_dir=opts.bids_database_dir,
+        skip_bids_validation=opts.skip_bids_validation,
+        nprocs=opts.nprocs,
+        omp_nthreads=opts.omp_nthreads,
+        mem_gb=opts.mem_gb,
+        plugin=plugin,
+        plugin_args=plugin_args,
+        device=opts.device,
+        write_graph=opts.write_graph,
+        dry_run=opts.dry_run,
+        stop_on_first_crash=opts.stop_on_first_crash,
+        boilerplate_only=opts.boilerplate_only,
+        random_seed=opts.random_seed,
+        verbosity=verbosity,
+    )
+
+
+def run_participant(config) -> int:
+    """Check inputs, build the graph, write the dataset files, run, report failures."""
+    from mrctprep.bids_app.bids import read_dataset_description, validate_bids_dir
+    from mrctprep.bids_app.derivatives import (
+        write_bidsignore,
+        write_derivative_description,
+        write_descriptions_tsv,
+        write_text_atomically,
+    )
+    from mrctprep.bids_app.engine import (
+        DropCrashTracebacks,
+        collect_failures,
+        configure_nipype,
+        run_workflow,
+    )
+    from mrctprep.bids_app.workflow import (
+        build_workflow,
+        plan_subjects,
+        write_boilerplate,
+        write_workflow_graph,
+    )
+    from mrctprep.models.devices import resolve_device
+
+    raw_description = read_dataset_description(config.bids_dir)
+    if config.skip_bids_validation:
+        LOGGER.info('BIDS validation skipped (--skip-bids-validation)')
+    else:
+        validate_bids_dir(config.bids_dir)
+    config.device = resolve_device(config.device)
+    LOGGER.info('mrctprep %s, run %s: %s -> %s', config.version, config.run_uuid,
+                config.bids_dir, config.output_dir)  # fmt: skip
+
+    plan = plan_subjects(config)
+    for label, pipelines in plan.pipelines.items():
+        LOGGER.info('%s: %s', label, ', '.join(pipelines))
+    configure_nipype(config)
+    workflow = build_workflow(config, plan)
+
+    config.run_work_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(config.run_work_dir / 'config.toml', config.to_toml())
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    write_derivative_description(config.bids_dir, config.output_dir, raw_description)
+    write_bidsignore(config.output_dir)
+    write_descriptions_tsv(config.output_dir)
+    citation = write_boilerplate(workflow, config.output_dir)
+    if config.boilerplate_only:
+        LOGGER.info('Methods text written to %s', citation)
+        return EXIT_OK
+    for subject in sorted({s.subject for s in plan.subjects}):
+        write_text_atomically(config.subject_log_dir(subject) / 'mrctprep.toml', config.to_toml())
+
+    if config.write_graph or config.dry_run:
+        graph = write_workflow_graph(workflow, config.output_dir / 'logs' / config.run_uuid)
+        LOGGER.info('Workflow graph written to %s', graph)
+    if config.dry_run:
+        LOGGER.info('Dry run: %d nodes built, none run', len(workflow._create_flat_graph()))
+        return EXIT_OK
+
+    if config.verbosity <= 0:
+        logging.getLogger('nipype.workflow').addFilter(DropCrashTracebacks())
+    try:
+        run_workflow(workflow, config)
+    except RuntimeError as exc:
+        LOGGER.debug('nipype: %s', exc)
+    failures = collect_failures(config)
+    if failures:
+        LOGGER.error('%d node(s) failed:', len(failures))
+        for failure in failures:
+            LOGGER.error('  %s: %s failed: %s (crash file: %s)', failure.subject, failure.node,
+                         failure.error, failure.crash_file)  # fmt: skip
+        done = sorted({s.label for s in plan.subjects} - {f.subject for f in failures})
+        LOGGER.error('Subjects that finished: %s', ', '.join(done) or 'none')
+        return EXIT_NODE_FAILED
+    LOGGER.info('All %d subject(s) finished; outputs in %s', len(plan.subjects), config.output_dir)
+    return EXIT_OK
+
+
+def run_group(config) -> int:
+    from mrctprep.bids_app.errors import InputError
+
+    raise InputError('the group level has no pipeline yet: run the participant level')
+
+
+def _run_subcommand(command: str, argv: list[str]) -> int:
+    import argparse
+
+    from mrctprep.bids_app.demo import write_demo_dataset
+
+    parser = argparse.ArgumentParser(
+        prog=f'mrctprep {command}',
+        description='Write a small BIDS dataset (4 subjects: 2 anatomies x 2 sites; T1w + CT, '
+        'CT also as DICOM and NRRD under sourcedata/) built from the MNI152 template.',
+    )
+    parser.add_argument('bids_dir', type=Path, help='where to write it (must not exist)')
+    parser.add_argument('--seed', type=int, default=0, help='random seed (noise, deformation)')
+    opts = parser.parse_args(argv)
+    setup_logging(0)
+    try:
+        labels = write_demo_dataset(opts.bids_dir.absolute(), seed=opts.seed)
+    except (FileExistsError, OSError) as exc:
+        return _report_error(exc, EXIT_USAGE, 0)
+    LOGGER.info('Demo dataset with %s written to %s', ', '.join(f'sub-{s}' for s in labels),
+                opts.bids_dir)  # fmt: skip
+    return EXIT_OK

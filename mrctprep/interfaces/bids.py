@@ -1,0 +1,110 @@
+"""The derivatives sink: BIDS names from entities, sidecars with provenance, atomic writes.
+
+nipype's ``DataSink`` writes ``_subject_id_01`` trees, never BIDS, and niworkflows'
+``DerivativesDataSink`` writes in place; this sink names files with
+:func:`~mrctprep.bids_app.derivatives.build_derivative_path` and renames complete files
+into place, so a killed run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from bids.layout import parse_file_entities
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from mrctprep.bids_app.derivatives import (
+    bids_uri,
+    build_derivative_path,
+    software_versions,
+    write_atomically,
+    write_json_atomically,
+)
+
+#: Entities of the source that its derivatives keep.
+_SOURCE_ENTITIES = ('subject', 'session', 'acquisition', 'ceagent', 'reconstruction', 'run')
+
+
+class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+    base_directory = traits.Directory(mandatory=True, desc='the derivatives dataset root')
+    source_file = InputMultiObject(
+        File(exists=False), mandatory=True, desc='the raw file(s) this output derives from'
+    )
+    in_file = File(exists=True, mandatory=True, desc='the file to write')
+    entities = traits.Dict(
+        traits.Str, traits.Any, usedefault=True, desc='entities added to those of the source'
+    )
+    suffix = traits.Str(desc='suffix (default: the source file’s)')
+    datatype = traits.Str('anat', usedefault=True, desc='folder: anat, figures, …')
+    dtype = traits.Str(desc='numpy dtype to store a NIfTI in (mask: uint8, dseg: int16)')
+    static_meta = traits.Dict(
+        traits.Str, traits.Any, usedefault=True, desc='sidecar fields known when building'
+    )
+    meta_dict = traits.Dict(
+        traits.Str, traits.Any, usedefault=True, desc='sidecar fields computed by the workflow'
+    )
+
+
+class _DerivativesDataSinkOutputSpec(TraitedSpec):
+    out_file = File(desc='the written derivative')
+    out_meta = File(desc='its JSON sidecar (not written for figures)')
+
+
+class DerivativesDataSink(SimpleInterface):
+    """Write ``in_file`` into the derivatives tree under its BIDS name, with a sidecar."""
+
+    input_spec = _DerivativesDataSinkInputSpec
+    output_spec = _DerivativesDataSinkOutputSpec
+
+    def _run_interface(self, runtime):
+        sources = list(self.inputs.source_file)
+        source_entities = parse_file_entities(sources[0])
+        entities = {key: source_entities[key] for key in _SOURCE_ENTITIES if key in source_entities}
+        entities.update(self.inputs.entities)
+        extension = ''.join(Path(self.inputs.in_file).suffixes[-2:])
+        if extension not in ('.nii.gz', '.tsv.gz'):
+            extension = Path(self.inputs.in_file).suffix
+        relative = build_derivative_path(
+            entities,
+            suffix=self.inputs.suffix or source_entities['suffix'],
+            extension=extension,
+            datatype=self.inputs.datatype,
+        )
+        out_file = Path(self.inputs.base_directory) / relative
+        write_atomically(out_file, lambda tmp: _copy_derivative(self.inputs, tmp))
+        self._results['out_file'] = str(out_file)
+
+        if self.inputs.datatype != 'figures':
+            sidecar = {
+                'Sources': [bids_uri(source) for source in sources],
+                **self.inputs.static_meta,
+                **self.inputs.meta_dict,
+                'Software': software_versions(),
+            }
+            out_meta = out_file.with_name(out_file.name[: -len(extension)] + '.json')
+            write_json_atomically(out_meta, sidecar)
+            self._results['out_meta'] = str(out_meta)
+        return runtime
+
+
+def _copy_derivative(inputs, destination: Path) -> None:
+    """Copy a file, or rewrite a NIfTI when its storage type must change."""
+    if not str(destination).endswith(('.nii', '.nii.gz')):
+        shutil.copyfile(inputs.in_file, destination)
+        return
+    img = nb.load(inputs.in_file)
+    if inputs.dtype:
+        data = np.asanyarray(img.dataobj).astype(inputs.dtype)
+        img = img.__class__(data, img.affine, img.header)
+        img.set_data_dtype(inputs.dtype)
+    img.to_filename(destination)

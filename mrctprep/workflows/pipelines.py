@@ -1,0 +1,57 @@
+"""The pipelines that ``--pipelines`` selects: what each needs and which factory builds it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mrctprep.bids_app.bids import SubjectData
+from mrctprep.bids_app.config import RunConfig
+from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.reorient import REORIENT_INPUTS, init_reorient_wf
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A selectable pipeline; it runs for a subject that has any of its ``inputs``."""
+
+    name: str
+    level: str
+    summary: str
+    inputs: tuple[str, ...]
+    factory: Callable[..., LiterateWorkflow]
+
+    def accepts(self, subject_data: SubjectData) -> bool:
+        return any(subject_data.files.get(query) for query in self.inputs)
+
+    def build(self, subject_data: SubjectData, config: RunConfig) -> LiterateWorkflow:
+        return self.factory(subject_data=subject_data, config=config, name=f'{self.name}_wf')
+
+
+PIPELINES: dict[str, Pipeline] = {
+    pipeline.name: pipeline
+    for pipeline in (
+        Pipeline(
+            name='reorient',
+            level='participant',
+            summary='anatomical MR and CT images to RAS+ voxel order (no resampling) + QC figure',
+            inputs=REORIENT_INPUTS,
+            factory=init_reorient_wf,
+        ),
+    )
+}
+
+DEFAULT_PIPELINES = ['reorient']
+
+
+def describe_pipelines() -> str:
+    """The text of ``mrctprep --list-pipelines``."""
+    lines = ['pipeline   level        needs (any of)               does']
+    for pipeline in PIPELINES.values():
+        needs = ', '.join(pipeline.inputs)
+        lines.append(f'{pipeline.name:<10} {pipeline.level:<12} {needs:<28} {pipeline.summary}')
+    lines.append(
+        '\nInput names are the queries of --bids-filter-file: t1w, t2w, flair, pdw '
+        '(anat/*_T1w, _T2w, _FLAIR, _PDw) and ct (anat/*_ct).'
+    )
+    return '\n'.join(lines)
