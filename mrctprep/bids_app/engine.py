@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 from nipype import config as nipype_config
+from nipype import logging as nipype_logging
+from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import plugins as nipype_plugins
 
 from mrctprep.bids_app.config import RunConfig
@@ -50,7 +52,11 @@ def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:
 
 
 def configure_nipype(config: RunConfig) -> None:
-    """Global nipype settings for this process (NiPreps defaults)."""
+    """Global nipype settings for this process (NiPreps defaults).
+
+    nipype's per-node chatter shows from ``-v`` on; its records go through our handler.
+    """
+    level = 'INFO' if config.verbosity == 1 else 'DEBUG' if config.verbosity > 1 else 'ERROR'
     nipype_config.update_config(
         {
             'execution': {
@@ -61,8 +67,11 @@ def configure_nipype(config: RunConfig) -> None:
                 'parameterize_dirs': False,
             },
             'monitoring': {'enabled': False},
+            'logging': {'workflow_level': level, 'interface_level': level, 'utils_level': level},
         }
     )
+    nipype_logging.update_logging(nipype_config)
+    logging.getLogger('nipype').handlers.clear()
 
 
 class _Progress:
@@ -77,10 +86,11 @@ class _Progress:
             self.started[node.fullname] = time.monotonic()
             return
         self.done += 1
-        elapsed = time.monotonic() - self.started.pop(node.fullname, time.monotonic())
+        started = self.started.pop(node.fullname, None)
+        took = f' ({time.monotonic() - started:.1f} s)' if started is not None else ''
         outcome = {'end': 'done', 'exception': 'FAILED'}.get(status, status)
         level = logging.ERROR if status == 'exception' else logging.INFO
-        LOGGER.log(level, '[%d/%d] %s %s (%.1f s)', self.done, self.total, name, outcome, elapsed)
+        LOGGER.log(level, '[%d/%d] %s %s%s', self.done, self.total, name, outcome, took)
 
 
 def _short_node_name(fullname: str) -> str:
@@ -95,11 +105,19 @@ def _short_node_name(fullname: str) -> str:
 def run_workflow(workflow, config: RunConfig) -> None:
     """Run the graph; nipype raises ``RuntimeError`` at the end if any node failed."""
     plugin, plugin_args = plugin_settings(config)
-    total = len(workflow._create_flat_graph().nodes())
+    total = count_nodes(workflow)
     plugin_args = {**plugin_args, 'status_callback': _Progress(total)}
     LOGGER.info('Running %d nodes with the %s plugin (work directory %s)',
                 total, plugin, config.work_dir)  # fmt: skip
     workflow.run(plugin=plugin, plugin_args=plugin_args)
+
+
+def count_nodes(workflow) -> int:
+    """Nodes that will run: nipype drops IdentityInterface nodes before executing."""
+    return sum(
+        not isinstance(node.interface, IdentityInterface)
+        for node in workflow._create_flat_graph().nodes()
+    )
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def _existing_file(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f'{value}: file not found')
-    return path.absolute()
+    return Path(os.path.abspath(path))
 
 
 def available_cpus() -> int:
@@ -171,20 +171,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     opts = build_parser().parse_args(argv)
     if opts.omp_nthreads is None:
         opts.omp_nthreads = max(1, min(opts.nprocs - 1, 8))
-    opts.bids_dir, opts.output_dir, opts.work_dir = (
-        opts.bids_dir.absolute(), opts.output_dir.absolute(), opts.work_dir.absolute()
-    )
-    if opts.bids_database_dir is not None:
-        opts.bids_database_dir = opts.bids_database_dir.absolute()
+    for name in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir'):
+        if getattr(opts, name) is not None:
+            setattr(opts, name, Path(os.path.abspath(getattr(opts, name))))
     return opts
 
 
 def check_locations(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
-    """The input exists and nothing we write lands inside it."""
+    """The input exists and nothing we write lands inside it (symbolic links followed)."""
     if not bids_dir.is_dir():
         raise InputError(
             f'BIDS_DIR {bids_dir} does not exist or is not a directory (is the volume mounted?)'
         )
+    bids_dir, output_dir, work_dir = bids_dir.resolve(), output_dir.resolve(), work_dir.resolve()
     if output_dir == bids_dir:
         raise InputError(f'OUTPUT_DIR must differ from BIDS_DIR ({bids_dir})')
     # BIDS recommends <bids>/derivatives/<pipeline> for outputs; anywhere else inside the

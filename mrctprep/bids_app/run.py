@@ -58,7 +58,7 @@ def _report_error(exc: Exception, exit_code: int, verbosity: int) -> int:
 
 
 def setup_logging(verbosity: int) -> None:
-    """-q/-qq quieter, -v/-vv louder; nipype's own node chatter only from -v."""
+    """-q/-qq quieter, -v/-vv louder (nipype's own levels: :func:`configure_nipype`)."""
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(
         max(verbosity, -2), logging.DEBUG
     )
@@ -66,10 +66,6 @@ def setup_logging(verbosity: int) -> None:
         format='%(asctime)s %(levelname)-7s %(message)s', datefmt='%H:%M:%S', force=True
     )
     logging.getLogger('mrctprep').setLevel(level)
-    for name in ('nipype.workflow', 'nipype.interface', 'nipype.utils'):
-        logging.getLogger(name).setLevel(
-            {1: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 1 else logging.WARNING)
-        )
 
 
 def _config_from_options(opts, verbosity: int):
@@ -125,6 +121,7 @@ def run_participant(config) -> int:
         DropCrashTracebacks,
         collect_failures,
         configure_nipype,
+        count_nodes,
         run_workflow,
     )
     from mrctprep.bids_app.workflow import (
@@ -167,7 +164,7 @@ def run_participant(config) -> int:
         graph = write_workflow_graph(workflow, config.output_dir / 'logs' / config.run_uuid)
         LOGGER.info('Workflow graph written to %s', graph)
     if config.dry_run:
-        LOGGER.info('Dry run: %d nodes built, none run', len(workflow._create_flat_graph()))
+        LOGGER.info('Dry run: %d nodes built, none run', count_nodes(workflow))
         return EXIT_OK
 
     if config.verbosity <= 0:
@@ -180,8 +177,8 @@ def run_participant(config) -> int:
     if failures:
         LOGGER.error('%d node(s) failed:', len(failures))
         for failure in failures:
-            LOGGER.error('  %s: %s failed: %s (crash file: %s)', failure.subject, failure.node,
-                         failure.error, failure.crash_file)  # fmt: skip
+            LOGGER.error('  %s failed: %s (crash file: %s)', failure.node, failure.error,
+                         failure.crash_file)  # fmt: skip
         done = sorted({s.label for s in plan.subjects} - {f.subject for f in failures})
         LOGGER.error('Subjects that finished: %s', ', '.join(done) or 'none')
         return EXIT_NODE_FAILED

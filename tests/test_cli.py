@@ -1,0 +1,164 @@
+"""The command line: options, and one clear line plus the right exit code for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SHARED_DATA, run_cli, write_bids
+from mrctprep.bids_app.parser import build_parser, parse_memory_gb
+from mrctprep.bids_app.run import run
+from mrctprep.workflows.pipelines import PIPELINES
+
+
+def _one_error_line(result) -> str:
+    """The error output of a refused run: exactly one line, no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert 'Traceback' not in result.stderr
+    errors = [line for line in lines if 'error' in line.lower()]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ('text', 'gigabytes'),
+    [('16G', 16.0), ('16GB', 16.0), ('8000M', 7.8125), ('8000MB', 7.8125), ('2048', 2.0),
+     ('1T', 1024.0), ('512k', 512 / 1024**2)],
+)  # fmt: skip
+def test_memory_units(text, gigabytes):
+    assert parse_memory_gb(text) == pytest.approx(gigabytes)
+
+
+def test_options_parse_to_their_meaning(tmp_path):
+    opts = build_parser().parse_args(
+        [str(tmp_path), str(tmp_path / 'out'), 'participant', '--participant_label', 'sub-01',
+         '02', '--n_cpus', '3', '--omp-nthreads', '2', '--mem-mb', '4G', '--device', 'cuda:1',
+         '--skip_bids_validator', '--pipelines', 'reorient', '-vv']
+    )  # fmt: skip
+    assert opts.participant_label == ['sub-01', '02']
+    assert (opts.nprocs, opts.omp_nthreads, opts.mem_gb) == (3, 2, 4.0)
+    assert opts.device == 'cuda:1' and opts.skip_bids_validation and opts.verbose == 2
+
+
+@pytest.mark.parametrize(
+    'bad',
+    [['--nprocs', '0'], ['--device', 'gpu'], ['--mem', 'lots'], ['--pipelines', 'nope'],
+     ['--no-such-option']],
+)  # fmt: skip
+def test_bad_options_exit_2(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run([str(tmp_path), str(tmp_path / 'out'), 'participant', *bad])
+    assert exit_info.value.code == 2
+    assert 'error:' in capsys.readouterr().err
+
+
+def test_version_and_pipeline_list():
+    assert run_cli('--version').stdout.strip().startswith('mrctprep 0.')
+    listing = run_cli('--list-pipelines')
+    assert listing.returncode == 0
+    for name, pipeline in PIPELINES.items():
+        line = next(li for li in listing.stdout.splitlines() if li.startswith(name))
+        assert all(query in line for query in pipeline.inputs)
+
+
+def test_missing_bids_dir(tmp_path):
+    result = run_cli(tmp_path / 'absent', tmp_path / 'out', 'participant')
+    assert result.returncode == 2
+    assert 'absent does not exist' in _one_error_line(result)
+
+
+def test_no_dataset_description(tmp_path):
+    (tmp_path / 'bids' / 'sub-01' / 'anat').mkdir(parents=True)
+    result = run_cli(tmp_path / 'bids', tmp_path / 'out', 'participant', '-w', tmp_path / 'w')
+    assert result.returncode == 2
+    assert 'dataset_description.json not found' in _one_error_line(result)
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize(
+    ('output', 'work', 'message'),
+    [('.', 'w', 'must differ'), ('out', 'w', 'lies inside BIDS_DIR'),
+     ('../out', 'w', 'work directory')],
+)  # fmt: skip
+def test_outputs_inside_input_are_refused(mini_bids, tmp_path, output, work, message):
+    work_dir = mini_bids / work if message == 'work directory' else tmp_path / work
+    result = run_cli(mini_bids, mini_bids / output, 'participant', '-w', work_dir)
+    assert result.returncode == 2
+    assert message in _one_error_line(result)
+
+
+def test_unknown_participants_are_named_with_those_found(mini_bids, tmp_path):
+    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
+                     '--participant-label', '01', 'sub-07', '99')  # fmt: skip
+    assert result.returncode == 2
+    line = _one_error_line(result)
+    assert 'sub-07, sub-99' in line and 'found: sub-01, sub-02, sub-03' in line
+    assert 'sub-01,' not in line.split('found:')[0]
+
+
+def test_verbose_errors_show_the_traceback(tmp_path):
+    (tmp_path / 'bids').mkdir()
+    result = run_cli(tmp_path / 'bids', tmp_path / 'out', 'participant', '-v')
+    assert result.returncode == 2 and 'Traceback' in result.stderr
+
+
+def test_invalid_bids_names_are_refused_unless_skipped(tmp_path):
+    bids = write_bids(
+        tmp_path / 'bids',
+        {'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
+         'sub-01/anat/T1_copy.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz'},
+        participants=['01'],
+    )  # fmt: skip
+    args = (bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w', '--dry-run')
+    refused = run_cli(*args)
+    assert refused.returncode == 2
+    assert 'sub-01/anat/T1_copy.nii.gz' in _one_error_line(refused)
+    assert run_cli(*args, '--skip-bids-validation').returncode == 0
+
+
+@pytest.mark.parametrize(
+    ('content', 'message'),
+    [('{"t1w": {"acquisition": "fast"}, "bold": {}}', 'unknown query name(s) bold'),
+     ('[1, 2]', 'maps query names'), ('{not json', 'cannot read the BIDS filter file')],
+)  # fmt: skip
+def test_bad_filter_files(mini_bids, tmp_path, content, message):
+    filter_file = tmp_path / 'filter.json'
+    filter_file.write_text(content)
+    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
+                     '--bids-filter-file', filter_file)  # fmt: skip
+    assert result.returncode == 2
+    assert message in _one_error_line(result)
+
+
+def test_unknown_plugin_is_refused(mini_bids, tmp_path):
+    plugin_file = tmp_path / 'plugin.yml'
+    plugin_file.write_text('plugin: Slurmish\nplugin_args: {}\n')
+    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
+                     '--use-plugin', plugin_file)  # fmt: skip
+    assert result.returncode == 2
+    line = _one_error_line(result)
+    assert "unknown nipype plugin 'Slurmish'" in line and 'SLURM' in line
+
+
+def test_requested_gpu_that_is_absent_exits_126(mini_bids, tmp_path):
+    torch = pytest.importorskip('torch')
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present; this checks the CPU-only refusal')
+    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
+                     '--device', 'cuda')  # fmt: skip
+    assert result.returncode == 126
+    assert 'sees no usable CUDA GPU' in _one_error_line(result)
+
+
+def test_a_subject_without_inputs_is_skipped_with_a_warning(tmp_path):
+    bids = write_bids(
+        tmp_path / 'bids',
+        {'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
+         'sub-02/anat/sub-02_T1w.json': json.dumps({'EchoTime': 0.003}).encode()},
+        participants=['01', '02'],
+    )  # fmt: skip
+    result = run_cli(bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w', '--dry-run')
+    assert result.returncode == 0, result.stderr
+    assert 'sub-02: skipping pipeline reorient: no input' in result.stderr
+    assert 'sub-01: reorient' in result.stderr
