@@ -1,0 +1,76 @@
+"""Derivative names, atomic writes and the dataset-level files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+
+import pytest
+
+from mrctprep.bids_app.derivatives import (
+    build_derivative_path,
+    write_atomically,
+    write_derivative_description,
+)
+
+
+@pytest.mark.parametrize(
+    ('entities', 'suffix', 'extension', 'datatype', 'expected'),
+    [
+        ({'subject': '01', 'session': 'A', 'acquisition': 'mprage', 'run': 1,
+          'desc': 'preproc'}, 'T1w', '.nii.gz', 'anat',
+         'sub-01/ses-A/anat/sub-01_ses-A_acq-mprage_run-1_desc-preproc_T1w.nii.gz'),
+        ({'sub': '01', 'space': 'MNI152NLin2009aSym', 'res': '1', 'desc': 'brain'}, 'mask',
+         '.nii.gz', 'anat', 'sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-1_desc-brain_mask.nii.gz'),
+        ({'sub': '01', 'from': 'T1w', 'to': 'MNI152NLin2009aSym', 'mode': 'image'}, 'xfm', '.h5',
+         'anat', 'sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5'),
+        ({'sub': '01', 'label': 'liver', 'seg': 'organs'}, 'probseg', '.nii.gz', 'anat',
+         'sub-01/anat/sub-01_seg-organs_label-liver_probseg.nii.gz'),
+        ({'sub': '01', 'ses': 'A', 'desc': 'reorient'}, 'T1w', '.svg', 'figures',
+         'sub-01/figures/sub-01_ses-A_desc-reorient_T1w.svg'),
+    ],
+)  # fmt: skip
+def test_names_follow_the_bids_entity_order(entities, suffix, extension, datatype, expected):
+    path = build_derivative_path(entities, suffix=suffix, extension=extension, datatype=datatype)
+    assert path == PurePosixPath(expected)
+
+
+def test_unknown_entities_and_missing_subject_are_refused():
+    with pytest.raises(ValueError, match='unknown BIDS entities: colour'):
+        build_derivative_path({'sub': '01', 'colour': 'red'}, suffix='T1w', extension='.nii.gz')
+    with pytest.raises(ValueError, match='needs the "sub" entity'):
+        build_derivative_path({'desc': 'x'}, suffix='T1w', extension='.nii.gz')
+
+
+def test_an_interrupted_write_leaves_neither_output_nor_temporary_file(tmp_path):
+    target = tmp_path / 'sub-01' / 'anat' / 'sub-01_desc-x_T1w.nii.gz'
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b'previous complete version')
+
+    def dies_halfway(temporary):
+        temporary.write_bytes(b'half')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, dies_halfway)
+    assert target.read_bytes() == b'previous complete version'
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+    seen = []
+    write_atomically(target, lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b'new')))
+    assert seen[0].startswith('.tmp-') and seen[0].endswith('.nii.gz')
+    assert target.read_bytes() == b'new'
+
+
+def test_dataset_description_names_generator_and_source(tmp_path, monkeypatch):
+    monkeypatch.setenv('MRCTPREP_CONTAINER_TYPE', 'docker')
+    raw = {'Name': 'Travelling heads', 'License': 'CC0', 'DatasetDOI': 'doi:10.1/xyz'}
+    path = write_derivative_description(tmp_path / 'raw', tmp_path / 'out', raw)
+    description = json.loads(path.read_text())
+    assert description['DatasetType'] == 'derivative'
+    assert description['GeneratedBy'][0]['Name'] == 'mrctprep'
+    assert description['GeneratedBy'][0]['Container']['Type'] == 'docker'
+    assert description['SourceDatasets'] == [
+        {'URL': (tmp_path / 'raw').as_uri(), 'DOI': 'doi:10.1/xyz'}
+    ]
+    assert description['License'] == 'CC0'
