@@ -32,14 +32,16 @@ def make_writable(root: Path) -> None:
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the installed command line as a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, '-m', 'mrctprep', *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, 'PYTHONHASHSEED': '0'},
+        env={**os.environ, 'PYTHONHASHSEED': '0', **(env or {})},
         timeout=600,
     )
 

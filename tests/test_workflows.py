@@ -1,0 +1,108 @@
+"""Graph construction for every pipeline, the root workflow, drawing and the methods text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from nipype.pipeline.engine.utils import generate_expanded_graph
+
+from conftest import run_cli
+from mrctprep.bids_app.bids import SubjectData
+from mrctprep.bids_app.config import RunConfig
+from mrctprep.workflows.base import init_mrctprep_wf
+from mrctprep.workflows.pipelines import PIPELINES
+
+
+def _config(tmp_path: Path, pipelines: list[str]) -> RunConfig:
+    return RunConfig(
+        bids_dir=tmp_path / 'bids', output_dir=tmp_path / 'out', analysis_level='participant',
+        work_dir=tmp_path / 'work', pipelines=pipelines,
+    )  # fmt: skip
+
+
+def _subject(tmp_path: Path, subject: str, session: str | None = None) -> SubjectData:
+    prefix = f'sub-{subject}' + (f'_ses-{session}' if session else '')
+    folder = tmp_path / 'bids' / f'sub-{subject}' / (f'ses-{session}' if session else '') / 'anat'
+    files = {
+        't1w': [folder / f'{prefix}_run-1_T1w.nii.gz', folder / f'{prefix}_run-2_T1w.nii.gz'],
+        'flair': [folder / f'{prefix}_FLAIR.nii.gz'],
+        'ct': [folder / f'{prefix}_ct.nii.gz'],
+    }
+    # Building a graph reads no image, but nipype checks that inputs exist.
+    folder.mkdir(parents=True)
+    for path in sum(files.values(), []):
+        path.touch()
+    return SubjectData(subject, session, {k: [str(p) for p in v] for k, v in files.items()})
+
+
+@pytest.mark.parametrize('pipeline', sorted(PIPELINES))
+def test_every_pipeline_builds_an_expandable_graph(tmp_path, pipeline):
+    subjects = [_subject(tmp_path, '01'), _subject(tmp_path, '02', session='A')]
+    workflow = init_mrctprep_wf(subjects=subjects, config=_config(tmp_path, [pipeline]))
+    expanded = generate_expanded_graph(workflow._create_flat_graph())
+    names = {node.fullname for node in expanded.nodes()}
+    assert workflow.name == 'mrctprep_0_1_wf'
+    assert any(n.startswith('mrctprep_0_1_wf.sub_02_ses_A_wf.') for n in names)
+    assert all(n.split('.')[1] in ('sub_01_wf', 'sub_02_ses_A_wf') for n in names)
+
+
+def test_reorient_graph_has_one_branch_per_image_and_sinks_every_output(tmp_path):
+    workflow = init_mrctprep_wf(subjects=[_subject(tmp_path, '01')],
+                                config=_config(tmp_path, ['reorient']))  # fmt: skip
+    flat = workflow._create_flat_graph()
+    names = {node.fullname.removeprefix('mrctprep_0_1_wf.sub_01_wf.reorient_wf.') for node in flat}
+    for image in ('run_1_T1w', 'run_2_T1w', 'FLAIR', 'ct'):
+        for node in ('reorient', 'plot_reorient', 'ds_reorient', 'ds_report_reorient'):
+            assert f'reorient_{image}_wf.{node}' in names
+    edges = {(a.name, b.name) for a, b in flat.edges()}
+    assert {('reorient', 'ds_reorient'), ('reorient', 'plot_reorient'),
+            ('plot_reorient', 'ds_report_reorient')} <= edges  # fmt: skip
+    crash_dirs = {node.config['execution']['crashdump_dir'] for node in flat}
+    assert crash_dirs == {str(tmp_path / 'out' / 'sub-01' / 'log' / _config_run_uuid(flat))}
+    ct_plot = next(n for n in flat if n.fullname.endswith('reorient_ct_wf.plot_reorient'))
+    assert ct_plot.inputs.window == (40.0, 400.0)
+
+
+def _config_run_uuid(flat) -> str:
+    return Path(next(iter(flat)).config['execution']['crashdump_dir']).name
+
+
+def test_dry_run_draws_the_graph_and_runs_nothing(mini_bids, tmp_path):
+    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
+                     '--write-graph', '--dry-run')  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    dot_files = list((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot'))
+    assert len(dot_files) == 1
+    dot = dot_files[0].read_text()
+    assert 'reorient_PDw_wf' in dot and 'sub_03_ses_2_wf' in dot
+    if shutil.which('dot'):
+        svg = dot_files[0].with_suffix('.svg').read_text()
+        assert svg.lstrip().startswith(('<?xml', '<svg')) and 'ds_reorient' in svg
+    assert not list((tmp_path / 'out').glob('sub-*/anat/*'))
+    assert not list((tmp_path / 'work').glob('mrctprep_0_1_wf/**/result_*.pklz'))
+
+
+def test_without_graphviz_the_dot_file_is_written_with_a_warning(mini_bids, tmp_path):
+    path_without_dot = os.pathsep.join(
+        folder for folder in os.environ['PATH'].split(os.pathsep)
+        if not os.path.exists(os.path.join(folder, 'dot'))
+    )  # fmt: skip
+    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
+                     '--dry-run', env={'PATH': path_without_dot})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "graphviz's `dot` is not installed" in result.stderr
+    assert list((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot'))
+    assert not list((tmp_path / 'out' / 'logs').glob('*/workflow_graph.svg'))
+
+
+def test_boilerplate_only_writes_the_methods_text(mini_bids, tmp_path):
+    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
+                     '--boilerplate-only')  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    citation = (tmp_path / 'out' / 'logs' / 'CITATION.md').read_text()
+    assert 'reoriented to RAS+' in citation
+    assert citation.count('reoriented to RAS+') == 1
+    assert not list((tmp_path / 'out').glob('sub-*/anat/*'))
