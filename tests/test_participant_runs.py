@@ -156,3 +156,21 @@ def test_killed_run_resumes_without_recomputing_finished_nodes(mini_bids, tmp_pa
     assert 'Cached' in resumed.stderr
     assert len(list((tmp_path / 'out').glob('sub-*/**/anat/*.nii.gz'))) == 5
     assert len(list(results.glob('**/result_*.pklz'))) > len(finished)
+
+
+def test_group_level_tabulates_participant_outputs(mini_run, mini_bids, tmp_path):
+    _, out, work, _ = mini_run
+    result = run_cli(mini_bids, out, 'group', '-w', work)
+    assert result.returncode == 0, result.stderr
+    t1w = (out / 'group_T1w.tsv').read_text().splitlines()
+    assert t1w[0].split('\t') == ['participant_id', 'session_id', 'source', 'original_orientation',
+                                  'original_shape', 'voxel_size_mm']  # fmt: skip
+    rows = [line.split('\t') for line in t1w[1:]]
+    assert [(r[0], r[1]) for r in rows] == [('sub-01', 'n/a'), ('sub-03', 'ses-1'), ('sub-03', 'ses-2')]
+    assert rows[0][4:] == ['83x105x80', '2x2x2']
+    ct = (out / 'group_ct.tsv').read_text().splitlines()
+    assert len(ct) == 2 and ct[1].split('\t')[4:] == ['122x101x30', '3x3x3']
+
+    empty = run_cli(mini_bids, tmp_path / 'nothing', 'group', '-w', tmp_path / 'w')
+    assert empty.returncode == 2
+    assert 'run the participant level first' in empty.stderr

@@ -187,9 +187,11 @@ def run_participant(config) -> int:
 
 
 def run_group(config) -> int:
-    from mrctprep.bids_app.errors import InputError
+    """Read the participant outputs (never the raw data again) and write the group tables."""
+    from mrctprep.bids_app.group import write_group_tables
 
-    raise InputError('the group level has no pipeline yet: run the participant level')
+    write_group_tables(config)
+    return EXIT_OK
 
 
 def _run_subcommand(command: str, argv: list[str]) -> int:

@@ -1,0 +1,57 @@
+"""The group level: tables over every subject's participant-level outputs (MRIQC style)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nb
+from bids.layout import parse_file_entities
+
+from mrctprep.bids_app.config import RunConfig
+from mrctprep.bids_app.derivatives import write_text_atomically
+from mrctprep.bids_app.errors import InputError
+
+LOGGER = logging.getLogger('mrctprep')
+
+GROUP_COLUMNS = (
+    'participant_id', 'session_id', 'source', 'original_orientation', 'original_shape',
+    'voxel_size_mm',
+)  # fmt: skip
+
+
+def write_group_tables(config: RunConfig) -> list[Path]:
+    """``group_<suffix>.tsv``: one row per image that the ``reorient`` pipeline wrote."""
+    rows: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for sidecar in sorted(config.output_dir.glob('sub-*/**/anat/*_desc-reorient_*.json')):
+        entities = parse_file_entities(str(sidecar))
+        if config.participant_label and entities['subject'] not in config.participant_label:
+            continue
+        metadata = json.loads(sidecar.read_text())
+        image = nb.load(sidecar.with_name(sidecar.name.removesuffix('.json') + '.nii.gz'))
+        rows[entities['suffix']].append({
+            'participant_id': f'sub-{entities["subject"]}',
+            'session_id': f'ses-{entities["session"]}' if 'session' in entities else 'n/a',
+            'source': ' '.join(metadata['Sources']),
+            'original_orientation': metadata['OriginalOrientation'],
+            'original_shape': 'x'.join(map(str, metadata['OriginalShape'])),
+            'voxel_size_mm': 'x'.join(f'{z:.3g}' for z in image.header.get_zooms()[:3]),
+        })  # fmt: skip
+    if not rows:
+        raise InputError(
+            f'no participant-level outputs in {config.output_dir}: run the participant level first'
+        )
+    written = []
+    for suffix, suffix_rows in sorted(rows.items()):
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, GROUP_COLUMNS, delimiter='\t', lineterminator='\n')
+        writer.writeheader()
+        writer.writerows(suffix_rows)
+        path = write_text_atomically(config.output_dir / f'group_{suffix}.tsv', buffer.getvalue())
+        LOGGER.info('%s: %d image(s)', path, len(suffix_rows))
+        written.append(path)
+    return written

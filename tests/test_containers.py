@@ -1,0 +1,82 @@
+"""Dockerfile and singularity.def build the same image: same base, same install, same entry.
+
+No container engine runs here, so the recipes are read, and the install script they share is
+checked against the package metadata.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _docker() -> dict[str, object]:
+    text = (ROOT / 'Dockerfile').read_text()
+    return {
+        'base': re.search(r'^FROM\s+(\S+)', text, re.MULTILINE).group(1),
+        'install': re.findall(r'^RUN\s+(sh /tmp/mrctprep-src/container/install\.sh.*)$', text,
+                              re.MULTILINE),  # fmt: skip
+        'entry': re.search(r'^ENTRYPOINT\s+\["(\S+)"\]', text, re.MULTILINE).group(1),
+        'user': re.search(r'^USER\s+(\S+)', text, re.MULTILINE).group(1),
+        'env': dict(re.findall(r'(\w+)=(\S+)', text.split('ENV', 1)[1].split('USER')[0])),
+    }
+
+
+def _singularity() -> dict[str, object]:
+    text = (ROOT / 'singularity.def').read_text()
+    sections = dict(re.findall(r'^%(\w+)\n(.*?)(?=^%|\Z)', text, re.MULTILINE | re.DOTALL))
+    return {
+        'base': re.search(r'^From:\s+(\S+)', text, re.MULTILINE).group(1),
+        'install': [line.strip() for line in sections['post'].splitlines() if line.strip()],
+        'entry': re.search(r'exec (\S+) "\$@"', sections['runscript']).group(1),
+        'env': dict(re.findall(r'export (\w+)=(\S+)', sections['environment'])),
+    }
+
+
+def test_both_recipes_share_base_install_and_entry_point():
+    docker, singularity = _docker(), _singularity()
+    assert docker['base'] == singularity['base']
+    assert docker['install'] == singularity['install']
+    assert len(docker['install']) == 1
+    assert docker['entry'] == singularity['entry'] == 'mrctprep'
+    for key in ('NIPYPE_NO_ET', 'MPLCONFIGDIR'):
+        assert docker['env'][key] == singularity['env'][key]
+    assert docker['env']['MRCTPREP_CONTAINER_TYPE'] == 'docker'
+    assert singularity['env']['MRCTPREP_CONTAINER_TYPE'] == 'singularity'
+
+
+def test_docker_runs_as_non_root_with_a_writable_home():
+    docker = _docker()
+    text = (ROOT / 'Dockerfile').read_text()
+    assert docker['user'] not in ('root', '0')
+    home = docker['env']['HOME']
+    assert re.search(rf'useradd .*--home-dir {home}\b', text)
+
+
+def test_install_script_installs_graphviz_pinned_torch_then_the_package():
+    script = (ROOT / 'container' / 'install.sh').read_text()
+    steps = [line for line in script.splitlines() if line and not line.startswith('#')]
+    graphviz = next(i for i, s in enumerate(steps) if 'apt-get install' in s and 'graphviz' in s)
+    torch = next(i for i, s in enumerate(steps) if 'pip install' in s and 'torch==2.13.0' in s)
+    package = next(i for i, s in enumerate(steps) if s.strip().endswith('"$source_dir"'))
+    assert graphviz < torch < package
+
+
+def test_entry_point_is_the_packaged_console_script():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / 'setup.cfg')
+    scripts = setup['options.entry_points']['console_scripts'].strip().splitlines()
+    assert 'mrctprep = mrctprep.bids_app.run:main' in [s.strip() for s in scripts]
+    from mrctprep.bids_app.run import main
+
+    assert callable(main)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / 'README.md').read_text()
+    command = re.search(r'<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```', readme, re.DOTALL)
+    assert command, 'the README marks its test command with <!-- test-command -->'
+    assert command.group(1).strip() in (ROOT / '.ci' / 'run').read_text()
