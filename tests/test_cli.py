@@ -162,3 +162,18 @@ def test_a_subject_without_inputs_is_skipped_with_a_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert 'sub-02: skipping pipeline reorient: no input' in result.stderr
     assert 'sub-01: reorient' in result.stderr
+
+
+def test_a_workflow_that_cannot_be_built_exits_70(mini_bids, tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from mrctprep.workflows import pipelines
+
+    def broken_factory(**_):
+        raise KeyError('template MNI152NLin2009aSym')
+
+    broken = replace(pipelines.PIPELINES['reorient'], factory=broken_factory)
+    monkeypatch.setitem(pipelines.PIPELINES, 'reorient', broken)
+    code = run([str(mini_bids), str(tmp_path / 'out'), 'participant', '-w', str(tmp_path / 'w')])
+    assert code == 70
+    assert "could not be built: KeyError('template MNI152NLin2009aSym')" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from mrctprep.bids_app.errors import (  # noqa: E402
     EXIT_OK,
     EXIT_USAGE,
     MrctprepError,
+    WorkflowBuildError,
 )
 
 LOGGER = logging.getLogger('mrctprep')
@@ -145,7 +146,10 @@ def run_participant(config) -> int:
     for label, pipelines in plan.pipelines.items():
         LOGGER.info('%s: %s', label, ', '.join(pipelines))
     configure_nipype(config)
-    workflow = build_workflow(config, plan)
+    try:
+        workflow = build_workflow(config, plan)
+    except Exception as exc:  # any failure here is a bug or an unusable setting, not bad data
+        raise WorkflowBuildError(f'the workflow could not be built: {exc!r}') from exc
 
     config.run_work_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(config.run_work_dir / 'config.toml', config.to_toml())
