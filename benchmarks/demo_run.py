@@ -42,7 +42,9 @@ def main() -> None:
     print(f'demo dataset:           {demo_s:7.1f} s   peak {demo_mb:7.0f} MB')
     print(f'participant run:        {first_s:7.1f} s   peak {first_mb:7.0f} MB   '
           f'(--nprocs {opts.nprocs})')  # fmt: skip
-    print(f'rerun, same -w (cached): {cached_s:6.1f} s   ratio to first run {cached_s / first_s:.2f}')
+    print(
+        f'rerun, same -w (cached): {cached_s:6.1f} s   ratio to first run {cached_s / first_s:.2f}'
+    )
     print(f'outputs: {sum(1 for _ in out.rglob("*.nii.gz"))} NIfTI, '
           f'{sum(1 for _ in out.rglob("*.svg"))} figures in {out}')  # fmt: skip
 

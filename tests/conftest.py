@@ -75,8 +75,12 @@ def mini_bids(tmp_path_factory) -> Path:
             'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
             'sub-01/anat/sub-01_PDw.nii.gz': SHARED_DATA / 'mr' / 'chris_pd.nii.gz',
             'sub-02/anat/sub-02_ct.nii.gz': SHARED_DATA / 'ct' / 'totalseg_example_ct_sm.nii.gz',
-            'sub-03/ses-1/anat/sub-03_ses-1_T1w.nii.gz': SHARED_DATA / 'mr' / 'stroke_t1_brain.nii.gz',
-            'sub-03/ses-2/anat/sub-03_ses-2_run-1_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
+            'sub-03/ses-1/anat/sub-03_ses-1_T1w.nii.gz': SHARED_DATA
+            / 'mr'
+            / 'stroke_t1_brain.nii.gz',
+            'sub-03/ses-2/anat/sub-03_ses-2_run-1_T1w.nii.gz': SHARED_DATA
+            / 'mr'
+            / 't1_head_2mm.nii.gz',
         },
         participants=['01', '02', '03'],
     )

@@ -7,8 +7,8 @@ import gzip
 import nibabel as nb
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA
+
 from mrctprep.imaging.io import ImageReadError, load_image
 from mrctprep.imaging.orientation import reorient_to_ras
 
@@ -80,7 +80,9 @@ def test_lps_image_really_changes_and_ras_image_does_not():
 
 
 def test_storage_type_is_kept_or_widened_to_float32():
-    ct = reorient_to_ras(load_image(SHARED_DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz'))[0]
+    ct = reorient_to_ras(load_image(SHARED_DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz'))[
+        0
+    ]
     assert ct.get_data_dtype() == np.int16
     scaled = reorient_to_ras(load_image(SHARED_DATA / 'mr' / 'seg3d_t1_head.nii.gz'))[0]
     assert scaled.get_data_dtype() == np.float32
@@ -90,7 +92,9 @@ def test_storage_type_is_kept_or_widened_to_float32():
 def test_truncated_and_non_image_files_name_the_file(tmp_path):
     truncated = tmp_path / 'sub-01_T1w.nii.gz'
     truncated.write_bytes((SHARED_DATA / 'mr' / 'colin27_t1_head.nii.gz').read_bytes()[:200_000])
-    with pytest.raises(ImageReadError, match=r'sub-01_T1w\.nii\.gz: cannot read image .*truncated'):
+    with pytest.raises(
+        ImageReadError, match=r'sub-01_T1w\.nii\.gz: cannot read image .*truncated'
+    ):
         load_image(truncated)
     not_image = tmp_path / 'notes.nii.gz'
     not_image.write_bytes(gzip.compress(b'hello'))

@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA, make_read_only, run_cli, write_bids
 
 
@@ -146,7 +145,9 @@ def test_killed_run_resumes_without_recomputing_finished_nodes(mini_bids, tmp_pa
     process.wait()
     finished = {p: p.stat().st_mtime_ns for p in results.glob('**/result_*.pklz')}
     assert finished, 'the first run should have finished at least one node'
-    outputs_before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / 'out').rglob('*.nii.gz'))
+    outputs_before = sorted(
+        str(p.relative_to(tmp_path)) for p in (tmp_path / 'out').rglob('*.nii.gz')
+    )
     assert len(outputs_before) < 5, 'the run was killed before it finished'
 
     resumed = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work', '-v')
@@ -166,7 +167,11 @@ def test_group_level_tabulates_participant_outputs(mini_run, mini_bids, tmp_path
     assert t1w[0].split('\t') == ['participant_id', 'session_id', 'source', 'original_orientation',
                                   'original_shape', 'voxel_size_mm']  # fmt: skip
     rows = [line.split('\t') for line in t1w[1:]]
-    assert [(r[0], r[1]) for r in rows] == [('sub-01', 'n/a'), ('sub-03', 'ses-1'), ('sub-03', 'ses-2')]
+    assert [(r[0], r[1]) for r in rows] == [
+        ('sub-01', 'n/a'),
+        ('sub-03', 'ses-1'),
+        ('sub-03', 'ses-2'),
+    ]
     assert rows[0][4:] == ['83x105x80', '2x2x2']
     ct = (out / 'group_ct.tsv').read_text().splitlines()
     assert len(ct) == 2 and ct[1].split('\t')[4:] == ['122x101x30', '3x3x3']

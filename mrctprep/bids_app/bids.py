@@ -81,7 +81,9 @@ def validate_bids_dir(bids_dir: Path) -> None:
         if not validator.is_bids(relative):
             invalid.append(relative.lstrip('/'))
     if invalid:
-        shown = ', '.join(invalid[:3]) + (f' (and {len(invalid) - 3} more)' if len(invalid) > 3 else '')
+        shown = ', '.join(invalid[:3]) + (
+            f' (and {len(invalid) - 3} more)' if len(invalid) > 3 else ''
+        )
         raise InputError(
             f'{len(invalid)} file(s) in {bids_dir} are not valid BIDS names: {shown}; '
             'rename them, list them in .bidsignore, or pass --skip-bids-validation'
@@ -105,8 +107,10 @@ def _is_ignored(relative: str, patterns: Iterable[str]) -> bool:
         if pattern.startswith('/'):
             if fnmatch.fnmatch(relative, pattern) or relative.startswith(pattern + '/'):
                 return True
-        elif fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relative, f'*/{pattern}') or (
-            f'/{pattern}/' in relative
+        elif (
+            fnmatch.fnmatch(name, pattern)
+            or fnmatch.fnmatch(relative, f'*/{pattern}')
+            or (f'/{pattern}/' in relative)
         ):
             return True
     return False
@@ -121,7 +125,7 @@ def load_layout(bids_dir: Path, database_dir: Path) -> BIDSLayout:
 
 def strip_prefix(labels: Iterable[str], prefix: str) -> list[str]:
     """``sub-01`` and ``01`` both mean subject ``01``; keep the order, drop duplicates."""
-    stripped = [label[len(prefix):] if label.startswith(prefix) else label for label in labels]
+    stripped = [label[len(prefix) :] if label.startswith(prefix) else label for label in labels]
     return list(dict.fromkeys(stripped))
 
 

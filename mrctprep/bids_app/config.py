@@ -11,7 +11,7 @@ import json
 import tomllib
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from mrctprep import __version__
 
 def new_run_uuid() -> str:
     """A sortable, unique run id, as NiPreps form it: ``YYYYmmdd-HHMMSS_<uuid4>``."""
-    stamp = datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')
+    stamp = datetime.now(UTC).strftime('%Y%m%d-%H%M%S')
     return f'{stamp}_{uuid.uuid4()}'
 
 

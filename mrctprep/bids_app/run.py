@@ -208,8 +208,15 @@ def _run_subcommand(command: str, argv: list[str]) -> int:
         description='Write a small BIDS dataset (4 subjects: 2 anatomies x 2 sites; T1w + CT, '
         'CT also as DICOM and NRRD under sourcedata/) built from the MNI152 template.',
     )
-    parser.add_argument('bids_dir', type=Path, help='where to write it (must not exist)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (noise, deformation)')
+    parser.add_argument(
+        'bids_dir', type=Path, help='where to write it (must not exist or be empty)'
+    )
+    parser.add_argument(
+        '--seed',
+        type=int,
+        default=0,
+        help="random seed of the scanners' noise and bias fields (the anatomies are fixed)",
+    )
     opts = parser.parse_args(argv)
     setup_logging(0)
     try:

@@ -92,5 +92,3 @@ def write_boilerplate(workflow: LiterateWorkflow, output_dir: Path) -> Path:
         + (workflow.visit_desc() or 'No processing step was selected.\n')
     )
     return write_text_atomically(output_dir / 'logs' / 'CITATION.md', text)
-
-

@@ -13,7 +13,12 @@ import numpy as np  # noqa: E402
 from nibabel.orientations import aff2axcodes  # noqa: E402
 
 #: (level, width) display windows in HU for CT figures.
-CT_WINDOWS = {'brain': (40, 80), 'soft-tissue': (40, 400), 'lung': (-600, 1500), 'bone': (400, 1800)}
+CT_WINDOWS = {
+    'brain': (40, 80),
+    'soft-tissue': (40, 400),
+    'lung': (-600, 1500),
+    'bone': (400, 1800),
+}
 
 
 def plot_orthogonal_slices(
@@ -29,7 +34,9 @@ def plot_orthogonal_slices(
     1st-99th percentile of non-zero voxels is shown.
     """
     if ''.join(aff2axcodes(img.affine)) != 'RAS':
-        raise ValueError(f'plot_orthogonal_slices needs an RAS+ image, got {aff2axcodes(img.affine)}')
+        raise ValueError(
+            f'plot_orthogonal_slices needs an RAS+ image, got {aff2axcodes(img.affine)}'
+        )
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     if window is None:
         foreground = data[data != 0]
@@ -39,7 +46,7 @@ def plot_orthogonal_slices(
         low, high = level - width / 2, level + width / 2
     centre = _foreground_centre(data > low)
     zooms = img.header.get_zooms()[:3]
-    extent_mm = [n * z for n, z in zip(data.shape, zooms)]
+    extent_mm = [n * z for n, z in zip(data.shape, zooms, strict=True)]
 
     planes = [
         ('sagittal', data[centre[0], :, :].T, (extent_mm[1], extent_mm[2]), ('P', 'A')),
@@ -47,7 +54,8 @@ def plot_orthogonal_slices(
         ('axial', data[:, :, centre[2]].T, (extent_mm[0], extent_mm[1]), ('L', 'R')),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor='black')
-    for axis, (name, plane, (width_mm, height_mm), (left, right)) in zip(axes, planes):
+    for axis, plane_spec in zip(axes, planes, strict=True):
+        name, plane, (width_mm, height_mm), (left, right) = plane_spec
         axis.imshow(
             plane, cmap='gray', vmin=low, vmax=high, origin='lower',
             extent=(0, width_mm, 0, height_mm), interpolation='nearest',

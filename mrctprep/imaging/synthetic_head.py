@@ -5,13 +5,14 @@ tissue maps in a head (CSF rim, skull with inner/outer tables and diploe, scalp,
 it into further anatomies, place it in a scanner at a pose and render T1-weighted MR signal or
 CT Hounsfield units from it.
 
-Tissues are float32 fraction maps on one voxel grid; air is whatever fraction they leave free,
-so partial volume at every boundary comes for free.
+Tissues are float32 fraction maps on one voxel grid; air is whatever fraction they leave, so
+every boundary carries partial volume.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 
@@ -112,7 +113,7 @@ def load_mni152_tissues(margin_mm: float = 20.0) -> HeadModel:
     inside = np.argwhere(brain > 0)
     lo = np.maximum(inside.min(axis=0) - margin, 0)
     hi = np.minimum(inside.max(axis=0) + margin + 1, brain.shape)
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     maps = {'t1': t1, 'brain': brain, 'gm': gm, 'wm': wm, 'csf': csf}
     return HeadModel(
         maps={name: np.ascontiguousarray(m[crop]) for name, m in maps.items()},
@@ -132,7 +133,10 @@ def smooth_random_field(
     Separable products of cosines cost a few passes over the grid, unlike smoothing white noise
     with a kernel tens of millimetres wide.
     """
-    axes = [np.arange(n, dtype=np.float32) * np.float32(v) for n, v in zip(shape, voxel_size)]
+    axes = [
+        np.arange(n, dtype=np.float32) * np.float32(v)
+        for n, v in zip(shape, voxel_size, strict=True)
+    ]
     field = np.zeros(shape, dtype=np.float32)
     for _ in range(n_waves):
         waves = [
@@ -143,7 +147,8 @@ def smooth_random_field(
             for coords in axes
         ]
         weight = np.float32(rng.uniform(-1, 1))
-        field += weight * waves[0][:, None, None] * waves[1][None, :, None] * waves[2][None, None, :]
+        x, y, z = waves
+        field += weight * x[:, None, None] * y[None, :, None] * z[None, None, :]
     field /= np.abs(field).max()
     return field
 
@@ -159,10 +164,13 @@ def smooth_deformation(
 
     Wavelengths well above the amplitude keep the mapping one-to-one (no folding).
     """
-    return np.stack([
-        smooth_random_field(shape, voxel_size, wavelength_mm, rng) * np.float32(amplitude_mm / v)
-        for v in voxel_size
-    ])
+    return np.stack(
+        [
+            smooth_random_field(shape, voxel_size, wavelength_mm, rng)
+            * np.float32(amplitude_mm / v)
+            for v in voxel_size
+        ]
+    )
 
 
 def warp(array: np.ndarray, displacement: np.ndarray, order: int = 1) -> np.ndarray:
@@ -206,16 +214,17 @@ def add_scalp_and_skull(model: HeadModel, rng: np.random.Generator) -> HeadModel
         field = smooth_random_field(shape, voxel_size, (60.0, 160.0), rng, n_waves=4)
         return np.float32(mean) + np.float32(spread) * field
 
+    # Outer edge of each layer, in mm beyond the envelope.
     table = np.float32(1.5)
-    csf_outer = thickness(2.0, 0.75)
-    skull_outer = csf_outer + thickness(6.0, 1.0)
-    scalp_outer = skull_outer + thickness(5.0, 0.75)
+    csf_edge = thickness(2.0, 0.75)
+    skull_edge = csf_edge + thickness(6.0, 1.0)
+    scalp_edge = skull_edge + thickness(5.0, 0.75)
 
-    intracranial = np.maximum(within(csf_outer), brain)
-    inner_table = np.clip(within(csf_outer + table) - intracranial, 0, 1)
-    diploe = within(skull_outer - table) - within(csf_outer + table)
-    outer_table = within(skull_outer) - within(skull_outer - table)
-    head = within(scalp_outer)
+    intracranial = np.maximum(within(csf_edge), brain)
+    inner_table = np.clip(within(csf_edge + table) - intracranial, 0, 1)
+    diploe = within(skull_edge - table) - within(csf_edge + table)
+    outer_table = within(skull_edge) - within(skull_edge - table)
+    head = within(scalp_edge)
     neck, neck_core = _neck_column(model)
     free = 1 - head
     maps = dict(model.maps)
@@ -223,7 +232,7 @@ def add_scalp_and_skull(model: HeadModel, rng: np.random.Generator) -> HeadModel
         outer_csf=intracranial - brain,
         cortical_bone=inner_table + outer_table,
         diploe=diploe,
-        fat=head - within(skull_outer) + (neck - neck_core) * free,
+        fat=head - within(skull_edge) + (neck - neck_core) * free,
         muscle=neck_core * free,
     )
     return HeadModel(maps=maps, affine=model.affine)
@@ -236,8 +245,8 @@ def _neck_column(
 
     Without it the layers would close in a narrow tube around the brainstem. The column is
     centred a little in front of the brainstem (where the neck is) and rises to 10 mm above
-    the level where the brain cross-section shrinks to the brainstem; the head layers hide its
-    top.
+    the lowest slice where the brain is wider than the brainstem (the bottom of the
+    cerebellum); the head layers hide its top.
     """
     brain = model.maps['brain'] > 0.5
     area = brain.sum(axis=(0, 1))
@@ -290,7 +299,7 @@ def add_rician_noise(signal: np.ndarray, sigma: float, rng: np.random.Generator)
     return np.hypot(real, imaginary)
 
 
-def ct_hu_from_tissues(model: HeadModel, hu: dict[str, float] = CT_HU) -> np.ndarray:
+def ct_hu_from_tissues(model: HeadModel, hu: Mapping[str, float] = CT_HU) -> np.ndarray:
     """Noise-free CT attenuation in HU (float32): the fraction-weighted mix of tissue HU."""
     image = np.full(model.shape, AIR_HU, dtype=np.float32)
     for name, value in hu.items():
@@ -342,15 +351,18 @@ def acquisition_grid(
     """Shape and affine of a scanner-aligned grid covering the posed ``head`` mask.
 
     The grid's axes are the world axes, stored in the voxel order ``orientation`` (e.g.
-    ``'RAS'``, ``'LPS'``, ``'ASL'``). Its bottom stays above the posed first slice of the source
-    grid, which is a cut through the neck: below it there is no anatomy to image.
+    ``'RAS'``, ``'LPS'``, ``'ASL'``). Where the head reaches the source grid's first axial slice
+    (a cut through the neck), the grid's bottom stays above that posed cut: below it there is
+    no anatomy to image.
     """
     # Every other voxel is plenty for a bounding box padded by a few millimetres.
     points = np.argwhere(head[::2, ::2, ::2]) * 2
     world = apply_affine(pose @ affine, points)
     lo = world.min(axis=0) - margin_mm
     hi = world.max(axis=0) + margin_mm
-    lo[2] = world[points[:, 2] == 0, 2].max()
+    at_bottom = points[:, 2] == 0
+    if at_bottom.any():
+        lo[2] = world[at_bottom, 2].max()
     spacing = np.asarray(voxel_size, dtype=float)
     ras_shape = np.ceil((hi - lo) / spacing).astype(int) + 1
     ras_affine = from_matvec(np.diag(spacing), lo)

@@ -69,7 +69,9 @@ class DerivativesDataSink(SimpleInterface):
     def _run_interface(self, runtime):
         sources = list(self.inputs.source_file)
         source_entities = parse_file_entities(sources[0])
-        entities = {key: source_entities[key] for key in _SOURCE_ENTITIES if key in source_entities}
+        entities = {
+            key: source_entities[key] for key in _SOURCE_ENTITIES if key in source_entities
+        }
         entities.update(self.inputs.entities)
         extension = ''.join(Path(self.inputs.in_file).suffixes[-2:])
         if extension not in ('.nii.gz', '.tsv.gz'):
