@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA, run_cli, write_bids
 
+from conftest import SHARED_DATA, run_cli, write_bids
 from mrctprep.bids_app.parser import build_parser, parse_memory_gb
 from mrctprep.bids_app.run import run
 from mrctprep.workflows.pipelines import PIPELINES

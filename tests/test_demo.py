@@ -28,10 +28,10 @@ ANATOMY_OF = {p.label: p.anatomy for p in demo.PARTICIPANTS}
 
 
 @pytest.fixture(scope='module')
-def bids_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp('demo') / 'bids'
-    assert demo.write_demo_dataset(path, seed=0) == list(SUBJECTS)
-    return path
+def bids_dir(demo_bids: Path) -> Path:
+    """The dataset that ``mrctprep demo DIR --seed 0`` wrote (conftest), read-only."""
+    assert sorted(p.name for p in demo_bids.glob('sub-*')) == [f'sub-{s}' for s in SUBJECTS]
+    return demo_bids
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,8 @@ import gzip
 import nibabel as nb
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
 
+from conftest import SHARED_DATA
 from mrctprep.imaging.io import ImageReadError, load_image
 from mrctprep.imaging.orientation import reorient_to_ras
 

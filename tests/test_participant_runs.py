@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+
 from conftest import SHARED_DATA, make_read_only, run_cli, write_bids
 
 

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 from nipype.pipeline.engine.utils import generate_expanded_graph
 
+from conftest import run_cli
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
 from mrctprep.workflows.base import init_mrctprep_wf
