@@ -45,6 +45,8 @@ def test_every_pipeline_builds_an_expandable_graph(tmp_path, pipeline):
     expanded = generate_expanded_graph(workflow._create_flat_graph())
     names = {node.fullname for node in expanded.nodes()}
     assert workflow.name == 'mrctprep_0_1_wf'
+    # MultiProc reads its polling interval from the root workflow's config only.
+    assert float(workflow.config['execution']['poll_sleep_duration']) <= 0.2
     assert any(n.startswith('mrctprep_0_1_wf.sub_02_ses_A_wf.') for n in names)
     assert all(n.split('.')[1] in ('sub_01_wf', 'sub_02_ses_A_wf') for n in names)
 

@@ -45,7 +45,6 @@ def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:
     if config.plugin == 'MultiProc':
         plugin_args.setdefault('n_procs', config.nprocs)
         plugin_args.setdefault('raise_insufficient', False)
-        plugin_args.setdefault('maxtasksperchild', 1)
         if config.mem_gb:
             plugin_args.setdefault('memory_gb', config.mem_gb)
     return config.plugin, plugin_args

@@ -9,11 +9,16 @@ from mrctprep.bids_app.config import RunConfig
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.pipelines import PIPELINES
 
+POLL_SLEEP_SECONDS = 0.1
+
 
 def init_mrctprep_wf(*, subjects: list[SubjectData], config: RunConfig) -> LiterateWorkflow:
     """``mrctprep_<major>_<minor>_wf``: the version-stamped root in the work directory."""
     workflow = LiterateWorkflow(name=config.workflow_name)
     workflow.base_dir = str(config.work_dir)
+    # MultiProc checks for finished nodes every poll_sleep_duration (default 2 s, which adds
+    # seconds to every step of a chain); only the workflow's own config is read for it.
+    workflow.config['execution']['poll_sleep_duration'] = POLL_SLEEP_SECONDS
     for subject_data in subjects:
         single_subject_wf = init_single_subject_wf(subject_data=subject_data, config=config)
         # Crash files go beside the subject's outputs, per run (NiPreps layout).
