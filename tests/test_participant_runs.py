@@ -84,7 +84,8 @@ def test_figures_logs_and_dataset_files(mini_run, mini_bids):
     assert description['DatasetType'] == 'derivative'
     assert description['SourceDatasets'][0]['URL'] == mini_bids.as_uri()
     assert 'figures/' in (out / '.bidsignore').read_text().split()
-    assert (out / 'descriptions.tsv').read_text().startswith('desc_id\tdescription\nreorient\t')
+    descriptions = (out / 'descriptions.tsv').read_text()
+    assert descriptions.startswith('desc_id\tdescription\n') and '\nreorient\t' in descriptions
     configs = list(out.glob('sub-01/log/*/mrctprep.toml'))
     assert len(configs) == 1 and 'analysis_level = "participant"' in configs[0].read_text()
     assert not list(out.rglob('.tmp-*')), 'no temporary files may remain'

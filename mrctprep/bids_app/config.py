@@ -46,6 +46,8 @@ class RunConfig:
     plugin: str = 'MultiProc'
     plugin_args: dict[str, Any] = field(default_factory=dict)
     device: str = 'auto'
+    skull_strip: str = 'hdbet'
+    template: Path | None = None
     write_graph: bool = False
     dry_run: bool = False
     stop_on_first_crash: bool = False
@@ -91,4 +93,4 @@ class RunConfig:
         return cls(**values)
 
 
-_PATH_FIELDS = {'bids_dir', 'output_dir', 'work_dir', 'bids_database_dir'}
+_PATH_FIELDS = {'bids_dir', 'output_dir', 'work_dir', 'bids_database_dir', 'template'}

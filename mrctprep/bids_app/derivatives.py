@@ -29,6 +29,15 @@ _SHORT_NAMES = {
 #: Every ``desc-`` label the suite writes, with the text that goes into descriptions.tsv.
 DESCRIPTIONS = {
     'reorient': 'Voxel axes reordered to RAS+ (no resampling; world coordinates unchanged).',
+    'brain': 'Brain mask (HD-BET, deepbet, or the non-zero voxels of a skull-stripped input).',
+    'biasfield': 'N4 multiplicative bias field: the input T1w equals desc-preproc times it.',
+    'norm': 'IGUANe model input: skull-stripped, brain median scaled to 500, background 0, '
+    'cropped from the 182x218x182 MNI grid (crop box in the sidecar).',
+    'flirt': 'The same transform as an FSL FLIRT matrix (reference: FSL MNI152 1 mm grid).',
+    'brainmask': 'Figure: the brain mask contour over the T1w.',
+    'preproc': 'Preprocessed. T1w: RAS+ voxel order and N4 bias-corrected (whole head). CT: checked to be in Hounsfield units '
+    '(HU + 1024 shifted back), padding outside the reconstruction circle set to -1024 HU, '
+    'int16, voxel axes in RAS+ order.',
 }
 
 #: Rewritten each run (as fMRIPrep does): outputs that the BIDS schema does not cover yet.

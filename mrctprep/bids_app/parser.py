@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mrctprep import __version__
 from mrctprep.bids_app.errors import InputError
+from mrctprep.imaging.skullstrip import SKULL_STRIP_METHODS
 from mrctprep.models.devices import DEVICE_PATTERN
 
 
@@ -130,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument(
         '--device', type=_device, default='auto',
         help='torch device for model nodes: auto, cpu, cuda or cuda:N',
+    )  # fmt: skip
+
+    mr = parser.add_argument_group('MR preprocessing (mr-preproc)')
+    mr.add_argument(
+        '--skull-strip', choices=SKULL_STRIP_METHODS, default='hdbet',
+        help='hdbet: HD-BET, 1 network on CPU, 5 networks with mirroring on a GPU; '
+        'hdbet-accurate: 5 networks with mirroring anywhere; deepbet: faster on CPU; '
+        'none: the input is already skull-stripped',
+    )  # fmt: skip
+    mr.add_argument(
+        '--template', type=_existing_file, metavar='FILE',
+        help="brain template to register to (default: nilearn's MNI152 ICBM 2009a symmetric "
+        '1 mm brain); its file name becomes the space- label',
     )  # fmt: skip
 
     flow = parser.add_argument_group('Workflow')

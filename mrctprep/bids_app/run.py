@@ -20,7 +20,7 @@ from mrctprep.bids_app.errors import (  # noqa: E402
 )
 
 LOGGER = logging.getLogger('mrctprep')
-SUBCOMMANDS = ('demo',)
+SUBCOMMANDS = ('demo', 'import')
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,6 +100,8 @@ def _config_from_options(opts, verbosity: int):
         plugin=plugin,
         plugin_args=plugin_args,
         device=opts.device,
+        skull_strip=opts.skull_strip,
+        template=opts.template,
         write_graph=opts.write_graph,
         dry_run=opts.dry_run,
         stop_on_first_crash=opts.stop_on_first_crash,
@@ -199,12 +201,58 @@ def run_group(config) -> int:
 
 
 def _run_subcommand(command: str, argv: list[str]) -> int:
+    return {'demo': _run_demo, 'import': _run_import}[command](argv)
+
+
+def _run_import(argv: list[str]) -> int:
+    import argparse
+
+    from mrctprep.bids_app.ingest import FORMATS, import_dataset
+
+    parser = argparse.ArgumentParser(
+        prog='mrctprep import',
+        description='Build or extend a BIDS dataset from CT images: a folder of cases '
+        '(Dicom_Data/case_1/*.dcm, Nrrd_Data/case_1.nrrd, Nifti_Data/case_1.nii.gz, or the '
+        'cases directly in SOURCE). Each case becomes sub-<case>/anat/sub-<case>_ct.nii.gz '
+        '(int16 HU) with a JSON sidecar of acquisition facts; the originals are copied to '
+        'sourcedata/. Nothing is written unless every case converts.',
+    )
+    parser.add_argument('source', type=Path, help='the folder of cases')
+    parser.add_argument('bids_dir', type=Path, help='the BIDS dataset to create or extend')
+    parser.add_argument(
+        '--format',
+        choices=('auto', *FORMATS),
+        default='auto',
+        help='import only this format; auto: per case, DICOM, else NRRD, else NIfTI',
+    )
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace the CT images (and their sourcedata) of subjects that already have one',
+    )
+    parser.add_argument('-v', '--verbose', action='count', default=0, help='more output')
+    parser.add_argument('-q', '--quiet', action='count', default=0, help='less output')
+    opts = parser.parse_args(argv)
+    verbosity = opts.verbose - opts.quiet
+    setup_logging(verbosity)
+    try:
+        imported = import_dataset(
+            opts.source, opts.bids_dir, source_format=opts.format, overwrite=opts.overwrite
+        )
+    except MrctprepError as exc:
+        return _report_error(exc, exc.exit_code, verbosity)
+    LOGGER.info('%d CT image(s) of %d subject(s) imported into %s', len(imported),
+                len({p.subject for p in imported}), opts.bids_dir)  # fmt: skip
+    return EXIT_OK
+
+
+def _run_demo(argv: list[str]) -> int:
     import argparse
 
     from mrctprep.bids_app.demo import write_demo_dataset
 
     parser = argparse.ArgumentParser(
-        prog=f'mrctprep {command}',
+        prog='mrctprep demo',
         description='Write a small BIDS dataset (4 subjects: 2 anatomies x 2 sites; T1w + CT, '
         'CT also as DICOM and NRRD under sourcedata/) built from the MNI152 template.',
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import nibabel as nb
+import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -13,7 +14,13 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from mrctprep.imaging.figures import plot_orthogonal_slices
+from mrctprep.imaging.figures import (
+    plot_contour_overlay,
+    plot_ct_windows,
+    plot_orthogonal_slices,
+    template_edges,
+)
+from mrctprep.imaging.registration import RigidTransform, mni152_brain_template, resample_to_grid
 
 
 class _OrthogonalSlicesInputSpec(BaseInterfaceInputSpec):
@@ -24,7 +31,7 @@ class _OrthogonalSlicesInputSpec(BaseInterfaceInputSpec):
     )
 
 
-class _OrthogonalSlicesOutputSpec(TraitedSpec):
+class _ReportOutputSpec(TraitedSpec):
     out_report = File(exists=True, desc='the SVG figure')
 
 
@@ -32,7 +39,7 @@ class OrthogonalSlicesRPT(SimpleInterface):
     """Sagittal, coronal and axial planes of an image, as an SVG figure."""
 
     input_spec = _OrthogonalSlicesInputSpec
-    output_spec = _OrthogonalSlicesOutputSpec
+    output_spec = _ReportOutputSpec
 
     def _run_interface(self, runtime):
         out_report = os.path.join(runtime.cwd, 'orthogonal_slices.svg')
@@ -40,5 +47,74 @@ class OrthogonalSlicesRPT(SimpleInterface):
         plot_orthogonal_slices(
             nb.load(self.inputs.in_file), out_report, title=self.inputs.title, window=window
         )
+        self._results['out_report'] = out_report
+        return runtime
+
+
+class _CTWindowsInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='a CT in HU, RAS+')
+    title = traits.Str(mandatory=True, desc='figure title')
+
+
+class CTWindowsRPT(SimpleInterface):
+    """Three planes of a CT in each standard window (brain, soft tissue, lung, bone), as SVG."""
+
+    input_spec = _CTWindowsInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        out_report = os.path.join(runtime.cwd, 'ct_windows.svg')
+        plot_ct_windows(nb.load(self.inputs.in_file), out_report, title=self.inputs.title)
+        self._results['out_report'] = out_report
+        return runtime
+
+
+class _ContourOverlayInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='background image')
+    contour_file = File(exists=True, mandatory=True, desc='image whose contour is drawn')
+    title = traits.Str(mandatory=True, desc='figure title')
+    level = traits.Float(0.5, usedefault=True, desc='contour level')
+
+
+class ContourOverlayRPT(SimpleInterface):
+    """Three planes with a contour over them, e.g. the brain mask over the T1w."""
+
+    input_spec = _ContourOverlayInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        out_report = os.path.join(runtime.cwd, 'contour_overlay.svg')
+        plot_contour_overlay(
+            nb.load(self.inputs.in_file), nb.load(self.inputs.contour_file), out_report,
+            title=self.inputs.title, level=self.inputs.level,
+        )  # fmt: skip
+        self._results['out_report'] = out_report
+        return runtime
+
+
+class _RegistrationInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='registered brain on the MNI grid')
+    template_file = File(exists=True, desc='template (default: nilearn ICBM 2009a sym)')
+    title = traits.Str(mandatory=True, desc='figure title')
+
+
+class RegistrationRPT(SimpleInterface):
+    """The registered brain with the template's tissue edges over it."""
+
+    input_spec = _RegistrationInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        registered = nb.load(self.inputs.in_file)
+        template = (
+            nb.load(self.inputs.template_file)
+            if self.inputs.template_file
+            else mni152_brain_template()
+        )
+        identity = RigidTransform(np.eye(4))
+        edges = template_edges(resample_to_grid(template, registered, identity))
+        out_report = os.path.join(runtime.cwd, 'registration.svg')
+        plot_contour_overlay(registered, edges, out_report, title=self.inputs.title, level=0.6,
+                             colour='lime')  # fmt: skip
         self._results['out_report'] = out_report
         return runtime

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
+from mrctprep.workflows.ct_ingest import CT_INGEST_INPUTS, init_ct_ingest_wf
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.mr_preproc import MR_PREPROC_INPUTS, init_mr_preproc_wf
 from mrctprep.workflows.reorient import REORIENT_INPUTS, init_reorient_wf
 
 
@@ -25,12 +27,22 @@ class Pipeline:
         return any(subject_data.files.get(query) for query in self.inputs)
 
     def build(self, subject_data: SubjectData, config: RunConfig) -> LiterateWorkflow:
-        return self.factory(subject_data=subject_data, config=config, name=f'{self.name}_wf')
+        return self.factory(
+            subject_data=subject_data, config=config, name=f'{self.name.replace("-", "_")}_wf'
+        )
 
 
 PIPELINES: dict[str, Pipeline] = {
     pipeline.name: pipeline
     for pipeline in (
+        Pipeline(
+            name='mr-preproc',
+            level='participant',
+            summary='T1w: RAS+, HD-BET skull strip, N4, rigid to MNI152, FSL MNI grid, '
+            'median 500, IGUANe crop (the harmonization model input) + QC figures',
+            inputs=MR_PREPROC_INPUTS,
+            factory=init_mr_preproc_wf,
+        ),
         Pipeline(
             name='reorient',
             level='participant',
@@ -38,10 +50,18 @@ PIPELINES: dict[str, Pipeline] = {
             inputs=REORIENT_INPUTS,
             factory=init_reorient_wf,
         ),
+        Pipeline(
+            name='ct-ingest',
+            level='participant',
+            summary='CT checked and conformed: HU (fixing HU+1024), padding to air, int16, '
+            'RAS+ + QC figure in four windows',
+            inputs=CT_INGEST_INPUTS,
+            factory=init_ct_ingest_wf,
+        ),
     )
 }
 
-DEFAULT_PIPELINES = ['reorient']
+DEFAULT_PIPELINES = ['mr-preproc', 'ct-ingest']
 
 
 def describe_pipelines() -> str:

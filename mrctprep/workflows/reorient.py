@@ -28,7 +28,7 @@ def init_reorient_wf(
             image_wf = init_reorient_image_wf(
                 source_file=source_file,
                 output_dir=str(config.output_dir),
-                name=f'reorient_{_image_id(source_file, subject_data)}_wf',
+                name=f'reorient_{image_id(source_file, subject_data)}_wf',
             )
             workflow.add_nodes([image_wf])
     return workflow
@@ -95,7 +95,7 @@ def init_reorient_image_wf(
     return workflow
 
 
-def _image_id(source_file: str, subject_data: SubjectData) -> str:
+def image_id(source_file: str, subject_data: SubjectData) -> str:
     """A node-name-safe id of an image within its subject: ``acq_fast_run_2_T1w``."""
     name = source_file.rsplit('/', 1)[-1].split('.')[0]
     name = name.removeprefix(subject_data.label + '_')
