@@ -160,8 +160,9 @@ def test_a_subject_without_inputs_is_skipped_with_a_warning(tmp_path):
     )  # fmt: skip
     result = run_cli(bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w', '--dry-run')
     assert result.returncode == 0, result.stderr
-    assert 'sub-02: skipping pipeline reorient: no input' in result.stderr
-    assert 'sub-01: reorient' in result.stderr
+    assert 'sub-02: skipping pipeline mr-preproc: no input' in result.stderr
+    assert 'sub-01: skipping pipeline ct-ingest: no input (needs any of: ct)' in result.stderr
+    assert 'sub-01: mr-preproc' in result.stderr
 
 
 def test_a_workflow_that_cannot_be_built_exits_70(mini_bids, tmp_path, monkeypatch, capsys):

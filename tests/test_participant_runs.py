@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -31,8 +32,8 @@ def mini_run(mini_bids, tmp_path_factory):
     """One participant run over the mini dataset (read-only input), shared by the checks."""
     root = tmp_path_factory.mktemp('mini_run')
     before = _tree_digest(mini_bids)
-    result = run_cli(mini_bids, root / 'out', 'participant', '-w', root / 'work',
-                     '--nprocs', '2', '--omp-nthreads', '1')  # fmt: skip
+    result = run_cli(mini_bids, root / 'out', 'participant', '-w', root / 'work', '--nprocs',
+                     '2', '--omp-nthreads', '1', '--pipelines', 'reorient')  # fmt: skip
     return result, root / 'out', root / 'work', before
 
 
@@ -96,7 +97,8 @@ def test_filters_and_session_labels_select_inputs(mini_bids, tmp_path):
     filters.write_text(json.dumps({'t1w': {'run': None}}))
     result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
                      '--participant-label', 'sub-03', '--session-label', '2', '1',
-                     '--bids-filter-file', filters, '--dry-run', '--write-graph')  # fmt: skip
+                     '--bids-filter-file', filters, '--dry-run', '--write-graph',
+                     '--pipelines', 'reorient')  # fmt: skip
     assert result.returncode == 0, result.stderr
     dot = next((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot')).read_text()
     assert 'sub_03_ses_1_wf' in dot and 'sub_01_wf' not in dot
@@ -113,7 +115,8 @@ def test_a_truncated_image_fails_its_subject_only(tmp_path):
         participants=['01', '02', '03'],
     )  # fmt: skip
     make_read_only(bids)
-    result = run_cli(bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work')
+    result = run_cli(bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
+                     '--pipelines', 'reorient')  # fmt: skip
     assert result.returncode == 1
     failure_lines = [line for line in result.stderr.splitlines() if 'crash file:' in line]
     assert len(failure_lines) == 1
@@ -136,7 +139,8 @@ def test_killed_run_resumes_without_recomputing_finished_nodes(mini_bids, tmp_pa
     plugin = tmp_path / 'linear.yml'
     plugin.write_text('plugin: Linear\nplugin_args: {}\n')
     args = [sys.executable, '-m', 'mrctprep', str(mini_bids), str(tmp_path / 'out'),
-            'participant', '-w', str(tmp_path / 'work'), '--use-plugin', str(plugin)]  # fmt: skip
+            'participant', '-w', str(tmp_path / 'work'), '--use-plugin', str(plugin),
+            '--pipelines', 'reorient']  # fmt: skip
     results = tmp_path / 'work' / 'mrctprep_0_1_wf'
     process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
@@ -152,7 +156,8 @@ def test_killed_run_resumes_without_recomputing_finished_nodes(mini_bids, tmp_pa
     )
     assert len(outputs_before) < 5, 'the run was killed before it finished'
 
-    resumed = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work', '-v')
+    resumed = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work', '-v',
+                      '--pipelines', 'reorient')  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     for result_file, mtime in finished.items():
         assert result_file.stat().st_mtime_ns == mtime, f'{result_file} was recomputed'
@@ -165,18 +170,19 @@ def test_group_level_tabulates_participant_outputs(mini_run, mini_bids, tmp_path
     _, out, work, _ = mini_run
     result = run_cli(mini_bids, out, 'group', '-w', work)
     assert result.returncode == 0, result.stderr
-    t1w = (out / 'group_T1w.tsv').read_text().splitlines()
-    assert t1w[0].split('\t') == ['participant_id', 'session_id', 'source', 'original_orientation',
-                                  'original_shape', 'voxel_size_mm']  # fmt: skip
-    rows = [line.split('\t') for line in t1w[1:]]
-    assert [(r[0], r[1]) for r in rows] == [
-        ('sub-01', 'n/a'),
-        ('sub-03', 'ses-1'),
-        ('sub-03', 'ses-2'),
-    ]
-    assert rows[0][4:] == ['83x105x80', '2x2x2']
-    ct = (out / 'group_ct.tsv').read_text().splitlines()
-    assert len(ct) == 2 and ct[1].split('\t')[4:] == ['122x101x30', '3x3x3']
+    with open(out / 'group_T1w.tsv') as table:
+        t1w = list(csv.DictReader(table, delimiter='\t'))
+    assert [(r['participant_id'], r['session_id'], r['desc']) for r in t1w] == [
+        ('sub-01', 'n/a', 'reorient'), ('sub-03', 'ses-1', 'reorient'),
+        ('sub-03', 'ses-2', 'reorient'),
+    ]  # fmt: skip
+    assert (t1w[0]['original_shape'], t1w[0]['voxel_size_mm']) == ('83x105x80', '2x2x2')
+    with open(out / 'group_ct.tsv') as table:
+        ct = list(csv.DictReader(table, delimiter='\t'))
+    assert len(ct) == 1 and (ct[0]['original_shape'], ct[0]['voxel_size_mm']) == (
+        '122x101x30',
+        '3x3x3',
+    )
 
     empty = run_cli(mini_bids, tmp_path / 'nothing', 'group', '-w', tmp_path / 'w')
     assert empty.returncode == 2

@@ -74,7 +74,7 @@ def _config_run_uuid(flat) -> str:
 
 def test_dry_run_draws_the_graph_and_runs_nothing(mini_bids, tmp_path):
     result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
-                     '--write-graph', '--dry-run')  # fmt: skip
+                     '--write-graph', '--dry-run', '--pipelines', 'reorient')  # fmt: skip
     assert result.returncode == 0, result.stderr
     dot_files = list((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot'))
     assert len(dot_files) == 1
@@ -93,7 +93,8 @@ def test_without_graphviz_the_dot_file_is_written_with_a_warning(mini_bids, tmp_
         if not os.path.exists(os.path.join(folder, 'dot'))
     )  # fmt: skip
     result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
-                     '--dry-run', env={'PATH': path_without_dot})  # fmt: skip
+                     '--dry-run', '--pipelines', 'reorient',
+                     env={'PATH': path_without_dot})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "graphviz's `dot` is not installed" in result.stderr
     assert list((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot'))
@@ -105,6 +106,7 @@ def test_boilerplate_only_writes_the_methods_text(mini_bids, tmp_path):
                      '--boilerplate-only')  # fmt: skip
     assert result.returncode == 0, result.stderr
     citation = (tmp_path / 'out' / 'logs' / 'CITATION.md').read_text()
-    assert 'reoriented to RAS+' in citation
-    assert citation.count('reoriented to RAS+') == 1
+    # Default pipelines; each paragraph once although three subjects use it.
+    assert citation.count('Each T1w image was preprocessed following IGUANe') == 1
+    assert 'HD-BET' in citation and 'QuickRigid' in citation
     assert not list((tmp_path / 'out').glob('sub-*/anat/*'))

@@ -35,9 +35,9 @@ DESCRIPTIONS = {
     'cropped from the 182x218x182 MNI grid (crop box in the sidecar).',
     'flirt': 'The same transform as an FSL FLIRT matrix (reference: FSL MNI152 1 mm grid).',
     'brainmask': 'Figure: the brain mask contour over the T1w.',
-    'preproc': 'Preprocessed. T1w: RAS+ voxel order and N4 bias-corrected (whole head). CT: checked to be in Hounsfield units '
-    '(HU + 1024 shifted back), padding outside the reconstruction circle set to -1024 HU, '
-    'int16, voxel axes in RAS+ order.',
+    'preproc': 'Preprocessed. T1w: RAS+ voxel order and N4 bias-corrected (whole head). '
+    'CT: checked to be in Hounsfield units (HU + 1024 shifted back), padding outside the '
+    'reconstruction circle set to -1024 HU, int16, voxel axes in RAS+ order.',
 }
 
 #: Rewritten each run (as fMRIPrep does): outputs that the BIDS schema does not cover yet.

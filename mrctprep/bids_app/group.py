@@ -19,23 +19,31 @@ from mrctprep.bids_app.errors import InputError
 LOGGER = logging.getLogger('mrctprep')
 
 GROUP_COLUMNS = (
-    'participant_id', 'session_id', 'source', 'original_orientation', 'original_shape',
+    'participant_id', 'session_id', 'desc', 'source', 'original_orientation', 'original_shape',
     'voxel_size_mm',
 )  # fmt: skip
 
 
 def write_group_tables(config: RunConfig) -> list[Path]:
-    """``group_<suffix>.tsv``: one row per image that the ``reorient`` pipeline wrote."""
+    """``group_<suffix>.tsv``: one row per native-space image the participant level wrote.
+
+    Those are the outputs whose sidecar records the grid of the raw image
+    (``OriginalOrientation``): ``desc-reorient``, ``desc-preproc`` T1w and CT.
+    """
     rows: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for sidecar in sorted(config.output_dir.glob('sub-*/**/anat/*_desc-reorient_*.json')):
+    for sidecar in sorted(config.output_dir.glob('sub-*/**/anat/*.json')):
         entities = parse_file_entities(str(sidecar))
         if config.participant_label and entities['subject'] not in config.participant_label:
             continue
         metadata = json.loads(sidecar.read_text())
-        image = nb.load(sidecar.with_name(sidecar.name.removesuffix('.json') + '.nii.gz'))
+        image_file = sidecar.with_name(sidecar.name.removesuffix('.json') + '.nii.gz')
+        if 'OriginalOrientation' not in metadata or not image_file.is_file():
+            continue
+        image = nb.load(image_file)
         rows[entities['suffix']].append({
             'participant_id': f'sub-{entities["subject"]}',
             'session_id': f'ses-{entities["session"]}' if 'session' in entities else 'n/a',
+            'desc': entities.get('desc', 'n/a'),
             'source': ' '.join(metadata['Sources']),
             'original_orientation': metadata['OriginalOrientation'],
             'original_shape': 'x'.join(map(str, metadata['OriginalShape'])),

@@ -39,3 +39,42 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, EOFError) or 'end-of-stream' in text or 'Compressed file ended' in text:
         return f'the file is truncated: {text}'
     return text
+
+
+def load_anatomical(path: str | Path) -> tuple[nb.Nifti1Image, list[str]]:
+    """A 3D anatomical image checked for what breaks processing, and warnings for what may.
+
+    Refused, naming the file: several volumes, NaN/Inf voxels, an all-zero image, and a header
+    whose qform and sform codes are both 0 (the position in the world is unknown). A 4D file
+    with a single volume is accepted as 3D. Coarse (> 1.5 mm) or anisotropic (> 2:1) voxels
+    give warnings: the steps work, less accurately.
+    """
+    path = Path(path)
+    img = load_image(path)
+    if img.ndim > 3:
+        if any(n != 1 for n in img.shape[3:]):
+            raise ImageReadError(f'{path}: has {img.shape[3:]} volumes; one 3D volume expected')
+        img = img.slicer[..., 0] if img.ndim == 4 else nb.funcs.squeeze_image(img)
+    if int(img.header['qform_code']) == 0 and int(img.header['sform_code']) == 0:
+        raise ImageReadError(
+            f'{path}: no usable affine (qform_code and sform_code are both 0), so the image '
+            'has no known position or orientation; fix the header (e.g. with the scanner '
+            'conversion) and rerun'
+        )
+    data = np.asanyarray(img.dataobj)
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise ImageReadError(f'{path}: {int((~finite).sum())} voxels are NaN or infinite')
+    if not data.any():
+        raise ImageReadError(f'{path}: every voxel is 0')
+    warnings = []
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    size = 'x'.join(f'{z:.2g}' for z in zooms)
+    if max(zooms) > 1.5:
+        warnings.append(
+            f'{path.name}: {size} mm voxels are coarser than the 1 mm the steps were designed '
+            'for; expect less accurate masks and registration'
+        )
+    if max(zooms) > 2 * min(zooms):
+        warnings.append(f'{path.name}: anisotropic {size} mm voxels')
+    return img, warnings

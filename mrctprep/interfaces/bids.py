@@ -50,8 +50,9 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     static_meta = traits.Dict(
         traits.Str, traits.Any, usedefault=True, desc='sidecar fields known when building'
     )
-    meta_dict = traits.Dict(
-        traits.Str, traits.Any, usedefault=True, desc='sidecar fields computed by the workflow'
+    meta_dict = InputMultiObject(
+        traits.Dict(traits.Str, traits.Any),
+        desc='sidecar fields computed by the workflow (several dicts are merged in order)',
     )
 
 
@@ -90,7 +91,7 @@ class DerivativesDataSink(SimpleInterface):
             sidecar = {
                 'Sources': [bids_uri(source) for source in sources],
                 **self.inputs.static_meta,
-                **self.inputs.meta_dict,
+                **{k: v for fields in self.inputs.meta_dict or [] for k, v in fields.items()},
                 'Software': software_versions(),
             }
             out_meta = out_file.with_name(out_file.name[: -len(extension)] + '.json')

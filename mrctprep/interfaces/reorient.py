@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from nipype.interfaces.base import (
@@ -12,8 +13,10 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from mrctprep.imaging.io import load_image
+from mrctprep.imaging.io import load_anatomical
 from mrctprep.imaging.orientation import reorient_to_ras
+
+LOGGER = logging.getLogger('mrctprep')
 
 
 class _ReorientInputSpec(BaseInterfaceInputSpec):
@@ -26,15 +29,20 @@ class _ReorientOutputSpec(TraitedSpec):
 
 
 class Reorient(SimpleInterface):
-    """Reorder and flip voxel axes to RAS+ without resampling."""
+    """Check an anatomical image and reorder and flip its voxel axes to RAS+ (no resampling)."""
 
     input_spec = _ReorientInputSpec
     output_spec = _ReorientOutputSpec
 
     def _run_interface(self, runtime):
-        reoriented, record = reorient_to_ras(load_image(self.inputs.in_file))
+        img, warnings = load_anatomical(self.inputs.in_file)
+        for warning in warnings:
+            LOGGER.warning(warning)
+        reoriented, record = reorient_to_ras(img)
         out_file = os.path.join(runtime.cwd, 'reoriented.nii.gz')
         reoriented.to_filename(out_file)
         self._results['out_file'] = out_file
-        self._results['metadata'] = record.to_metadata()
+        self._results['metadata'] = record.to_metadata() | (
+            {'InputWarnings': warnings} if warnings else {}
+        )
         return runtime

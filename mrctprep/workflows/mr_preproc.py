@@ -113,6 +113,9 @@ def init_mr_preproc_image_wf(
     if config.template:
         plot_registration.inputs.template_file = str(config.template)
 
+    # The native T1w's sidecar records both the reorientation and the bias correction.
+    t1w_metadata = pe.Node(niu.Merge(2), name='t1w_metadata', run_without_submitting=True)
+
     def sink(name, entities, suffix=None, datatype='anat', **kwargs):
         node = DerivativesDataSink(base_directory=output_dir, entities=entities,
                                    datatype=datatype, **kwargs)  # fmt: skip
@@ -170,7 +173,10 @@ def init_mr_preproc_image_wf(
         (skull_strip, plot_mask, [('out_mask', 'contour_file')]),
         (normalise, plot_registration, [('out_file', 'in_file')]),
         *[(inputnode, node, [('source_file', 'source_file')]) for node in sinks],
-        (n4, ds_t1w, [('out_file', 'in_file'), ('metadata', 'meta_dict')]),
+        (reorient, t1w_metadata, [('metadata', 'in1')]),
+        (n4, t1w_metadata, [('metadata', 'in2')]),
+        (n4, ds_t1w, [('out_file', 'in_file')]),
+        (t1w_metadata, ds_t1w, [('out', 'meta_dict')]),
         (skull_strip, ds_mask, [('out_mask', 'in_file'), ('metadata', 'meta_dict')]),
         (n4, ds_bias, [('bias_field', 'in_file'), ('metadata', 'meta_dict')]),
         (register, ds_xfm, [('transform', 'in_file'), ('metadata', 'meta_dict')]),
