@@ -74,9 +74,7 @@ class DerivativesDataSink(SimpleInterface):
             key: source_entities[key] for key in _SOURCE_ENTITIES if key in source_entities
         }
         entities.update(self.inputs.entities)
-        extension = ''.join(Path(self.inputs.in_file).suffixes[-2:])
-        if extension not in ('.nii.gz', '.tsv.gz'):
-            extension = Path(self.inputs.in_file).suffix
+        extension = _derivative_extension(self.inputs.in_file)
         relative = build_derivative_path(
             entities,
             suffix=self.inputs.suffix or source_entities['suffix'],
@@ -100,8 +98,18 @@ class DerivativesDataSink(SimpleInterface):
         return runtime
 
 
+def _derivative_extension(in_file: str) -> str:
+    """NIfTI outputs are always compressed (work-dir intermediates are not, for speed)."""
+    name = Path(in_file).name
+    if name.endswith(('.nii', '.nii.gz')):
+        return '.nii.gz'
+    if name.endswith('.tsv.gz'):
+        return '.tsv.gz'
+    return Path(name).suffix
+
+
 def _copy_derivative(inputs, destination: Path) -> None:
-    """Copy a file, or rewrite a NIfTI when its storage type must change."""
+    """Copy a file; NIfTIs are rewritten compressed, in ``dtype`` when one is given."""
     if not str(destination).endswith(('.nii', '.nii.gz')):
         shutil.copyfile(inputs.in_file, destination)
         return

@@ -63,7 +63,7 @@ class SkullStrip(SimpleInterface):
             test_time_augmentation=self.inputs.test_time_augmentation,
         )
         mask = brain_mask(nb.load(self.inputs.in_file), settings)
-        self._results['out_mask'] = _save(mask, runtime, 'brain_mask.nii.gz')
+        self._results['out_mask'] = _save(mask, runtime, 'brain_mask.nii')
         self._results['metadata'] = {
             'Type': 'Brain',
             'SkullStripMethod': settings.method,
@@ -97,8 +97,8 @@ class N4BiasCorrection(SimpleInterface):
             nb.load(self.inputs.mask_file),
             threads=self.inputs.num_threads,
         )
-        self._results['out_file'] = _save(result.corrected, runtime, 'corrected.nii.gz')
-        self._results['bias_field'] = _save(result.field, runtime, 'bias_field.nii.gz')
+        self._results['out_file'] = _save(result.corrected, runtime, 'corrected.nii')
+        self._results['bias_field'] = _save(result.field, runtime, 'bias_field.nii')
         self._results['metadata'] = {'BiasCorrection': result.parameters}
         return runtime
 
@@ -179,7 +179,7 @@ class ResampleToMNI(SimpleInterface):
                 resampled.header,
             )  # fmt: skip
             resampled.set_data_dtype(np.uint8)
-        self._results['out_file'] = _save(resampled, runtime, 'resampled.nii.gz')
+        self._results['out_file'] = _save(resampled, runtime, 'resampled.nii')
         return runtime
 
 
@@ -203,7 +203,7 @@ class MedianNormalise(SimpleInterface):
         normalised, scale = median_normalise(
             nb.load(self.inputs.in_file), nb.load(self.inputs.mask_file)
         )
-        self._results['out_file'] = _save(normalised, runtime, 'normalised.nii.gz')
+        self._results['out_file'] = _save(normalised, runtime, 'normalised.nii')
         self._results['metadata'] = {'MedianTarget': 500.0, 'IntensityScale': scale}
         return runtime
 
@@ -227,7 +227,7 @@ class IguaneCrop(SimpleInterface):
     def _run_interface(self, runtime):
         img = nb.load(self.inputs.in_file)
         box = iguane_crop_box(np.asanyarray(img.dataobj))
-        self._results['out_file'] = _save(crop(img, box), runtime, 'cropped.nii.gz')
+        self._results['out_file'] = _save(crop(img, box), runtime, 'cropped.nii')
         self._results['metadata'] = {
             **self.inputs.in_metadata,
             'CropBox': box.to_metadata(),

@@ -39,7 +39,7 @@ class Reorient(SimpleInterface):
         for warning in warnings:
             LOGGER.warning(warning)
         reoriented, record = reorient_to_ras(img)
-        out_file = os.path.join(runtime.cwd, 'reoriented.nii.gz')
+        out_file = os.path.join(runtime.cwd, 'reoriented.nii')
         reoriented.to_filename(out_file)
         self._results['out_file'] = out_file
         self._results['metadata'] = record.to_metadata() | (

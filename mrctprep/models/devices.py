@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from mrctprep.bids_app.errors import ResourceError
@@ -20,6 +21,9 @@ def resolve_device(requested: str) -> str:
     """
     if requested == 'cpu':
         return 'cpu'
+    # Ask NVML, not the CUDA runtime: a process that initialised CUDA cannot fork workers
+    # that use it, and nipype's MultiProc forks its workers from this process.
+    os.environ.setdefault('PYTORCH_NVML_BASED_CUDA_CHECK', '1')
     import torch  # deferred: importing torch costs seconds that --help should not pay
 
     available = torch.cuda.is_available()
