@@ -14,7 +14,7 @@ from bids import BIDSLayout
 from bids.layout import BIDSLayoutIndexer, Query
 from bids_validator import BIDSValidator
 
-from mrctprep.bids_app.errors import InputError
+from mrctprep.bids_app.errors import InputError, first_few
 
 LOGGER = logging.getLogger('mrctprep.bids')
 
@@ -81,11 +81,9 @@ def validate_bids_dir(bids_dir: Path) -> None:
         if not validator.is_bids(relative):
             invalid.append(relative.lstrip('/'))
     if invalid:
-        shown = ', '.join(invalid[:3]) + (
-            f' (and {len(invalid) - 3} more)' if len(invalid) > 3 else ''
-        )
         raise InputError(
-            f'{len(invalid)} file(s) in {bids_dir} are not valid BIDS names: {shown}; '
+            f'{len(invalid)} file(s) in {bids_dir} are not valid BIDS names: '
+            f'{first_few(invalid)}; '
             'rename them, list them in .bidsignore, or pass --skip-bids-validation'
         )
 

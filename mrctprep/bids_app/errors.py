@@ -35,3 +35,13 @@ class ResourceError(MrctprepError):
     """A required resource (model weights, template, device) is missing or unusable."""
 
     exit_code = EXIT_RESOURCE
+
+
+def first_few(items: list[str], shown: int = 3) -> str:
+    """Items for a one-line message: ``a, b, c (and 4 more)``.
+
+    >>> first_few(['a', 'b', 'c', 'd', 'e'])
+    'a, b, c (and 2 more)'
+    """
+    rest = f' (and {len(items) - shown} more)' if len(items) > shown else ''
+    return ', '.join(items[:shown]) + rest

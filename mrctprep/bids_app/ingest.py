@@ -38,7 +38,7 @@ import numpy as np
 
 from mrctprep import __version__
 from mrctprep.bids_app.derivatives import write_json_atomically, write_text_atomically
-from mrctprep.bids_app.errors import InputError
+from mrctprep.bids_app.errors import InputError, first_few
 from mrctprep.imaging.dicom_series import (
     DicomSeries,
     DicomSeriesError,
@@ -443,11 +443,8 @@ def _check_conflicts(plan: Sequence[PlannedCT], bids_dir: Path, overwrite: bool)
         for path in _existing_cts(bids_dir, subject)
     ]
     if existing:
-        shown = ', '.join(existing[:3]) + (
-            f' and {len(existing) - 3} more' if len(existing) > 3 else ''
-        )
         raise InputError(
-            f'{bids_dir} already has CT images for these subjects ({shown}); '
+            f'{bids_dir} already has CT images for these subjects ({first_few(existing)}); '
             'pass --overwrite to replace them'
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,64 @@ CT_WINDOWS = {
 }
 
 
+@dataclass(frozen=True)
+class _Plane:
+    """One of the three planes through a voxel of an RAS+ volume, sized in world mm."""
+
+    name: str
+    cut: tuple
+    extent_mm: tuple[float, float, float, float]
+    sides: tuple[str, str]
+
+
+def _planes(img: nb.Nifti1Image, centre: tuple[int, int, int]) -> list[_Plane]:
+    """Sagittal, coronal and axial planes through ``centre`` (``img`` in RAS+ order)."""
+    x, y, z = (n * d for n, d in zip(img.shape[:3], img.header.get_zooms()[:3], strict=True))
+    return [
+        _Plane('sagittal', np.s_[centre[0], :, :], (0, y, 0, z), ('P', 'A')),
+        _Plane('coronal', np.s_[:, centre[1], :], (0, x, 0, z), ('L', 'R')),
+        _Plane('axial', np.s_[:, :, centre[2]], (0, x, 0, y), ('L', 'R')),
+    ]
+
+
+def _draw_plane(axis, data: np.ndarray, plane: _Plane, low: float, high: float, title: str):
+    """The plane in grey, neurological display (left of the image = patient's left)."""
+    axis.imshow(data[plane.cut].T, cmap='gray', vmin=low, vmax=high, origin='lower',
+                extent=plane.extent_mm, interpolation='nearest')  # fmt: skip
+    axis.set_title(title, color='white', fontsize=9)
+    axis.axis('off')
+
+
+def _label_sides(axis, plane: _Plane) -> None:
+    left, right = plane.sides
+    axis.text(0.02, 0.5, left, color='yellow', transform=axis.transAxes, va='center')
+    axis.text(0.98, 0.5, right, color='yellow', transform=axis.transAxes, va='center',
+              ha='right')  # fmt: skip
+
+
+def _save_figure(figure, title: str, out_file: str | Path) -> Path:
+    figure.suptitle(title, color='white', fontsize=11)
+    figure.tight_layout()
+    out_file = Path(out_file)
+    figure.savefig(out_file, facecolor='black', format=out_file.suffix.lstrip('.'))
+    plt.close(figure)
+    return out_file
+
+
+def _require_ras(img: nb.Nifti1Image, function: str) -> None:
+    if ''.join(aff2axcodes(img.affine)) != 'RAS':
+        raise ValueError(f'{function} needs an RAS+ image, got {aff2axcodes(img.affine)}')
+
+
+def _percentile_window(data: np.ndarray) -> tuple[float, float]:
+    """1st-99th percentile of the non-zero voxels."""
+    foreground = data[data != 0]
+    if not foreground.size:
+        return 0.0, 1.0
+    low, high = np.percentile(foreground, [1, 99])
+    return float(low), float(high)
+
+
 def plot_orthogonal_slices(
     img: nb.Nifti1Image,
     out_file: str | Path,
@@ -33,44 +92,18 @@ def plot_orthogonal_slices(
     ``img`` must be in RAS+ voxel order. ``window`` is (level, width); by default the
     1st-99th percentile of non-zero voxels is shown.
     """
-    if ''.join(aff2axcodes(img.affine)) != 'RAS':
-        raise ValueError(
-            f'plot_orthogonal_slices needs an RAS+ image, got {aff2axcodes(img.affine)}'
-        )
+    _require_ras(img, 'plot_orthogonal_slices')
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     if window is None:
-        foreground = data[data != 0]
-        low, high = np.percentile(foreground, [1, 99]) if foreground.size else (0.0, 1.0)
+        low, high = _percentile_window(data)
     else:
         level, width = window
         low, high = level - width / 2, level + width / 2
-    centre = _foreground_centre(data > low)
-    zooms = img.header.get_zooms()[:3]
-    extent_mm = [n * z for n, z in zip(data.shape, zooms, strict=True)]
-
-    planes = [
-        ('sagittal', data[centre[0], :, :].T, (extent_mm[1], extent_mm[2]), ('P', 'A')),
-        ('coronal', data[:, centre[1], :].T, (extent_mm[0], extent_mm[2]), ('L', 'R')),
-        ('axial', data[:, :, centre[2]].T, (extent_mm[0], extent_mm[1]), ('L', 'R')),
-    ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor='black')
-    for axis, plane_spec in zip(axes, planes, strict=True):
-        name, plane, (width_mm, height_mm), (left, right) = plane_spec
-        axis.imshow(
-            plane, cmap='gray', vmin=low, vmax=high, origin='lower',
-            extent=(0, width_mm, 0, height_mm), interpolation='nearest',
-        )  # fmt: skip
-        axis.set_title(name, color='white', fontsize=10)
-        axis.text(0.02, 0.5, left, color='yellow', transform=axis.transAxes, va='center')
-        axis.text(0.98, 0.5, right, color='yellow', transform=axis.transAxes, va='center',
-                  ha='right')  # fmt: skip
-        axis.axis('off')
-    figure.suptitle(title, color='white', fontsize=11)
-    figure.tight_layout()
-    out_file = Path(out_file)
-    figure.savefig(out_file, facecolor='black', format=out_file.suffix.lstrip('.'))
-    plt.close(figure)
-    return out_file
+    for axis, plane in zip(axes, _planes(img, _foreground_centre(data > low)), strict=True):
+        _draw_plane(axis, data, plane, low, high, plane.name)
+        _label_sides(axis, plane)
+    return _save_figure(figure, title, out_file)
 
 
 def plot_ct_windows(
@@ -85,35 +118,17 @@ def plot_ct_windows(
     ``img`` must be a CT in HU in RAS+ voxel order; the planes cross the body's centre
     (voxels above -500 HU), in world mm.
     """
-    if ''.join(aff2axcodes(img.affine)) != 'RAS':
-        raise ValueError(f'plot_ct_windows needs an RAS+ image, got {aff2axcodes(img.affine)}')
+    _require_ras(img, 'plot_ct_windows')
     data = np.asanyarray(img.dataobj, dtype=np.float32)
-    centre = _foreground_centre(data > -500)
-    zooms = img.header.get_zooms()[:3]
-    extent_mm = [n * z for n, z in zip(data.shape, zooms, strict=True)]
-    planes = [
-        ('sagittal', data[centre[0], :, :].T, (extent_mm[1], extent_mm[2])),
-        ('coronal', data[:, centre[1], :].T, (extent_mm[0], extent_mm[2])),
-        ('axial', data[:, :, centre[2]].T, (extent_mm[0], extent_mm[1])),
-    ]
+    planes = _planes(img, _foreground_centre(data > -500))
     figure, axes = plt.subplots(
         len(windows), 3, figsize=(10, 3.2 * len(windows)), facecolor='black', squeeze=False
     )
     for row, (window_name, (level, width)) in zip(axes, windows.items(), strict=True):
-        for axis, (plane_name, plane, (width_mm, height_mm)) in zip(row, planes, strict=True):
-            axis.imshow(
-                plane, cmap='gray', vmin=level - width / 2, vmax=level + width / 2,
-                origin='lower', extent=(0, width_mm, 0, height_mm), interpolation='nearest',
-            )  # fmt: skip
-            axis.set_title(f'{plane_name}, {window_name} {level:g}/{width:g}', color='white',
-                           fontsize=9)  # fmt: skip
-            axis.axis('off')
-    figure.suptitle(title, color='white', fontsize=11)
-    figure.tight_layout()
-    out_file = Path(out_file)
-    figure.savefig(out_file, facecolor='black', format=out_file.suffix.lstrip('.'))
-    plt.close(figure)
-    return out_file
+        for axis, plane in zip(row, planes, strict=True):
+            _draw_plane(axis, data, plane, level - width / 2, level + width / 2,
+                        f'{plane.name}, {window_name} {level:g}/{width:g}')  # fmt: skip
+    return _save_figure(figure, title, out_file)
 
 
 def _foreground_centre(foreground: np.ndarray) -> tuple[int, int, int]:
@@ -139,36 +154,16 @@ def plot_contour_overlay(
     img, contour = nb.as_closest_canonical(img), nb.as_closest_canonical(contour)
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     outline = np.asanyarray(contour.dataobj, dtype=np.float32)
-    foreground = data[data != 0]
-    low, high = np.percentile(foreground, [1, 99]) if foreground.size else (0.0, 1.0)
-    centre = _foreground_centre(outline > level)
-    zooms = img.header.get_zooms()[:3]
-    extent_mm = [n * z for n, z in zip(data.shape, zooms, strict=True)]
-    cuts = [
-        ('sagittal', np.s_[centre[0], :, :], (extent_mm[1], extent_mm[2]), ('P', 'A')),
-        ('coronal', np.s_[:, centre[1], :], (extent_mm[0], extent_mm[2]), ('L', 'R')),
-        ('axial', np.s_[:, :, centre[2]], (extent_mm[0], extent_mm[1]), ('L', 'R')),
-    ]
+    low, high = _percentile_window(data)
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor='black')
-    for axis, (name, cut, (width_mm, height_mm), (left, right)) in zip(axes, cuts, strict=True):
-        extent = (0, width_mm, 0, height_mm)
-        axis.imshow(data[cut].T, cmap='gray', vmin=low, vmax=high, origin='lower',
-                    extent=extent, interpolation='nearest')  # fmt: skip
-        plane = outline[cut].T
-        if plane.min() < level < plane.max():
-            axis.contour(plane, levels=[level], colors=colour, linewidths=0.8, origin='lower',
-                         extent=extent)  # fmt: skip
-        axis.set_title(name, color='white', fontsize=10)
-        axis.text(0.02, 0.5, left, color='yellow', transform=axis.transAxes, va='center')
-        axis.text(0.98, 0.5, right, color='yellow', transform=axis.transAxes, va='center',
-                  ha='right')  # fmt: skip
-        axis.axis('off')
-    figure.suptitle(title, color='white', fontsize=11)
-    figure.tight_layout()
-    out_file = Path(out_file)
-    figure.savefig(out_file, facecolor='black', format=out_file.suffix.lstrip('.'))
-    plt.close(figure)
-    return out_file
+    for axis, plane in zip(axes, _planes(img, _foreground_centre(outline > level)), strict=True):
+        _draw_plane(axis, data, plane, low, high, plane.name)
+        outline_plane = outline[plane.cut].T
+        if outline_plane.min() < level < outline_plane.max():
+            axis.contour(outline_plane, levels=[level], colors=colour, linewidths=0.8,
+                         origin='lower', extent=plane.extent_mm)  # fmt: skip
+        _label_sides(axis, plane)
+    return _save_figure(figure, title, out_file)
 
 
 def template_edges(template: nb.Nifti1Image) -> nb.Nifti1Image:
