@@ -175,6 +175,7 @@ def test_a_workflow_that_cannot_be_built_exits_70(mini_bids, tmp_path, monkeypat
 
     broken = replace(pipelines.PIPELINES['reorient'], factory=broken_factory)
     monkeypatch.setitem(pipelines.PIPELINES, 'reorient', broken)
-    code = run([str(mini_bids), str(tmp_path / 'out'), 'participant', '-w', str(tmp_path / 'w')])
+    code = run([str(mini_bids), str(tmp_path / 'out'), 'participant', '-w', str(tmp_path / 'w'),
+                '--pipelines', 'reorient'])  # fmt: skip
     assert code == 70
     assert "could not be built: KeyError('template MNI152NLin2009aSym')" in capsys.readouterr().err

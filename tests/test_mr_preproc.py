@@ -64,6 +64,15 @@ def test_hdbet_masks_match_the_reference_masks(colin):
     assert dice(brain_mask(seg3d, HDBET).get_fdata(), seg3d_reference.get_fdata()) >= 0.92
 
 
+def test_a_failed_extraction_is_refused_with_advice():
+    """HD-BET on an already skull-stripped brain returns a fragment: say so, and what to do."""
+    stripped, _ = reorient_to_ras(load_image(MR / 'stroke_t1_brain.nii.gz'))
+    with pytest.raises(ValueError, match=r'ml, not a plausible human brain .*--skull-strip none'):
+        brain_mask(stripped, HDBET)
+    nonzero = brain_mask(stripped, SkullStripSettings('none'))
+    assert 900 < nonzero.get_fdata().sum() / 1000 < 1300  # ml at 1 mm
+
+
 def test_deepbet_agrees_with_hdbet(colin):
     deepbet = brain_mask(colin['ras'], SkullStripSettings('deepbet', threads=2))
     assert dice(deepbet.get_fdata(), colin['mask'].get_fdata()) >= 0.95

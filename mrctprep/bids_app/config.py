@@ -48,6 +48,16 @@ class RunConfig:
     device: str = 'auto'
     skull_strip: str = 'hdbet'
     template: Path | None = None
+    drr_preset: str = 'deepdrr'
+    drr_angles: list[list[float]] = field(default_factory=list)
+    drr_view_grid: list[float] = field(default_factory=list)
+    drr_kvp: int | None = None
+    drr_output: str | None = None
+    drr_detector: int | None = None
+    drr_pixel_size: float | None = None
+    drr_sdd: float | None = None
+    drr_sid: float | None = None
+    drr_noise: int | None = None
     write_graph: bool = False
     dry_run: bool = False
     stop_on_first_crash: bool = False

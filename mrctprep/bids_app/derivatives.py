@@ -38,6 +38,13 @@ DESCRIPTIONS = {
     'preproc': 'Preprocessed. T1w: RAS+ voxel order and N4 bias-corrected (whole head). '
     'CT: checked to be in Hounsfield units (HU + 1024 shifted back), padding outside the '
     'reconstruction circle set to -1024 HU, int16, voxel axes in RAS+ order.',
+    'pa': 'DRR, posterior-anterior view: the C-arm detector in front of the patient (orbital '
+    'and angulation 0 for a supine patient), seen from the X-ray source. Oblique views are '
+    'named by where the detector is and the angles, e.g. rao10cau5 (right anterior oblique 10, '
+    'caudal 5 degrees); the sidecar gives the exact geometry and projection matrix.',
+    'ap': 'DRR, anterior-posterior view: the detector behind the patient (orbital 180 for a '
+    'supine patient), seen from the X-ray source: the left of the patient on the image right.',
+    'drr': 'Figure: contact sheet of the DRR views of a CT.',
 }
 
 #: Rewritten each run (as fMRIPrep does): outputs that the BIDS schema does not cover yet.

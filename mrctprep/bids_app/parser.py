@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from pathlib import Path
@@ -47,6 +48,46 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f'{value!r} is not a positive integer')
     return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f'{value!r} is not a positive number')
+    return number
+
+
+def _drr_angles(value: str) -> list[list[float]]:
+    """``--drr-angles "0,0;10,-5"``: (orbital, angulation) pairs in degrees."""
+    pairs = []
+    for part in value.split(';'):
+        try:
+            pair = [float(number) for number in part.split(',')]
+        except ValueError:
+            pair = []
+        if len(pair) != 2 or not all(map(math.isfinite, pair)):
+            raise argparse.ArgumentTypeError(
+                f'{value!r}: use "ORBITAL,ANGULATION;ORBITAL,ANGULATION;..." in degrees'
+            )
+        pairs.append(pair)
+    return pairs
+
+
+def _drr_view_grid(value: str) -> list[float]:
+    """``--drr-view-grid -10:10:5``: both angles from START to STOP (inclusive) by STEP."""
+    try:
+        start, stop, step = (float(number) for number in value.split(':'))
+    except ValueError:
+        start, stop, step = 0.0, -1.0, 0.0
+    if not (step > 0 and start <= stop and (stop - start) / step < 100):
+        raise argparse.ArgumentTypeError(
+            f'{value!r}: use START:STOP:STEP in degrees with START <= STOP, STEP > 0 and at '
+            'most 100 steps'
+        )
+    return [start, stop, step]
 
 
 def _device(value: str) -> str:
@@ -146,6 +187,47 @@ def build_parser() -> argparse.ArgumentParser:
         '1 mm brain); its file name becomes the space- label',
     )  # fmt: skip
 
+    from mrctprep.imaging.drr.presets import OUTPUTS, PRESETS
+    from mrctprep.imaging.drr.tables import SPECTRA
+
+    drr = parser.add_argument_group('DRR (drr)')
+    drr.add_argument(
+        '--drr-preset', choices=sorted(PRESETS), default='deepdrr',
+        help="deepdrr: DeepDRR's default C-arm (SDD 1020 mm, source-isocentre 530 mm, 1536 px "
+        'of 0.194 mm, one PA view); gensyn-center: the GENSYN thesis centre view (2500 px of '
+        '0.2 mm, isocentre 750 mm below the CT centre); gensyn-angled: its 20 angled views '
+        '(SDD = source-isocentre = 2000 mm, 2500 px of 0.18 mm)',
+    )  # fmt: skip
+    views = drr.add_mutually_exclusive_group()
+    views.add_argument(
+        '--drr-angles', type=_drr_angles, metavar='"A,B;A,B;..."',
+        help='views as (orbital LAO/RAO, angulation CRA/CAU) pairs in degrees about the '
+        'isocentre (default: the preset\'s views)',
+    )  # fmt: skip
+    views.add_argument(
+        '--drr-view-grid', type=_drr_view_grid, metavar='START:STOP:STEP',
+        help='views at every (orbital, angulation) pair of START..STOP by STEP degrees',
+    )  # fmt: skip
+    drr.add_argument('--drr-kvp', type=int, choices=sorted(SPECTRA),
+                     help='tube voltage of the spectrum (default: 90)')  # fmt: skip
+    drr.add_argument(
+        '--drr-output', choices=OUTPUTS,
+        help="neglog: DeepDRR's normalised -log image (default); line-integral: the line "
+        'integral of attenuation; intensity: energy reaching each pixel (keV per photon)',
+    )  # fmt: skip
+    drr.add_argument('--drr-detector', type=_positive_int, metavar='N',
+                     help='detector of N x N pixels (default: the preset\'s)')  # fmt: skip
+    drr.add_argument('--drr-pixel-size', type=_positive_float, metavar='MM',
+                     help='detector pixel spacing')  # fmt: skip
+    drr.add_argument('--drr-sdd', type=_positive_float, metavar='MM',
+                     help='source-to-detector distance')  # fmt: skip
+    drr.add_argument('--drr-sid', type=_positive_float, metavar='MM',
+                     help='source-to-isocentre distance')  # fmt: skip
+    drr.add_argument(
+        '--drr-noise', type=_positive_int, metavar='PHOTONS',
+        help='Poisson noise for PHOTONS photons per pixel (default: none)',
+    )  # fmt: skip
+
     flow = parser.add_argument_group('Workflow')
     flow.add_argument(
         '--pipelines', nargs='+', choices=sorted(PIPELINES), default=DEFAULT_PIPELINES,
@@ -182,13 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse the syntax (argparse: usage and exit 2 when wrong) and fill in defaults."""
-    opts = build_parser().parse_args(argv)
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    _check_drr_views(parser, opts)
     if opts.omp_nthreads is None:
         opts.omp_nthreads = max(1, min(opts.nprocs - 1, 8))
     for name in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir'):
         if getattr(opts, name) is not None:
             setattr(opts, name, Path(os.path.abspath(getattr(opts, name))))
     return opts
+
+
+def _check_drr_views(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    """Views that would share one output name are a usage error, found before any work."""
+    from mrctprep.imaging.drr.presets import resolve_drr_settings
+
+    try:
+        resolve_drr_settings(
+            opts.drr_preset, angles=opts.drr_angles or (), grid=opts.drr_view_grid or ()
+        )
+    except ValueError as exc:
+        parser.error(f'--drr-angles/--drr-view-grid: {exc}')
 
 
 def check_locations(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:

@@ -174,3 +174,32 @@ def template_edges(template: nb.Nifti1Image) -> nb.Nifti1Image:
     magnitude = ndimage.generic_gradient_magnitude(data, ndimage.sobel)
     magnitude /= max(float(np.percentile(magnitude[magnitude > 0], 95)), 1e-6)
     return nb.Nifti1Image(magnitude.astype(np.float32), template.affine)
+
+
+def plot_contact_sheet(
+    images: list[np.ndarray], labels: list[str], out_file: str | Path, *, title: str
+) -> Path:
+    """Images (rows, columns; row 0 at the top) side by side in a near-square grid, labelled.
+
+    Each image is shown between its own 1st and 99th percentiles, so that views with very
+    different ranges stay readable; the figure format follows ``out_file``'s suffix.
+    """
+    columns = int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / columns))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.6 * columns, 2.8 * rows + 0.4), facecolor='black',
+        squeeze=False,
+    )  # fmt: skip
+    for axis in axes.flat:
+        axis.axis('off')
+    for axis, image, label in zip(axes.flat, images, labels, strict=False):
+        low, high = np.percentile(image, [1, 99])
+        axis.imshow(image, cmap='gray', vmin=low, vmax=max(high, low + 1e-6),
+                    interpolation='nearest')  # fmt: skip
+        axis.set_title(label, color='white', fontsize=9)
+    figure.suptitle(title, color='white', fontsize=11)
+    figure.tight_layout()
+    out_file = Path(out_file)
+    figure.savefig(out_file, facecolor='black', format=out_file.suffix.lstrip('.'), dpi=100)
+    plt.close(figure)
+    return out_file

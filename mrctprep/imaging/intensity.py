@@ -44,7 +44,10 @@ def median_normalise(
         raise ValueError('median normalisation needs a non-empty brain mask')
     median = float(np.median(data[inside]))
     if median <= 0:
-        raise ValueError(f'the brain median intensity is {median:g}; expected positive values')
+        raise ValueError(
+            f'the median intensity inside the brain mask is {median:g}: the mask does not '
+            'cover the brain (failed skull stripping or registration; see the QC figures)'
+        )
     scale = target / median
     out = np.where(inside, data * scale, 0).astype(np.float32)
     return _like(out, img), scale

@@ -15,6 +15,7 @@ from nipype.interfaces.base import (
 )
 
 from mrctprep.imaging.figures import (
+    plot_contact_sheet,
     plot_contour_overlay,
     plot_ct_windows,
     plot_orthogonal_slices,
@@ -116,5 +117,32 @@ class RegistrationRPT(SimpleInterface):
         out_report = os.path.join(runtime.cwd, 'registration.svg')
         plot_contour_overlay(registered, edges, out_report, title=self.inputs.title, level=0.6,
                              colour='lime')  # fmt: skip
+        self._results['out_report'] = out_report
+        return runtime
+
+
+class _ContactSheetInputSpec(BaseInterfaceInputSpec):
+    in_files = traits.List(
+        File(exists=True), mandatory=True, desc='2D NIfTIs stored as (column, row), row 0 on top'
+    )
+    labels = traits.List(traits.Str, mandatory=True, desc='one caption per image')
+    title = traits.Str(mandatory=True, desc='figure title')
+
+
+class _ContactSheetOutputSpec(TraitedSpec):
+    out_report = File(exists=True, desc='the PNG contact sheet')
+
+
+class ContactSheetRPT(SimpleInterface):
+    """All views of a DRR run side by side, as one PNG."""
+
+    input_spec = _ContactSheetInputSpec
+    output_spec = _ContactSheetOutputSpec
+
+    def _run_interface(self, runtime):
+        images = [np.asanyarray(nb.load(path).dataobj, dtype=np.float32).T
+                  for path in self.inputs.in_files]  # fmt: skip
+        out_report = os.path.join(runtime.cwd, 'contact_sheet.png')
+        plot_contact_sheet(images, list(self.inputs.labels), out_report, title=self.inputs.title)
         self._results['out_report'] = out_report
         return runtime

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
 from mrctprep.workflows.ct_ingest import CT_INGEST_INPUTS, init_ct_ingest_wf
+from mrctprep.workflows.drr import DRR_INPUTS, init_drr_wf
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.mr_preproc import MR_PREPROC_INPUTS, init_mr_preproc_wf
 from mrctprep.workflows.reorient import REORIENT_INPUTS, init_reorient_wf
@@ -57,6 +58,14 @@ PIPELINES: dict[str, Pipeline] = {
             'RAS+ + QC figure in four windows',
             inputs=CT_INGEST_INPUTS,
             factory=init_ct_ingest_wf,
+        ),
+        Pipeline(
+            name='drr',
+            level='participant',
+            summary='synthetic X-rays of each CT on a digital C-arm (DeepDRR physics, presets, '
+            'view grids): float32 NIfTI + 16-bit PNG + projection matrix per view, contact sheet',
+            inputs=DRR_INPUTS,
+            factory=init_drr_wf,
         ),
     )
 }
