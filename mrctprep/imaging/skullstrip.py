@@ -165,14 +165,13 @@ def _import_hd_bet():
 
 
 def _can_create(folder: Path) -> bool:
+    """Whether ``os.makedirs(folder, exist_ok=True)`` would succeed."""
+    if folder.is_dir():
+        return True
     existing = folder
     while not existing.exists():
         existing = existing.parent
-    return (
-        folder.is_dir()
-        and os.access(folder, os.W_OK)
-        or (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK))
-    )
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
 
 
 @cache
