@@ -202,30 +202,31 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument(
         '--drr-angles', type=_drr_angles, metavar='"A,B;A,B;..."',
         help='views as (orbital LAO/RAO, angulation CRA/CAU) pairs in degrees about the '
-        'isocentre (default: the preset\'s views)',
+        "isocentre; unset: the preset's views",
     )  # fmt: skip
     views.add_argument(
         '--drr-view-grid', type=_drr_view_grid, metavar='START:STOP:STEP',
         help='views at every (orbital, angulation) pair of START..STOP by STEP degrees',
     )  # fmt: skip
     drr.add_argument('--drr-kvp', type=int, choices=sorted(SPECTRA),
-                     help='tube voltage of the spectrum (default: 90)')  # fmt: skip
+                     help="tube voltage of the spectrum; unset: the preset's (90)")  # fmt: skip
     drr.add_argument(
         '--drr-output', choices=OUTPUTS,
-        help="neglog: DeepDRR's normalised -log image (default); line-integral: the line "
-        'integral of attenuation; intensity: energy reaching each pixel (keV per photon)',
+        help="neglog: DeepDRR's normalised -log image (the presets' choice); line-integral: "
+        'the line integral of attenuation; intensity: energy reaching each pixel (keV per '
+        "photon); unset: the preset's",
     )  # fmt: skip
     drr.add_argument('--drr-detector', type=_positive_int, metavar='N',
-                     help='detector of N x N pixels (default: the preset\'s)')  # fmt: skip
+                     help="detector of N x N pixels; unset: the preset's")  # fmt: skip
     drr.add_argument('--drr-pixel-size', type=_positive_float, metavar='MM',
-                     help='detector pixel spacing')  # fmt: skip
+                     help="detector pixel spacing; unset: the preset's")  # fmt: skip
     drr.add_argument('--drr-sdd', type=_positive_float, metavar='MM',
-                     help='source-to-detector distance')  # fmt: skip
+                     help="source-to-detector distance; unset: the preset's")  # fmt: skip
     drr.add_argument('--drr-sid', type=_positive_float, metavar='MM',
-                     help='source-to-isocentre distance')  # fmt: skip
+                     help="source-to-isocentre distance; unset: the preset's")  # fmt: skip
     drr.add_argument(
         '--drr-noise', type=_positive_int, metavar='PHOTONS',
-        help='Poisson noise for PHOTONS photons per pixel (default: none)',
+        help='Poisson noise for PHOTONS photons per pixel; unset: no noise',
     )  # fmt: skip
 
     flow = parser.add_argument_group('Workflow')
