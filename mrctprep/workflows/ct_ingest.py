@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import nibabel as nb
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -14,8 +16,8 @@ from mrctprep.imaging.hounsfield import PADDING_FILL_HU
 from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.ct import ConformCT
 from mrctprep.interfaces.reports import CTWindowsRPT
+from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.reorient import image_id
 
 #: The queries (``--bids-filter-file`` names) whose images this pipeline conforms.
 CT_INGEST_INPUTS = ('ct',)
@@ -25,15 +27,13 @@ def init_ct_ingest_wf(
     *, subject_data: SubjectData, config: RunConfig, name: str = 'ct_ingest_wf'
 ) -> LiterateWorkflow:
     """Conform every CT of a subject, one sub-workflow per image."""
-    workflow = LiterateWorkflow(name=name)
-    for source_file in subject_data.files.get('ct', []):
-        image_wf = init_ct_conform_wf(
-            source_file=source_file,
-            output_dir=str(config.output_dir),
-            name=f'ct_conform_{image_id(source_file, subject_data)}_wf',
-        )
-        workflow.add_nodes([image_wf])
-    return workflow
+    return init_per_image_wf(
+        subject_data=subject_data,
+        queries=CT_INGEST_INPUTS,
+        init_image_wf=partial(init_ct_conform_wf, output_dir=str(config.output_dir)),
+        prefix='ct_conform',
+        name=name,
+    )
 
 
 def init_ct_conform_wf(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from nipype.interfaces import utility as niu
@@ -15,8 +16,8 @@ from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.ct import ConformCT
 from mrctprep.interfaces.drr import RenderDRR
 from mrctprep.interfaces.reports import ContactSheetRPT
+from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.reorient import image_id
 
 #: The queries (``--bids-filter-file`` names) whose images are projected.
 DRR_INPUTS = ('ct',)
@@ -43,16 +44,13 @@ def init_drr_wf(
     *, subject_data: SubjectData, config: RunConfig, name: str = 'drr_wf'
 ) -> LiterateWorkflow:
     """Project every CT of a subject, one sub-workflow per image."""
-    workflow = LiterateWorkflow(name=name)
-    for source_file in subject_data.files.get('ct', []):
-        workflow.add_nodes([
-            init_drr_image_wf(
-                source_file=source_file,
-                config=config,
-                name=f'drr_{image_id(source_file, subject_data)}_wf',
-            )
-        ])  # fmt: skip
-    return workflow
+    return init_per_image_wf(
+        subject_data=subject_data,
+        queries=DRR_INPUTS,
+        init_image_wf=partial(init_drr_image_wf, config=config),
+        prefix='drr',
+        name=name,
+    )
 
 
 def init_drr_image_wf(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -22,8 +23,8 @@ from mrctprep.interfaces.mr import (
 )
 from mrctprep.interfaces.reorient import Reorient
 from mrctprep.interfaces.reports import ContourOverlayRPT, RegistrationRPT
+from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.reorient import image_id
 
 MR_PREPROC_INPUTS = ('t1w',)
 MNI_GRID = {
@@ -43,16 +44,13 @@ def init_mr_preproc_wf(
     *, subject_data: SubjectData, config: RunConfig, name: str = 'mr_preproc_wf'
 ) -> LiterateWorkflow:
     """Preprocess every T1w of a subject, one sub-workflow per image."""
-    workflow = LiterateWorkflow(name=name)
-    for source_file in subject_data.files.get('t1w', []):
-        workflow.add_nodes([
-            init_mr_preproc_image_wf(
-                source_file=source_file,
-                config=config,
-                name=f'mr_preproc_{image_id(source_file, subject_data)}_wf',
-            )
-        ])  # fmt: skip
-    return workflow
+    return init_per_image_wf(
+        subject_data=subject_data,
+        queries=MR_PREPROC_INPUTS,
+        init_image_wf=partial(init_mr_preproc_image_wf, config=config),
+        prefix='mr_preproc',
+        name=name,
+    )
 
 
 def init_mr_preproc_image_wf(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import nibabel as nb
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -12,6 +14,7 @@ from mrctprep.imaging.figures import CT_WINDOWS
 from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.reorient import Reorient
 from mrctprep.interfaces.reports import OrthogonalSlicesRPT
+from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
 
 #: The queries (``--bids-filter-file`` names) whose images this pipeline reorients.
@@ -22,16 +25,13 @@ def init_reorient_wf(
     *, subject_data: SubjectData, config: RunConfig, name: str = 'reorient_wf'
 ) -> LiterateWorkflow:
     """Reorient every anatomical image of a subject, one sub-workflow per image."""
-    workflow = LiterateWorkflow(name=name)
-    for query in REORIENT_INPUTS:
-        for source_file in subject_data.files.get(query, []):
-            image_wf = init_reorient_image_wf(
-                source_file=source_file,
-                output_dir=str(config.output_dir),
-                name=f'reorient_{image_id(source_file, subject_data)}_wf',
-            )
-            workflow.add_nodes([image_wf])
-    return workflow
+    return init_per_image_wf(
+        subject_data=subject_data,
+        queries=REORIENT_INPUTS,
+        init_image_wf=partial(init_reorient_image_wf, output_dir=str(config.output_dir)),
+        prefix='reorient',
+        name=name,
+    )
 
 
 def init_reorient_image_wf(
@@ -93,10 +93,3 @@ def init_reorient_image_wf(
     ])
     # fmt: on
     return workflow
-
-
-def image_id(source_file: str, subject_data: SubjectData) -> str:
-    """A node-name-safe id of an image within its subject: ``acq_fast_run_2_T1w``."""
-    name = source_file.rsplit('/', 1)[-1].split('.')[0]
-    name = name.removeprefix(subject_data.label + '_')
-    return ''.join(c if c.isalnum() else '_' for c in name)
