@@ -41,11 +41,12 @@ def brain_mask(img: nb.Nifti1Image, settings: SkullStripSettings) -> nb.Nifti1Im
     """A uint8 brain mask on the grid of ``img`` (which must be RAS+)."""
     if ''.join(aff2axcodes(img.affine)) != 'RAS':
         raise ValueError('brain_mask needs an RAS+ image (run reorient_to_ras first)')
-    _set_torch_threads(settings.threads)
     data = img.get_fdata(dtype=np.float32)
     if settings.method in HDBET_FOLDS:
+        _set_torch_threads(settings.threads)
         mask = _hdbet_mask(data, img.header.get_zooms()[:3], settings)
     elif settings.method == 'deepbet':
+        _set_torch_threads(settings.threads)
         mask = _deepbet_mask(data, settings.device)
     elif settings.method == 'none':
         mask = _nonzero_mask(data)
