@@ -58,6 +58,17 @@ class RunConfig:
     drr_sdd: float | None = None
     drr_sid: float | None = None
     drr_noise: int | None = None
+    weights: dict[str, str] = field(default_factory=dict)
+    train: str | None = None
+    train_steps: int | None = None
+    train_patch_size: list[int] = field(default_factory=list)
+    checkpoint_every: int = 200
+    resume: bool = False
+    reference_site: str | None = None
+    superres_voxel_size: float = 1.0
+    superres_method: str = 'unires'
+    superres_common_grid: bool = False
+    superres_max_iter: int | None = None
     write_graph: bool = False
     dry_run: bool = False
     stop_on_first_crash: bool = False

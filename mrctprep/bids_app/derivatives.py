@@ -45,11 +45,18 @@ DESCRIPTIONS = {
     'ap': 'DRR, anterior-posterior view: the detector behind the patient (orbital 180 for a '
     'supine patient), seen from the X-ray source: the left of the patient on the image right.',
     'drr': 'Figure: contact sheet of the DRR views of a CT.',
+    'harmonized': 'Harmonized by IGUANe (the mr-harmonize pipeline): the model input mapped '
+    "to the reference site's appearance (median-500 scale, background 0), on the model grid "
+    "(space-) or brought back to the native grid; the sidecar names the weights' SHA-256.",
+    'superres': 'Super-resolved (UniRes model): every scan of the session co-registered and '
+    'fitted jointly onto one isotropic grid (res- label: voxel size in mm); figures: the first '
+    'scan of the contrast above the result.',
 }
 
 #: Rewritten each run (as fMRIPrep does): outputs that the BIDS schema does not cover yet.
 BIDSIGNORE = [
     '*_ct.*', '*_drr.*', '*_uncertainty.*', '*_qc.json', '*_xfm.*', 'figures/', 'logs/',
+    'models/',
     '*.html',
 ]  # fmt: skip
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from mrctprep import __version__
 from mrctprep.bids_app.errors import InputError
+from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.imaging.skullstrip import SKULL_STRIP_METHODS
 from mrctprep.models.devices import DEVICE_PATTERN
+from mrctprep.models.weights import WEIGHTS_DIR_ENV, model_names, user_cache_dir
 
 
 class _ListPipelinesAction(argparse.Action):
@@ -88,6 +90,16 @@ def _drr_view_grid(value: str) -> list[float]:
             'most 100 steps'
         )
     return [start, stop, step]
+
+
+def _weights_option(value: str) -> tuple[str, Path]:
+    name, separator, path = value.partition('=')
+    if not separator or not path:
+        raise argparse.ArgumentTypeError(f'{value!r}: expected NAME=FILE')
+    if name not in model_names():
+        raise argparse.ArgumentTypeError(f'{name!r}: unknown model; models: '
+                                         f'{", ".join(model_names())}')  # fmt: skip
+    return name, Path(path)
 
 
 def _device(value: str) -> str:
@@ -229,6 +241,63 @@ def build_parser() -> argparse.ArgumentParser:
         help='Poisson noise for PHOTONS photons per pixel; unset: no noise',
     )  # fmt: skip
 
+    superres = parser.add_argument_group('Super-resolution (superres)')
+    superres.add_argument(
+        '--superres-voxel-size', type=_positive_float, default=1.0, metavar='MM',
+        help='isotropic voxel size of the super-resolved images (default 1.0)',
+    )  # fmt: skip
+    superres.add_argument(
+        '--superres-method', choices=('unires', 'linear'), default='unires',
+        help="unires: UniRes's model (joint total variation, ADMM); linear: co-register and "
+        "reslice trilinearly only (UniRes's --linear)",
+    )  # fmt: skip
+    superres.add_argument(
+        '--superres-common-grid', action='store_true',
+        help="UniRes's --common_output: the template's field of view after rigid alignment to "
+        'it, sizes 2*2^n or 3*2^n (at most 256), the same grid for every subject',
+    )  # fmt: skip
+    superres.add_argument(
+        '--superres-max-iter', type=_positive_int, metavar='N',
+        help='cap on ADMM iterations (default 512; the run usually stops earlier, converged)',
+    )  # fmt: skip
+
+    models = parser.add_argument_group('Models (mr-harmonize; training at the group level)')
+    models.add_argument(
+        '--weights', action='append', type=_weights_option, metavar='NAME=FILE',
+        help=f'weights of model NAME ({", ".join(model_names())}): a .pt with its .json card '
+        f'beside it. Default: OUTPUT_DIR/models/NAME/NAME.pt, then ${WEIGHTS_DIR_ENV}/NAME.pt, '
+        f'then {user_cache_dir()}/NAME.pt',
+    )  # fmt: skip
+    models.add_argument(
+        '--train', choices=model_names(), metavar='NAME',
+        help='group level: train model NAME on the participant outputs (iguane: on mr-preproc '
+        "outputs, sites from participants.tsv's site column or the sidecars' scanner); writes "
+        'OUTPUT_DIR/models/NAME/',
+    )  # fmt: skip
+    models.add_argument(
+        '--steps', type=_positive_int, metavar='N',
+        help='training steps (iguane: each step visits every source site; default 20000 = '
+        "IGUANe's 100 epochs x 200 steps)",
+    )  # fmt: skip
+    models.add_argument(
+        '--train-patch-size', type=_positive_int, nargs='+', metavar='N',
+        help='train on random crops of N (or NX NY NZ) voxels, multiples of 16, instead of '
+        'whole volumes: the networks are fully convolutional; 64 makes CPU training practical',
+    )  # fmt: skip
+    models.add_argument(
+        '--checkpoint-every', type=_positive_int, default=200, metavar='N',
+        help='save a checkpoint (in the work directory) every N steps (default 200)',
+    )  # fmt: skip
+    models.add_argument(
+        '--resume', action='store_true',
+        help='continue the last training from its checkpoint (same -w, data and settings), '
+        'exactly as if it had not stopped',
+    )  # fmt: skip
+    models.add_argument(
+        '--reference-site', metavar='SITE',
+        help='harmonization target site (default: the site with the most participants)',
+    )  # fmt: skip
+
     flow = parser.add_argument_group('Workflow')
     flow.add_argument(
         '--pipelines', nargs='+', choices=sorted(PIPELINES), default=DEFAULT_PIPELINES,
@@ -268,12 +337,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     opts = parser.parse_args(argv)
     _check_drr_views(parser, opts)
+    _check_training(parser, opts)
     if opts.omp_nthreads is None:
         opts.omp_nthreads = max(1, min(opts.nprocs - 1, 8))
     for name in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir'):
         if getattr(opts, name) is not None:
             setattr(opts, name, Path(os.path.abspath(getattr(opts, name))))
     return opts
+
+
+def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    if opts.train and opts.analysis_level != 'group':
+        parser.error('--train runs at the group level: mrctprep BIDS_DIR OUTPUT_DIR group --train '
+                     f'{opts.train}')  # fmt: skip
+    if (opts.resume or opts.steps) and not opts.train:
+        parser.error('--resume and --steps go with --train NAME')
+    patch = opts.train_patch_size
+    if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
+        parser.error(f'--train-patch-size {" ".join(map(str, patch))}: one or three sizes, '
+                     f'each a multiple of {SIZE_MULTIPLE}')  # fmt: skip
 
 
 def _check_drr_views(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:

@@ -15,12 +15,13 @@ from mrctprep.bids_app.errors import (  # noqa: E402
     EXIT_NODE_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    InputError,
     MrctprepError,
     WorkflowBuildError,
 )
 
 LOGGER = logging.getLogger('mrctprep')
-SUBCOMMANDS = ('demo', 'import')
+SUBCOMMANDS = ('demo', 'import', 'import-weights')
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,6 +113,17 @@ def _config_from_options(opts, verbosity: int):
         drr_sdd=opts.drr_sdd,
         drr_sid=opts.drr_sid,
         drr_noise=opts.drr_noise,
+        weights={name: str(path) for name, path in opts.weights or []},
+        train=opts.train,
+        train_steps=opts.steps,
+        train_patch_size=opts.train_patch_size or [],
+        checkpoint_every=opts.checkpoint_every,
+        resume=opts.resume,
+        reference_site=opts.reference_site,
+        superres_voxel_size=opts.superres_voxel_size,
+        superres_method=opts.superres_method,
+        superres_common_grid=opts.superres_common_grid,
+        superres_max_iter=opts.superres_max_iter,
         write_graph=opts.write_graph,
         dry_run=opts.dry_run,
         stop_on_first_crash=opts.stop_on_first_crash,
@@ -160,6 +172,8 @@ def run_participant(config) -> int:
     configure_nipype(config)
     try:
         workflow = build_workflow(config, plan)
+    except MrctprepError:  # missing weights and the like: the user's to fix, with its own code
+        raise
     except Exception as exc:  # any failure here is a bug or an unusable setting, not bad data
         raise WorkflowBuildError(f'the workflow could not be built: {exc!r}') from exc
 
@@ -205,13 +219,38 @@ def run_participant(config) -> int:
 def run_group(config) -> int:
     """Read the participant outputs (never the raw data again) and write the group tables."""
     from mrctprep.bids_app.group import write_group_tables
+    from mrctprep.bids_app.harmonization_table import find_model_inputs, write_harmonization_tables
+    from mrctprep.bids_app.sites import choose_reference_site, read_participant_sites
+    from mrctprep.bids_app.training import train_harmonizer
 
     write_group_tables(config)
+    # Only mr-preproc's MNI-space model inputs can be compared across sites.
+    model_inputs = find_model_inputs(config)
+    if not model_inputs:
+        if config.train:
+            raise InputError(f'--train {config.train}: no mr-preproc model inputs (*_desc-norm_'
+                             f'T1w.nii.gz) in {config.output_dir}; run the participant level '
+                             'with --pipelines mr-preproc first')  # fmt: skip
+        return EXIT_OK
+    try:
+        sites = read_participant_sites(config.bids_dir, sorted({i.subject for i in model_inputs}))
+    except InputError as exc:
+        if config.train:
+            raise
+        LOGGER.warning('no harmonization tables: %s', exc)
+        return EXIT_OK
+    reference_site = choose_reference_site(
+        {subject: info.site for subject, info in sites.items()}, config.reference_site
+    )
+    if config.train:
+        train_harmonizer(config, model_inputs, sites, reference_site)
+    write_harmonization_tables(config, sites, reference_site)
     return EXIT_OK
 
 
 def _run_subcommand(command: str, argv: list[str]) -> int:
-    return {'demo': _run_demo, 'import': _run_import}[command](argv)
+    commands = {'demo': _run_demo, 'import': _run_import, 'import-weights': _run_import_weights}
+    return commands[command](argv)
 
 
 def _run_import(argv: list[str]) -> int:
@@ -253,6 +292,44 @@ def _run_import(argv: list[str]) -> int:
         return _report_error(exc, exc.exit_code, verbosity)
     LOGGER.info('%d CT image(s) of %d subject(s) imported into %s', len(imported),
                 len({p.subject for p in imported}), opts.bids_dir)  # fmt: skip
+    return EXIT_OK
+
+
+def _run_import_weights(argv: list[str]) -> int:
+    import argparse
+
+    from mrctprep.models.keras_import import import_keras_weights
+    from mrctprep.models.weights import WEIGHTS_SUFFIX, user_cache_dir
+
+    parser = argparse.ArgumentParser(
+        prog='mrctprep import-weights',
+        description="Convert a model's published weights into mrctprep's format: a torch "
+        'state dict FILE.pt with its model card FILE.json (source file and SHA-256). iguane: '
+        "the authors' Keras .h5 of the harmonization generator (TensorFlow 2 save_weights or "
+        'save), checked layer by layer.',
+    )
+    parser.add_argument('model', choices=('iguane',), help='the model the weights are for')
+    parser.add_argument('source', type=Path, help='the published weights file')
+    parser.add_argument(
+        '--output',
+        type=Path,
+        help=f'where to write the weights (a {WEIGHTS_SUFFIX} file); default: the user cache '
+        f'{user_cache_dir()}/MODEL{WEIGHTS_SUFFIX}, where runs look for them',
+    )
+    parser.add_argument('-v', '--verbose', action='count', default=0, help='more output')
+    parser.add_argument('-q', '--quiet', action='count', default=0, help='less output')
+    opts = parser.parse_args(argv)
+    output = opts.output or user_cache_dir() / f'{opts.model}{WEIGHTS_SUFFIX}'
+    if output.suffix != WEIGHTS_SUFFIX:
+        parser.error(f'--output {output}: must end in {WEIGHTS_SUFFIX} (its card is the .json)')
+    verbosity = opts.verbose - opts.quiet
+    setup_logging(verbosity)
+    try:
+        weights = import_keras_weights(opts.source, output)
+    except MrctprepError as exc:
+        return _report_error(exc, exc.exit_code, verbosity)
+    LOGGER.info('%s weights from %s written to %s (SHA-256 %s) with their card beside them',
+                opts.model, opts.source, weights.path, weights.sha256)  # fmt: skip
     return EXIT_OK
 
 

@@ -106,6 +106,31 @@ def plot_orthogonal_slices(
     return _save_figure(figure, title, out_file)
 
 
+def plot_before_after(
+    before: nb.Nifti1Image,
+    after: nb.Nifti1Image,
+    out_file: str | Path,
+    *,
+    title: str,
+    labels: tuple[str, str] = ('before', 'after'),
+) -> Path:
+    """Two rows (``before`` above ``after``) of the same three planes, in one window.
+
+    Both images share one RAS+ grid; the window is the 1st-99th percentile of ``after``'s
+    non-zero voxels, so that a change of sharpness, not of contrast, is what shows.
+    """
+    _require_ras(after, 'plot_before_after')
+    images = [np.asanyarray(img.dataobj, dtype=np.float32) for img in (before, after)]
+    low, high = _percentile_window(images[1])
+    planes = _planes(after, _foreground_centre(images[1] > low))
+    figure, axes = plt.subplots(2, 3, figsize=(12, 8.4), facecolor='black')
+    for row, data, label in zip(axes, images, labels, strict=True):
+        for axis, plane in zip(row, planes, strict=True):
+            _draw_plane(axis, data, plane, low, high, f'{label}: {plane.name}')
+            _label_sides(axis, plane)
+    return _save_figure(figure, title, out_file)
+
+
 def plot_ct_windows(
     img: nb.Nifti1Image,
     out_file: str | Path,

@@ -8,6 +8,8 @@ import nibabel as nb
 import numpy as np
 
 MEDIAN_TARGET = 500.0
+#: The generator halves each axis four times: every crop size is a multiple of this.
+SIZE_MULTIPLE = 16
 #: Per axis of the 182x218x182 grid: (target size, empty slabs needed, half, fallback start,
 #: fallback size), from IGUANe's crop rule.
 IGUANE_CROP_RULE = (

@@ -20,6 +20,8 @@ import numpy as np
 from nibabel.orientations import aff2axcodes
 from scipy import ndimage
 
+from mrctprep.models.devices import fast_precision, set_torch_threads
+
 #: HD-BET works at 1.5 mm isotropic.
 HDBET_SPACING = (1.5, 1.5, 1.5)
 HDBET_FOLDS = {'hdbet': 1, 'hdbet-accurate': 5}
@@ -43,10 +45,10 @@ def brain_mask(img: nb.Nifti1Image, settings: SkullStripSettings) -> nb.Nifti1Im
         raise ValueError('brain_mask needs an RAS+ image (run reorient_to_ras first)')
     data = img.get_fdata(dtype=np.float32)
     if settings.method in HDBET_FOLDS:
-        _set_torch_threads(settings.threads)
+        set_torch_threads(settings.threads)
         mask = _hdbet_mask(data, img.header.get_zooms()[:3], settings)
     elif settings.method == 'deepbet':
-        _set_torch_threads(settings.threads)
+        set_torch_threads(settings.threads)
         mask = _deepbet_mask(data, settings.device)
     elif settings.method == 'none':
         mask = _nonzero_mask(data)
@@ -76,13 +78,6 @@ def _nonzero_mask(data: np.ndarray) -> np.ndarray:
         return np.zeros(data.shape, bool)
     largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
     return ndimage.binary_fill_holes(labels == largest)
-
-
-def _set_torch_threads(threads: int) -> None:
-    import torch
-
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 def _hdbet_mask(data: np.ndarray, zooms, settings: SkullStripSettings) -> np.ndarray:
@@ -124,28 +119,12 @@ def _predict_softmax(network, volume: np.ndarray, *, mirror: bool, device: str) 
     batch = torch.from_numpy(padded[None, None]).to(device)
     flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)] if mirror else [()]
     total = torch.zeros((1, 2, *target), dtype=torch.float32, device=device)
-    with torch.inference_mode(), _fast_precision(device):
+    with torch.inference_mode(), fast_precision(device):
         for axes in flips:
             probabilities = network(batch.flip(axes) if axes else batch).float()
             total += probabilities.flip(axes) if axes else probabilities
     crop = (0, slice(None), *(slice(0, n) for n in volume.shape))
     return (total[crop] / len(flips)).cpu().numpy()
-
-
-def _fast_precision(device: str):
-    """The fastest precision that keeps HD-BET's masks (measured on the real heads).
-
-    CUDA: float16 autocast. CPUs with bfloat16 units (AVX512-BF16/AMX): bfloat16 autocast on
-    oneDNN, about 25x faster than float32 here. Other CPUs: float32 without oneDNN, whose 3D
-    convolutions were 3x slower than PyTorch's own for this network.
-    """
-    import torch
-
-    if device.startswith('cuda'):
-        return torch.autocast('cuda', dtype=torch.float16)
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-        return torch.autocast('cpu', dtype=torch.bfloat16)
-    return torch.backends.mkldnn.flags(enabled=False)
 
 
 def _import_hd_bet():

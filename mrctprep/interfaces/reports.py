@@ -15,6 +15,7 @@ from nipype.interfaces.base import (
 )
 
 from mrctprep.imaging.figures import (
+    plot_before_after,
     plot_contact_sheet,
     plot_contour_overlay,
     plot_ct_windows,
@@ -48,6 +49,30 @@ class OrthogonalSlicesRPT(SimpleInterface):
         plot_orthogonal_slices(
             nb.load(self.inputs.in_file), out_report, title=self.inputs.title, window=window
         )
+        self._results['out_report'] = out_report
+        return runtime
+
+
+class _BeforeAfterInputSpec(BaseInterfaceInputSpec):
+    before_file = File(exists=True, mandatory=True, desc='image shown in the top row')
+    after_file = File(exists=True, mandatory=True, desc='image on the same RAS+ grid, below')
+    title = traits.Str(mandatory=True, desc='figure title')
+    labels = traits.Tuple(('before', 'after'), traits.Str, traits.Str, usedefault=True,
+                          desc='row labels')  # fmt: skip
+
+
+class BeforeAfterRPT(SimpleInterface):
+    """The same three planes of two images on one grid, one above the other, as SVG."""
+
+    input_spec = _BeforeAfterInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        out_report = os.path.join(runtime.cwd, 'before_after.svg')
+        plot_before_after(
+            nb.load(self.inputs.before_file), nb.load(self.inputs.after_file), out_report,
+            title=self.inputs.title, labels=tuple(self.inputs.labels),
+        )  # fmt: skip
         self._results['out_report'] = out_report
         return runtime
 

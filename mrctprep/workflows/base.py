@@ -7,7 +7,7 @@ from copy import deepcopy
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.pipelines import PIPELINES
+from mrctprep.workflows.pipelines import pipelines_to_build
 
 POLL_SLEEP_SECONDS = 0.1
 
@@ -36,8 +36,7 @@ def init_single_subject_wf(
 ) -> LiterateWorkflow:
     """``sub_<l>[_ses_<l>]_wf``: the selected pipelines that this subject has inputs for."""
     workflow = LiterateWorkflow(name=name or subject_data.label.replace('-', '_') + '_wf')
-    for pipeline_name in config.pipelines:
-        pipeline = PIPELINES[pipeline_name]
+    for pipeline in pipelines_to_build(config.pipelines):
         if pipeline.level == 'participant' and pipeline.accepts(subject_data):
             workflow.add_nodes([pipeline.build(subject_data, config)])
     return workflow

@@ -84,9 +84,10 @@ def init_mr_preproc_image_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_file']), name='inputnode')
     inputnode.inputs.source_file = source_file
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=['t1w_preproc', 'brain_mask', 'model_input']),
+        niu.IdentityInterface(fields=['t1w_preproc', 'brain_mask', 'transform', 'model_input',
+                                      'model_input_metadata']),
         name='outputnode',
-    )
+    )  # fmt: skip
     reorient = pe.Node(Reorient(), name='reorient')
     skull_strip = pe.Node(
         SkullStrip(method=skull_strip_method, test_time_augmentation=tta, device=config.device,
@@ -188,7 +189,9 @@ def init_mr_preproc_image_wf(
         (plot_registration, ds_report_registration, [('out_report', 'in_file')]),
         (ds_t1w, outputnode, [('out_file', 't1w_preproc')]),
         (ds_mask, outputnode, [('out_file', 'brain_mask')]),
+        (ds_xfm, outputnode, [('out_file', 'transform')]),
         (ds_model_input, outputnode, [('out_file', 'model_input')]),
+        (crop, outputnode, [('metadata', 'model_input_metadata')]),
     ])
     # fmt: on
     return workflow

@@ -10,8 +10,10 @@ from mrctprep.bids_app.config import RunConfig
 from mrctprep.workflows.ct_ingest import CT_INGEST_INPUTS, init_ct_ingest_wf
 from mrctprep.workflows.drr import DRR_INPUTS, init_drr_wf
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.mr_harmonize import init_mr_harmonize_wf
 from mrctprep.workflows.mr_preproc import MR_PREPROC_INPUTS, init_mr_preproc_wf
 from mrctprep.workflows.reorient import REORIENT_INPUTS, init_reorient_wf
+from mrctprep.workflows.superres import SUPERRES_INPUTS, init_superres_wf
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,16 @@ class Pipeline:
     summary: str
     inputs: tuple[str, ...]
     factory: Callable[..., LiterateWorkflow]
+    #: A pipeline this one extends: it is built under that one's name, so that the nodes they
+    #: share keep their cache, and it replaces that one when both are selected.
+    extends: str | None = None
 
     def accepts(self, subject_data: SubjectData) -> bool:
         return any(subject_data.files.get(query) for query in self.inputs)
 
     def build(self, subject_data: SubjectData, config: RunConfig) -> LiterateWorkflow:
-        return self.factory(
-            subject_data=subject_data, config=config, name=f'{self.name.replace("-", "_")}_wf'
-        )
+        name = (self.extends or self.name).replace('-', '_')
+        return self.factory(subject_data=subject_data, config=config, name=f'{name}_wf')
 
 
 PIPELINES: dict[str, Pipeline] = {
@@ -43,6 +47,15 @@ PIPELINES: dict[str, Pipeline] = {
             'median 500, IGUANe crop (the harmonization model input) + QC figures',
             inputs=MR_PREPROC_INPUTS,
             factory=init_mr_preproc_wf,
+        ),
+        Pipeline(
+            name='mr-harmonize',
+            level='participant',
+            summary='mr-preproc, then IGUANe harmonization (weights: --weights iguane=FILE or '
+            'group --train iguane): harmonized T1w on the model grid and in native space',
+            inputs=MR_PREPROC_INPUTS,
+            factory=init_mr_harmonize_wf,
+            extends='mr-preproc',
         ),
         Pipeline(
             name='reorient',
@@ -67,10 +80,24 @@ PIPELINES: dict[str, Pipeline] = {
             inputs=DRR_INPUTS,
             factory=init_drr_wf,
         ),
+        Pipeline(
+            name='superres',
+            level='participant',
+            summary='UniRes super-resolution: all scans of a session (runs = repeats) '
+            'co-registered and fitted jointly onto one isotropic grid + QC figures',
+            inputs=SUPERRES_INPUTS,
+            factory=init_superres_wf,
+        ),
     )
 }
 
 DEFAULT_PIPELINES = ['mr-preproc', 'ct-ingest']
+
+
+def pipelines_to_build(selected: list[str]) -> list[Pipeline]:
+    """The selected pipelines, less those that a selected pipeline extends (it builds them)."""
+    extended = {PIPELINES[name].extends for name in selected}
+    return [PIPELINES[name] for name in selected if name not in extended]
 
 
 def describe_pipelines() -> str:

@@ -1,0 +1,121 @@
+"""``group --train iguane``: train the harmonization model on the participant outputs.
+
+Checkpoints go to ``<work>/train/<model>/checkpoint.pt`` (``--resume`` continues from there);
+the weights, their card, the training log and the loss plot to ``OUTPUT_DIR/models/<model>/``,
+where the participant level's ``mr-harmonize`` finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from mrctprep.bids_app.config import RunConfig
+from mrctprep.bids_app.errors import InputError
+from mrctprep.bids_app.harmonization_table import ModelInput
+from mrctprep.bids_app.sites import ParticipantInfo
+from mrctprep.models.weights import ModelWeights, save_weights, trained_weights_file
+
+LOGGER = logging.getLogger('mrctprep')
+
+
+def train_harmonizer(
+    config: RunConfig,
+    model_inputs: Sequence[ModelInput],
+    sites: Mapping[str, ParticipantInfo],
+    reference_site: str,
+) -> ModelWeights:
+    """Train IGUANe with ``reference_site`` as the target domain; write weights and log."""
+    from mrctprep.models.devices import resolve_device, set_torch_threads
+    from mrctprep.models.iguane_training import (
+        DEFAULT_STEPS,
+        IguaneTraining,
+        IguaneTrainingSettings,
+        TrainingImage,
+    )
+    from mrctprep.models.training import (
+        TrainingSettings,
+        run_training,
+        seed_everything,
+        write_training_log,
+    )
+
+    images = [
+        TrainingImage(path=item.norm, site=sites[item.subject].site, age=sites[item.subject].age)
+        for item in model_inputs
+    ]
+    counts = Counter(image.site for image in images)
+    if len(counts) < 2:
+        raise InputError(
+            f'--train {config.train}: harmonization needs images from two sites or more; found '
+            f'{", ".join(f"{site} ({n})" for site, n in counts.items())}'
+        )
+    reference = [image for image in images if image.site == reference_site]
+    sources = {
+        site: [i for i in images if i.site == site] for site in counts if site != reference_site
+    }
+    patch = config.train_patch_size
+    settings = IguaneTrainingSettings(
+        steps=config.train_steps or DEFAULT_STEPS,
+        patch_size=tuple(patch * 3 if len(patch) == 1 else patch) if patch else None,
+        device=resolve_device(config.device),
+        seed=config.random_seed,
+    )
+    LOGGER.info(
+        'training iguane: reference site %s (%d images), source sites %s; %d steps on %s, %s',
+        reference_site, len(reference), ', '.join(f'{s} ({len(v)})' for s, v in sources.items()),
+        settings.steps, settings.device,
+        f'patches {settings.patch_size}' if patch else 'whole volumes',
+    )  # fmt: skip
+    set_torch_threads(config.omp_nthreads)
+    seed_everything(config.random_seed)
+    task = IguaneTraining(reference, sources, settings)
+    fingerprint = hashlib.sha256(json.dumps({
+        'images': [[str(i.path), i.site, i.age] for i in images],
+        'reference_site': reference_site,
+        'patch_size': settings.patch_size,
+        'seed': settings.seed,
+        'steps': settings.steps,
+    }).encode()).hexdigest()  # fmt: skip
+    history = run_training(
+        task,
+        TrainingSettings(
+            name='iguane',
+            steps=settings.steps,
+            checkpoint_file=config.work_dir / 'train' / 'iguane' / 'checkpoint.pt',
+            checkpoint_every=config.checkpoint_every,
+            resume=config.resume,
+            fingerprint=fingerprint,
+        ),
+    )
+    weights_file = trained_weights_file(config.output_dir, 'iguane')
+    write_training_log(history, weights_file.with_name('training_log.tsv'),
+                       weights_file.with_name('training_loss.png'))  # fmt: skip
+    weights = save_weights(
+        {key: value.cpu() for key, value in task.generator.state_dict().items()},
+        weights_file,
+        name='iguane',
+        provenance={
+            'trained': {
+                'Dataset': str(config.bids_dir),
+                'ReferenceSite': reference_site,
+                'Sites': {site: len(v) for site, v in [(reference_site, reference),
+                                                       *sources.items()]},
+                'Steps': settings.steps,
+                'PatchSize': list(settings.patch_size) if settings.patch_size else 'whole volume',
+                'RandomSeed': settings.seed,
+                'Device': settings.device,
+                'FinalLosses': {k: round(v, 5) for k, v in history[-1].items() if k != 'step'},
+                'TrainedWith': f'mrctprep {config.version}',
+                'Date': datetime.now(UTC).isoformat(timespec='seconds'),
+            }
+        },
+    )  # fmt: skip
+    LOGGER.info('iguane weights written to %s (SHA-256 %s); harmonize with: mrctprep %s %s '
+                'participant --pipelines mr-harmonize', weights.path, weights.sha256[:12],
+                config.bids_dir, config.output_dir)  # fmt: skip
+    return weights

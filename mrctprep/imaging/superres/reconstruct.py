@@ -1,0 +1,248 @@
+"""UniRes on images: co-register the scans, choose the grid, fit, and describe the result.
+
+The scans of a subject/session are grouped into channels (contrasts: T1w, T2w, FLAIR, PDw,
+CT); several scans of one channel (runs) are repeats of it, all explained by one image.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import nibabel as nb
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mrctprep.imaging.registration import (
+    RigidTransform,
+    mni152_brain_template,
+    resample_to_grid,
+    rigid_register,
+)
+from mrctprep.imaging.superres.grids import OutputGrid, common_grid, scan_grid
+from mrctprep.imaging.superres.noise import AIR, NoiseEstimate, estimate_noise
+from mrctprep.imaging.superres.operators import Projection, ScanGeometry, grid_sample_theta
+from mrctprep.imaging.superres.solver import Scan, SolverSettings, fit
+
+LOGGER = logging.getLogger('mrctprep.superres')
+
+METHODS = ('unires', 'linear')
+#: ANTs' full rigid schedule: QuickRigid leaves ~1 degree between thick-slice scans.
+COREGISTRATION_TYPE = 'Rigid'
+
+
+@dataclass(frozen=True)
+class SuperResSettings:
+    voxel_size: float = 1.0
+    method: str = 'unires'
+    common_grid: bool = False
+    max_iter: int = SolverSettings.max_iter
+    coregister: bool = True
+    slice_gap: float = 0.0
+    device: str = 'cpu'
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InputScan:
+    """One input image, the channel it belongs to (its suffix) and its modality."""
+
+    img: nb.Nifti1Image
+    channel: str
+    modality: str
+    name: str = ''
+
+
+@dataclass
+class ChannelResult:
+    """A channel's super-resolved image, its first scan on the same grid (nearest neighbour,
+    for the QC figure) and the sidecar fields."""
+
+    channel: str
+    image: nb.Nifti1Image
+    input_view: nb.Nifti1Image
+    metadata: dict = field(default_factory=dict)
+
+
+def modality_of(suffix: str) -> str:
+    """``'ct'`` for ``_ct`` images (CT mode), ``'mr'`` for every MR contrast."""
+    return 'ct' if suffix.lower() == 'ct' else 'mr'
+
+
+def super_resolve(
+    scans: list[InputScan],
+    settings: SuperResSettings = SuperResSettings(),
+    *,
+    grid: OutputGrid | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[ChannelResult]:
+    """One image per channel on one isotropic grid (``grid``, or chosen from the settings)."""
+    started = time.perf_counter()
+    device = torch.device(settings.device)
+    affines, registration = _coregistered_affines(scans, settings)
+    if grid is None:
+        grid = _output_grid(scans, affines, settings)
+    channels = list(dict.fromkeys(scan.channel for scan in scans))
+    data = [torch.as_tensor(scan.img.get_fdata(dtype=np.float32), device=device)
+            for scan in scans]  # fmt: skip
+    members = {c: [i for i, scan in enumerate(scans) if scan.channel == c] for c in channels}
+    initial = [
+        _mean_trilinear([data[i] for i in members[c]], [affines[i] for i in members[c]], grid)
+        for c in channels
+    ]
+    common = {
+        'Method': settings.method,
+        'VoxelSize': settings.voxel_size,
+        'CommonGrid': settings.common_grid,
+        'Device': str(device),
+        **grid.to_metadata(),
+        'Channels': channels,
+        'Inputs': [scan.name for scan in scans],
+        'Coregistration': registration,
+    }
+    if settings.method == 'linear':
+        images, per_channel = initial, [{} for _ in channels]
+    else:
+        model = [
+            [
+                Scan(
+                    data[i],
+                    Projection(
+                        ScanGeometry(
+                            tuple(scans[i].img.shape[:3]), affines[i], settings.slice_gap
+                        ),
+                        grid.shape,
+                        grid.affine,
+                        device=device,
+                    ),
+                    _estimate_noise(scans[i], data[i], affines[i]),
+                    scans[i].modality,
+                )  # fmt: skip
+                for i in members[c]
+            ]
+            for c in channels
+        ]
+        result = fit(model, initial, grid.voxel_size,
+                     SolverSettings(max_iter=settings.max_iter), progress=progress)  # fmt: skip
+        images = result.images
+        if len(scans) == 1:
+            # UniRes's clean_fov: a single scan says nothing outside its field of view.
+            outside = ~model[0][0].projection.field_of_view()
+            images[0][outside] = AIR[scans[0].modality]
+        common.update({
+            'Iterations': result.iterations,
+            'Converged': result.converged,
+            'RegularisationSchedule': result.schedule,
+            'Rho': round(result.rho, 6),
+            'ObjectiveFirstLast': [round(result.objective[0], 3), round(result.objective[-1], 3)],
+            'ConjugateGradientIterationsMean': round(float(np.mean(result.cg_iterations)), 2),
+        })  # fmt: skip
+        per_channel = [
+            {
+                'Lambda': round(result.lambdas[k], 8),
+                'Noise': [
+                    {
+                        'Input': scans[i].name,
+                        **scan.noise.to_metadata(),
+                        'SeparableOperator': scan.projection.is_separable,
+                    }
+                    for i, scan in zip(members[c], model[k], strict=True)
+                ],
+            }  # fmt: skip
+            for k, c in enumerate(channels)
+        ]
+    common['Seconds'] = round(time.perf_counter() - started, 2)
+    results = []
+    for k, channel in enumerate(channels):
+        # The range of the channel's inputs bounds the result (CT keeps its HU range).
+        low = min(float(data[i].min()) for i in members[channel])
+        high = max(float(data[i].max()) for i in members[channel])
+        volume = images[k].clamp_(low, high).cpu().numpy().astype(np.float32)
+        out = nb.Nifti1Image(volume, grid.affine)
+        code = int(scans[members[channel][0]].img.header['sform_code']) or 1
+        out.set_qform(grid.affine, code=code)
+        out.set_sform(grid.affine, code=code)
+        out.header.set_xyzt_units('mm')
+        first = members[channel][0]
+        input_view = resample_to_grid(
+            nb.Nifti1Image(data[first].cpu().numpy(), affines[first]), out,
+            RigidTransform(np.eye(4)), interpolation='nearest',
+        )  # fmt: skip
+        results.append(ChannelResult(channel, out, input_view, {**common, **per_channel[k]}))
+    return results
+
+
+def _estimate_noise(scan: InputScan, data: torch.Tensor, affine: np.ndarray) -> NoiseEstimate:
+    voxel_size = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    try:
+        return estimate_noise(data.cpu().numpy(), voxel_size, modality=scan.modality)
+    except ValueError as exc:
+        raise ValueError(f'{scan.name}: cannot estimate its noise: {exc}') from None
+
+
+def _coregistered_affines(
+    scans: list[InputScan], settings: SuperResSettings
+) -> tuple[list[np.ndarray], list[dict]]:
+    """Every scan's affine after rigid registration to the first (only affines change)."""
+    affines = [scan.img.affine for scan in scans]
+    if not settings.coregister or len(scans) == 1:
+        return affines, []
+    fixed = _clipped(scans[0].img)
+    records = []
+    for index, scan in enumerate(scans[1:], start=1):
+        transform = rigid_register(_clipped(scan.img), fixed, seed=settings.seed,
+                                   transform_type=COREGISTRATION_TYPE)  # fmt: skip
+        affines[index] = np.linalg.inv(transform.template_to_subject) @ scan.img.affine
+        records.append({
+            'Input': scan.name,
+            'To': scans[0].name,
+            'RotationDegrees': round(transform.rotation_degrees(), 4),
+            'TranslationMM': np.round(transform.template_to_subject[:3, 3], 4).tolist(),
+        })  # fmt: skip
+    return affines, records
+
+
+def _clipped(img: nb.Nifti1Image) -> nb.Nifti1Image:
+    """Intensities clipped to their 0.05-99.95th percentiles (UniRes, for registration)."""
+    data = img.get_fdata(dtype=np.float32)
+    low, high = np.percentile(data, [0.05, 99.95])
+    return nb.Nifti1Image(np.clip(data, low, high), img.affine)
+
+
+def _output_grid(
+    scans: list[InputScan], affines: list[np.ndarray], settings: SuperResSettings
+) -> OutputGrid:
+    if not settings.common_grid:
+        return scan_grid([(scan.img.shape[:3], affine)
+                          for scan, affine in zip(scans, affines, strict=True)],
+                         settings.voxel_size)  # fmt: skip
+    template = mni152_brain_template()
+    # The template is a brain: the reference scan's brain is what has to land on it.
+    transform: RigidTransform = rigid_register(
+        _clipped(nb.Nifti1Image(scans[0].img.get_fdata(dtype=np.float32), affines[0])),
+        template, seed=settings.seed, transform_type=COREGISTRATION_TYPE,
+    )  # fmt: skip
+    return common_grid(template, transform.template_to_subject, settings.voxel_size)
+
+
+def _mean_trilinear(
+    volumes: list[torch.Tensor], affines: list[np.ndarray], grid: OutputGrid
+) -> torch.Tensor:
+    """UniRes's initial guess: each repeat trilinearly resampled onto the grid (within its
+    range), averaged where each one sees the voxel."""
+    total = torch.zeros(grid.shape, device=volumes[0].device)
+    count = torch.zeros_like(total)
+    for volume, affine in zip(volumes, affines, strict=True):
+        transform = np.linalg.inv(affine) @ grid.affine
+        theta = grid_sample_theta(transform, tuple(volume.shape), grid.shape, volume.device)
+        sample_grid = F.affine_grid(theta, (1, 1, *grid.shape), align_corners=True)
+        stacked = torch.stack([volume, torch.ones_like(volume)])[None]
+        resampled, inside = F.grid_sample(stacked, sample_grid, mode='bilinear',
+                                          padding_mode='zeros', align_corners=True)[0]  # fmt: skip
+        seen = inside > 0.5
+        total += torch.where(seen, resampled.clamp(volume.min(), volume.max()), 0)
+        count += seen
+    return total / count.clamp(min=1)

@@ -1,0 +1,272 @@
+"""MAP super-resolution under joint total variation, by ADMM (UniRes's ``fit``).
+
+The objective over channels ``c`` (contrasts) and their scans ``n`` (repeats) is
+
+    sum_cn tau_cn / 2 ||x_cn - A_cn y_c||^2 + sum_voxels sqrt(sum_cd (lambda_c D_d y_c)^2)
+
+with ``D_d`` forward differences divided by the voxel size. The image is taken to continue
+beyond the grid as its edge (no difference across the edge), where UniRes takes it to be 0:
+an image whose field of view cuts through tissue is not pulled towards 0 at its edges. ADMM splits
+``z = lambda D y``: each iteration solves the quadratic y-update of every channel by conjugate
+gradients (warm-started), then shrinks ``z`` jointly over channels and directions, then updates
+the scaled multiplier ``w``. The regularisation follows UniRes's coarse-to-fine schedule, and
+the run stops by its rules (see :class:`SolverSettings`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from mrctprep.imaging.superres.noise import NoiseEstimate
+from mrctprep.imaging.superres.operators import Projection
+
+LOGGER = logging.getLogger('mrctprep.superres')
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """UniRes's defaults (``unires/struct.py``)."""
+
+    max_iter: int = 512
+    #: Stop at the last schedule stage when |gain| stays below this for ``patience`` iterations.
+    tolerance: float = 1e-4
+    cg_max_iter: int = 20
+    cg_tolerance: float = 1e-3
+    reg_scale: float = 4.0
+    #: Stages above ``reg_scale`` in the coarse-to-fine schedule (powers of two) for several scans.
+    schedule_stages: int = 3
+    rho_scale: float = 1.0
+    #: A stage ends after at least this many iterations and ``patience`` small gains.
+    stage_min_iter: int = 17
+    stage_tolerance: float = 1e-3
+    patience: int = 6
+    #: The last stage stops only after more than this many iterations.
+    last_stage_min_iter: int = 20
+
+
+@dataclass
+class Scan:
+    """One observed scan: its voxels (on the device), forward model and noise estimate."""
+
+    data: torch.Tensor
+    projection: Projection
+    noise: NoiseEstimate
+    modality: str
+
+    @property
+    def contrast(self) -> float:
+        # UniRes divides CT's contrast by 4 in super-resolution: a four times stronger prior.
+        return self.noise.mu / 4 if self.modality == 'ct' else self.noise.mu
+
+
+@dataclass
+class SolverResult:
+    images: list[torch.Tensor]
+    iterations: int
+    converged: bool
+    lambdas: list[float]
+    rho: float
+    schedule: list[float]
+    objective: list[float] = field(default_factory=list)
+    cg_iterations: list[int] = field(default_factory=list)
+
+
+def regularisation_schedule(n_scans: int, settings: SolverSettings) -> list[float]:
+    """``[32, 16, 8, 4]`` (for ``reg_scale`` 4) with several scans, ``[4]`` with one."""
+    if n_scans == 1:
+        return [settings.reg_scale]
+    above = 2 ** math.ceil(math.log2(settings.reg_scale) + 1e-9)
+    stages = [above * 2**k for k in reversed(range(settings.schedule_stages))]
+    return [*stages, settings.reg_scale]
+
+
+def fit(
+    channels: list[list[Scan]],
+    initial: list[torch.Tensor],
+    voxel_size: tuple[float, float, float],
+    settings: SolverSettings = SolverSettings(),
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> SolverResult:
+    """Run ADMM from ``initial`` (one volume per channel; updated in place)."""
+    all_scans = [scan for scans in channels for scan in scans]
+    schedule = regularisation_schedule(len(all_scans), settings)
+    # With an iteration cap too small for the schedule, every stage gets an equal share, so
+    # that the last (target) regularisation is always reached.
+    stage_min = min(settings.stage_min_iter, max(1, settings.max_iter // (len(schedule) + 1)))
+    n_channels = len(channels)
+    contrasts = [sum(scan.contrast for scan in scans) / len(scans) for scans in channels]
+    mean_tau = sum(scan.noise.precision for scan in all_scans) / len(all_scans)
+    any_ct = any(scan.modality == 'ct' for scan in all_scans)
+    weights = torch.tensor([1 / v**2 for v in voxel_size])
+
+    y = initial
+    z = [torch.zeros((3, *image.shape), device=image.device) for image in y]
+    w = [torch.zeros_like(zc) for zc in z]
+    stage, stage_iter, small_gains = 0, 0, 0
+    history, objective, cg_counts = [], [], []
+    converged, iteration = False, 0
+
+    def hyper_parameters(scale):
+        lambdas = [scale * math.sqrt(1 / n_channels) / contrast for contrast in contrasts]
+        rho = 1.0 if any_ct else settings.rho_scale * math.sqrt(mean_tau) / (
+            sum(lambdas) / n_channels)  # fmt: skip
+        return lambdas, rho
+
+    lambdas, rho = hyper_parameters(schedule[0])
+    for iteration in range(1, settings.max_iter + 1):
+        for c, scans in enumerate(channels):
+            lam = lambdas[c]
+            rhs = lam * divergence(rho * z[c] - w[c], voxel_size)
+            for scan in scans:
+                rhs.add_(scan.projection.adjoint(scan.data), alpha=scan.noise.precision)
+            hessian = _hessian(scans, rho * lam**2, weights)
+            cg_counts.append(conjugate_gradient(hessian, rhs, y[c], settings.cg_max_iter,
+                                                settings.cg_tolerance))  # fmt: skip
+        value = _shrink(y, z, w, lambdas, rho, voxel_size) + sum(
+            _data_term(scan, y[c]) for c, scans in enumerate(channels) for scan in scans
+        )
+        objective.append(value)
+        history.append(value)
+        stage_iter += 1
+        gain = _gain(history)
+        last_stage = stage == len(schedule) - 1
+        threshold = settings.tolerance if last_stage else settings.stage_tolerance
+        small_gains = small_gains + 1 if gain is not None and abs(gain) < threshold else 0
+        if progress:
+            progress(f'iteration {iteration}: stage {stage + 1}/{len(schedule)}, objective '
+                     f'{value:.6g}, gain {gain if gain is not None else float("nan"):.2e}, '
+                     f'CG {cg_counts[-1]}')  # fmt: skip
+        if last_stage:
+            if stage_iter > settings.last_stage_min_iter and small_gains >= settings.patience:
+                converged = True
+                break
+        elif stage_iter >= stage_min and (
+            small_gains >= settings.patience
+            or settings.max_iter - iteration <= stage_min * (len(schedule) - 1 - stage)
+        ):
+            stage, stage_iter, small_gains, history = stage + 1, 0, 0, []
+            lambdas, rho = hyper_parameters(schedule[stage])
+    return SolverResult(y, iteration, converged, lambdas, rho, schedule, objective, cg_counts)
+
+
+def _gain(history: list[float]) -> float | None:
+    """UniRes's gain: the last decrease over the range of the stage's objective values."""
+    if len(history) < 2:
+        return None
+    spread = max(history) - min(history)
+    return (history[-2] - history[-1]) / spread if spread > 0 else 0.0
+
+
+def _hessian(scans: list[Scan], prior_weight: float, weights: torch.Tensor):
+    def apply(volume: torch.Tensor) -> torch.Tensor:
+        out = laplacian(volume, weights) * prior_weight
+        for scan in scans:
+            out.add_(scan.projection.gram(volume), alpha=scan.noise.precision)
+        return out
+
+    return apply
+
+
+def _data_term(scan: Scan, image: torch.Tensor) -> float:
+    """tau / 2 ||x - A y||^2 over the scan's non-zero voxels (as UniRes logs it)."""
+    residual = scan.projection.forward(image) - scan.data
+    residual = residual * (scan.data != 0)
+    return 0.5 * scan.noise.precision * float(torch.vdot(residual.ravel(), residual.ravel()))
+
+
+def _shrink(y, z, w, lambdas, rho, voxel_size) -> float:
+    """The z- and w-updates, joint over channels and directions; returns the JTV of y.
+
+    With ``u = w / rho + lambda D y``, ``z = max(|u| - 1/rho, 0) / |u| u`` and
+    ``w + rho (lambda D y - z) = rho (u - z)``: z's storage holds u on the way.
+    """
+    tv_squared = torch.zeros_like(y[0])
+    u_squared = torch.zeros_like(y[0])
+    for c, image in enumerate(y):
+        scaled_gradient = gradient(image, voxel_size).mul_(lambdas[c])
+        tv_squared.add_(scaled_gradient.square().sum(0))
+        torch.add(scaled_gradient, w[c], alpha=1 / rho, out=z[c])
+        u_squared.add_(z[c].square().sum(0))
+    u_norm = u_squared.sqrt_()
+    factor = (u_norm - 1 / rho).clamp_(min=0).div_(u_norm.add_(1e-7))
+    for zc, wc in zip(z, w, strict=True):
+        torch.mul(zc, (1 - factor).mul_(rho), out=wc)
+        zc.mul_(factor)
+    return float(tv_squared.sqrt_().sum())
+
+
+def gradient(volume: torch.Tensor, voxel_size) -> torch.Tensor:
+    """Forward differences along each axis over the voxel size, 0 at the far edge: (3, ...)."""
+    out = torch.zeros((3, *volume.shape), dtype=volume.dtype, device=volume.device)
+    for axis in range(3):
+        n = volume.shape[axis]
+        ahead, behind = volume.narrow(axis, 1, n - 1), volume.narrow(axis, 0, n - 1)
+        torch.sub(ahead, behind, out=out[axis].narrow(axis, 0, n - 1))
+        out[axis].div_(voxel_size[axis])
+    return out
+
+
+def divergence(field: torch.Tensor, voxel_size) -> torch.Tensor:
+    """The adjoint of :func:`gradient` (minus the divergence)."""
+    out = torch.zeros(field.shape[1:], dtype=field.dtype, device=field.device)
+    for axis in range(3):
+        n, scale = out.shape[axis], 1 / voxel_size[axis]
+        differences = field[axis].narrow(axis, 0, n - 1)
+        out.narrow(axis, 0, n - 1).sub_(differences, alpha=scale)
+        out.narrow(axis, 1, n - 1).add_(differences, alpha=scale)
+    return out
+
+
+def laplacian(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``divergence(gradient(volume))`` in one sweep; ``weights`` = 1 / voxel_size^2."""
+    out = volume * (2 * float(weights.sum()))
+    for axis in range(3):
+        n, weight = volume.shape[axis], float(weights[axis])
+        out.narrow(axis, 1, n - 1).sub_(volume.narrow(axis, 0, n - 1), alpha=weight)
+        out.narrow(axis, 0, n - 1).sub_(volume.narrow(axis, 1, n - 1), alpha=weight)
+        # Edge voxels have one neighbour, hence one difference, along the axis.
+        out.narrow(axis, 0, 1).sub_(volume.narrow(axis, 0, 1), alpha=weight)
+        out.narrow(axis, n - 1, 1).sub_(volume.narrow(axis, n - 1, 1), alpha=weight)
+    return out
+
+
+def conjugate_gradient(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    solution: torch.Tensor,
+    max_iter: int,
+    tolerance: float,
+) -> int:
+    """Solve ``apply(s) = rhs`` in place from ``solution``; returns the iterations run.
+
+    Each step lowers the quadratic ``s'Hs/2 - rhs's`` by ``step * |r|^2 / 2``; CG stops when
+    a step gains less than ``tolerance`` of what the solve has gained so far.
+    """
+    residual = rhs - apply(solution)
+    direction = residual.clone()
+    rr = float(torch.vdot(residual.ravel(), residual.ravel()))
+    gained = 0.0
+    for iteration in range(max_iter):
+        if rr == 0:
+            return iteration
+        product = apply(direction)
+        curvature = float(torch.vdot(direction.ravel(), product.ravel()))
+        if curvature <= 0:
+            return iteration
+        step = rr / curvature
+        solution.add_(direction, alpha=step)
+        gain = step * rr / 2
+        gained += gain
+        if gain < tolerance * gained:
+            return iteration + 1
+        residual.sub_(product, alpha=step)
+        rr_new = float(torch.vdot(residual.ravel(), residual.ravel()))
+        direction.mul_(rr_new / rr).add_(residual)
+        rr = rr_new
+    return max_iter

@@ -1,0 +1,89 @@
+"""Nipype interface over :func:`mrctprep.imaging.superres.reconstruct.super_resolve`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from mrctprep.imaging.io import load_anatomical
+from mrctprep.imaging.superres.reconstruct import (
+    METHODS,
+    InputScan,
+    SuperResSettings,
+    modality_of,
+    super_resolve,
+)
+from mrctprep.imaging.superres.solver import SolverSettings
+
+LOGGER = logging.getLogger('mrctprep.superres')
+
+
+class _SuperResolutionInputSpec(BaseInterfaceInputSpec):
+    in_files = traits.List(File(exists=True), mandatory=True, desc='every scan of the session')
+    channels = traits.List(
+        traits.Str, mandatory=True,
+        desc='the channel (BIDS suffix) of each scan; scans of one channel are repeats',
+    )  # fmt: skip
+    voxel_size = traits.Float(1.0, usedefault=True, desc='isotropic output voxel size (mm)')
+    method = traits.Enum(*METHODS, usedefault=True, desc='unires (ADMM) or linear (reslice)')
+    common_grid = traits.Bool(False, usedefault=True, desc="UniRes's --common_output grid")
+    max_iter = traits.Int(SolverSettings.max_iter, usedefault=True, desc='ADMM iterations cap')
+    random_seed = traits.Int(0, usedefault=True, desc='seed of the registrations')
+    # Device and threads change speed, not results: kept out of the cache hash.
+    device = traits.Str('cpu', usedefault=True, nohash=True, desc='torch device')
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc='torch CPU threads')
+
+
+class _SuperResolutionOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True), desc='one super-resolved image per channel')
+    input_views = traits.List(
+        File(exists=True), desc="each channel's first scan on the output grid (QC figure)"
+    )
+    metadata = traits.List(traits.Dict, desc='one sidecar dict per channel')
+
+
+class SuperResolution(SimpleInterface):
+    """UniRes super-resolution of all scans of a subject/session onto one isotropic grid."""
+
+    input_spec = _SuperResolutionInputSpec
+    output_spec = _SuperResolutionOutputSpec
+
+    def _run_interface(self, runtime):
+        # Deferred: importing torch costs seconds that building the workflow should not pay.
+        import torch
+
+        torch.set_num_threads(self.inputs.num_threads)
+        scans = []
+        for path, channel in zip(self.inputs.in_files, self.inputs.channels, strict=True):
+            img, warnings = load_anatomical(path)
+            for warning in warnings:
+                LOGGER.info(warning)  # thick slices are what this pipeline is for
+            scans.append(InputScan(img, channel, modality_of(channel), os.path.basename(path)))
+        settings = SuperResSettings(
+            voxel_size=self.inputs.voxel_size,
+            method=self.inputs.method,
+            common_grid=self.inputs.common_grid,
+            max_iter=self.inputs.max_iter,
+            device=self.inputs.device,
+            seed=self.inputs.random_seed,
+        )
+        results = super_resolve(scans, settings, progress=LOGGER.debug)
+        outputs = {'out_files': [], 'input_views': [], 'metadata': []}
+        for result in results:
+            out_file = os.path.join(runtime.cwd, f'superres_{result.channel}.nii')
+            result.image.to_filename(out_file)
+            view_file = os.path.join(runtime.cwd, f'input_{result.channel}.nii')
+            result.input_view.to_filename(view_file)
+            outputs['out_files'].append(out_file)
+            outputs['input_views'].append(view_file)
+            outputs['metadata'].append(result.metadata)
+        self._results.update(outputs)
+        return runtime

@@ -1,0 +1,106 @@
+"""Running a volume-to-volume network on a whole volume, or in overlapping tiles when it does
+not fit in memory (never a silent crop)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+LOGGER = logging.getLogger('mrctprep.models')
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+def predict_whole_or_tiled(
+    predict: Predict, volume: torch.Tensor, *, multiple: int, min_tile: int = 64
+) -> torch.Tensor:
+    """``predict(volume)``; when that runs out of memory, the same in ever smaller tiles.
+
+    ``volume`` is ``(1, C, D, H, W)`` on the model's device; the result comes back on the CPU.
+    Tiles are halved until they fit, down to ``min_tile`` voxels a side (then the error
+    stands). Networks with whole-volume statistics (instance norm) give slightly different
+    results in tiles, so falling back is logged as a warning.
+    """
+    try:
+        return predict(volume).cpu()
+    except RuntimeError as exc:  # torch.OutOfMemoryError included
+        if not _is_out_of_memory(exc):
+            raise
+        LOGGER.warning('%s: the whole volume %s does not fit in memory; predicting in tiles',
+                       volume.device, tuple(volume.shape[2:]))  # fmt: skip
+    tile = tuple(volume.shape[2:])
+    while max(tile) > min_tile:
+        tile = tuple(max(min_tile, _round_up(size // 2, multiple)) for size in tile)
+        _release_cached_memory(volume.device)
+        try:
+            return predict_in_tiles(predict, volume, tile=tile)
+        except RuntimeError as exc:  # torch.OutOfMemoryError included
+            if not _is_out_of_memory(exc):
+                raise
+            LOGGER.warning('tiles of %s do not fit either', tile)
+    raise MemoryError(f'not even {min_tile}^3-voxel tiles fit in memory on {volume.device}')
+
+
+def predict_in_tiles(
+    predict: Predict, volume: torch.Tensor, *, tile: tuple[int, int, int], overlap: float = 0.25
+) -> torch.Tensor:
+    """Sliding-window prediction with Gaussian blending of the overlaps, stitched on the CPU.
+
+    A network without whole-volume statistics gives back its whole-volume result, but for the
+    tile edges' lack of context, weighted down by the blending.
+    """
+    spatial = tuple(volume.shape[2:])
+    tile = tuple(min(t, s) for t, s in zip(tile, spatial, strict=True))
+    starts = [_tile_starts(size, t, overlap) for size, t in zip(spatial, tile, strict=True)]
+    output = None
+    weight_sum = torch.zeros(spatial)
+    for corner in itertools.product(*starts):
+        window = tuple(slice(c, c + t) for c, t in zip(corner, tile, strict=True))
+        prediction = predict(volume[(..., *window)]).float().cpu()
+        if output is None:
+            output = torch.zeros((*prediction.shape[:2], *spatial))
+        weight = _blend_weights(tile)
+        output[(..., *window)] += prediction * weight
+        weight_sum[window] += weight
+    return output / weight_sum
+
+
+def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    if tile >= size:
+        return [0]
+    step = max(1, int(tile * (1 - overlap)))
+    starts = list(range(0, size - tile, step))
+    return [*starts, size - tile]
+
+
+def _blend_weights(tile: tuple[int, ...]) -> torch.Tensor:
+    """nnU-Net's and MONAI's Gaussian importance map (sigma = tile / 8): a tile's edges, where
+    the network saw padding instead of context, weigh almost nothing."""
+    profiles = []
+    for length in tile:
+        distance = np.arange(length, dtype=np.float64) - (length - 1) / 2
+        profile = np.exp(-0.5 * (distance / (length / 8)) ** 2)
+        profiles.append(torch.from_numpy(np.maximum(profile, 1e-6).astype(np.float32)))
+    return profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    message = str(exc).lower()
+    return (
+        isinstance(exc, torch.OutOfMemoryError)
+        or 'out of memory' in message
+        or ("can't allocate memory" in message)
+    )
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()

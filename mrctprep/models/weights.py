@@ -1,0 +1,147 @@
+"""Model cards and weights: found offline, checked by SHA-256, saved atomically with their card.
+
+A weights file ``<name>.pt`` (a torch state dict) always travels with its card ``<name>.json``:
+the bundled card of the model (``mrctprep/data/models/<name>.json``: architecture, input and
+output conventions) plus what made these weights (training summary or source file) and the
+file's SHA-256. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mrctprep.bids_app.derivatives import write_atomically, write_json_atomically
+from mrctprep.bids_app.errors import ResourceError
+
+WEIGHTS_DIR_ENV = 'MRCTPREP_WEIGHTS_DIR'
+WEIGHTS_SUFFIX = '.pt'
+
+
+def model_names() -> list[str]:
+    """The models whose cards ship with mrctprep."""
+    cards = resources.files('mrctprep') / 'data' / 'models'
+    return sorted(card.name.removesuffix('.json') for card in cards.iterdir()
+                  if card.name.endswith('.json'))  # fmt: skip
+
+
+def bundled_card(name: str) -> dict[str, Any]:
+    """The model's card as shipped: what it is, before any weights exist."""
+    if name not in model_names():
+        raise ResourceError(f'unknown model {name!r}; models: {", ".join(model_names())}')
+    card = resources.files('mrctprep') / 'data' / 'models' / f'{name}.json'
+    return json.loads(card.read_text())
+
+
+def card_path(weights_file: Path) -> Path:
+    return weights_file.with_suffix('.json')
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open('rb') as stream:
+        for block in iter(lambda: stream.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/mrctprep/weights`` (``~/.cache/...``): where users keep weights."""
+    base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+    return Path(base) / 'mrctprep' / 'weights'
+
+
+def trained_weights_file(output_dir: Path, name: str) -> Path:
+    """Where ``group --train <name>`` writes the weights it trained."""
+    return output_dir / 'models' / name / f'{name}{WEIGHTS_SUFFIX}'
+
+
+def weights_search_path(name: str, output_dir: Path | None = None) -> list[Path]:
+    """Where weights are looked for when ``--weights <name>=FILE`` is not given, in order."""
+    candidates = []
+    if output_dir is not None:
+        candidates.append(trained_weights_file(output_dir, name))
+    if os.environ.get(WEIGHTS_DIR_ENV):
+        candidates.append(Path(os.environ[WEIGHTS_DIR_ENV]) / f'{name}{WEIGHTS_SUFFIX}')
+    candidates.append(user_cache_dir() / f'{name}{WEIGHTS_SUFFIX}')
+    return candidates
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """A verified weights file and its card."""
+
+    name: str
+    path: Path
+    card: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return self.card['sha256']
+
+    def load_state_dict(self) -> dict[str, Any]:
+        import torch
+
+        return torch.load(self.path, map_location='cpu', weights_only=True)
+
+
+def resolve_weights(
+    name: str, *, explicit: Path | None = None, output_dir: Path | None = None
+) -> ModelWeights:
+    """The weights of model ``name``: ``explicit`` (``--weights``), else the first found on
+    :func:`weights_search_path`. Missing, card-less or corrupt weights raise
+    :class:`ResourceError` (exit 126) saying where they were expected and how to get them.
+    """
+    bundled_card(name)
+    how_to_get = (
+        f'give --weights {name}=FILE (a .pt written by mrctprep with its .json card beside it), '
+        f'put {name}{WEIGHTS_SUFFIX} in ${WEIGHTS_DIR_ENV}, or train them: '
+        f'mrctprep BIDS_DIR OUTPUT_DIR group --train {name}'
+    )
+    if explicit is not None:
+        path = explicit.expanduser().resolve()
+        if not path.is_file():
+            raise ResourceError(f'--weights {name}={explicit}: no such file; {how_to_get}')
+    else:
+        searched = weights_search_path(name, output_dir)
+        path = next((p for p in searched if p.is_file()), None)
+        if path is None:
+            places = ', '.join(str(p) for p in searched)
+            raise ResourceError(
+                f'no weights for model {name!r} (looked for {places}); {how_to_get}'
+            )
+    card_file = card_path(path)
+    if not card_file.is_file():
+        raise ResourceError(
+            f'{path}: weights without their model card {card_file.name} beside them, so their '
+            'SHA-256 cannot be checked; use the .pt and .json that mrctprep wrote together'
+        )
+    card = json.loads(card_file.read_text())
+    if card.get('name') != name:
+        raise ResourceError(
+            f'{path}: its card {card_file.name} is for model {card.get("name")!r}, not {name!r}'
+        )
+    actual = sha256_of(path)
+    if actual != card.get('sha256'):
+        raise ResourceError(
+            f'{path}: corrupt or changed weights (SHA-256 {actual[:16]}..., its card says '
+            f'{str(card.get("sha256"))[:16]}...); copy them again or retrain'
+        )
+    return ModelWeights(name=name, path=path, card=card)
+
+
+def save_weights(
+    state_dict: dict[str, Any], path: Path, *, name: str, provenance: dict[str, Any]
+) -> ModelWeights:
+    """Write ``state_dict`` and its card (bundled card + ``provenance`` + SHA-256), atomically."""
+    import torch
+
+    write_atomically(path, lambda tmp: torch.save(state_dict, tmp))
+    card = {**bundled_card(name), **provenance, 'sha256': sha256_of(path)}
+    write_json_atomically(card_path(path), card)
+    return ModelWeights(name=name, path=path, card=card)
