@@ -96,3 +96,14 @@ def demo_bids(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr
     make_read_only(root)
     return root
+
+
+@pytest.fixture(scope='session')
+def demo_run(demo_bids, tmp_path_factory):
+    """The README's main job on the demo dataset: the participant level with the default
+    pipelines, then the group level. Returns both results and the derivatives folder; the work
+    folder beside it holds the cache that later runs on the demo may reuse."""
+    root = tmp_path_factory.mktemp('demo_run')
+    participant = run_cli(demo_bids, root / 'derivatives', 'participant', '-w', root / 'work')
+    group = run_cli(demo_bids, root / 'derivatives', 'group', '-w', root / 'work')
+    return participant, group, root / 'derivatives'

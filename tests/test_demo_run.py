@@ -9,17 +9,6 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from conftest import run_cli
-
-
-@pytest.fixture(scope='module')
-def demo_run(demo_bids, tmp_path_factory):
-    root = tmp_path_factory.mktemp('demo_run')
-    participant = run_cli(demo_bids, root / 'derivatives', 'participant', '-w', root / 'work')
-    group = run_cli(demo_bids, root / 'derivatives', 'group', '-w', root / 'work')
-    return participant, group, root / 'derivatives'
-
-
 SPACE = 'space-MNI152NLin2009aSym_res-1'
 
 

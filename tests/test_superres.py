@@ -12,11 +12,13 @@ import torch
 from scipy import ndimage
 
 from conftest import SHARED_DATA, run_cli, write_bids
+from mrctprep.imaging.metrics import peak_signal_to_noise_ratio as psnr
+from mrctprep.imaging.metrics import structural_similarity as ssim
 from mrctprep.imaging.superres.grids import OutputGrid, common_grid, scan_grid
 from mrctprep.imaging.superres.noise import estimate_noise
 from mrctprep.imaging.superres.operators import Projection, ScanGeometry, profile_taps
 from mrctprep.imaging.superres.reconstruct import InputScan, SuperResSettings, super_resolve
-from mrctprep.imaging.superres.simulate import psnr, spline_upsample, ssim, thick_slices
+from mrctprep.imaging.superres.simulate import spline_upsample, thick_slices
 from mrctprep.interfaces.superres import SuperResolution
 
 MR = SHARED_DATA / 'mr'
@@ -145,11 +147,15 @@ def test_noise_estimate_without_air_falls_back_and_stays_right():
     assert estimate.sd == pytest.approx(12.0, rel=0.25)
 
 
-def test_gaussian_mixture_finds_air_in_a_real_ct():
-    ct = nb.load(CT).get_fdata(dtype=np.float32)
-    estimate = estimate_noise(ct, (1.5, 1.5, 1.5), modality='ct')
+def test_gaussian_mixture_finds_air_in_a_real_ct_and_lungs_are_not_air():
+    abdomen = nb.load(SHARED_DATA / 'ct' / 'totalseg_example_ct.nii.gz').get_fdata()
+    estimate = estimate_noise(abdomen, (3.0, 3.0, 3.0), modality='ct')
     assert estimate.method.startswith('Gaussian mixture')
-    assert 700 < estimate.mu < 1200
+    assert 800 < estimate.mu < 1200 and 5 < estimate.sd < 60
+    # The chest crop holds no air outside the body: its narrowest class is lung.
+    chest = estimate_noise(nb.load(CT).get_fdata(), (1.5, 1.5, 1.5), modality='ct')
+    assert chest.method.startswith('no air class')
+    assert 5 < chest.sd < 60
 
 
 # -- quality bars (thick slices simulated from real 1 mm images) ------------------------------
@@ -191,8 +197,8 @@ def test_three_orthogonal_runs_beat_their_mean_cubic_by_6_db(colin_block):
 
 
 def test_joint_prior_beats_fitting_each_contrast_alone():
-    start = (14, 32, 22)
-    truths = {name: _block(MR / f'stroke_{name}_brain.nii.gz', start)
+    start = (24, 40, 32)
+    truths = {name: _block(MR / f'stroke_{name}_brain.nii.gz', start, size=72)
               for name in ('t1', 't2', 'flair')}  # fmt: skip
     scans = [InputScan(thick_slices(truths[name], axis, 5.0), name, 'mr', name)
              for name, axis in (('t1', 2), ('t2', 0), ('flair', 1))]  # fmt: skip

@@ -12,6 +12,7 @@ from nipype.pipeline.engine.utils import generate_expanded_graph
 from conftest import run_cli
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
+from mrctprep.models.weights import save_weights
 from mrctprep.workflows.base import init_mrctprep_wf
 from mrctprep.workflows.pipelines import PIPELINES
 
@@ -41,7 +42,10 @@ def _subject(tmp_path: Path, subject: str, session: str | None = None) -> Subjec
 @pytest.mark.parametrize('pipeline', sorted(PIPELINES))
 def test_every_pipeline_builds_an_expandable_graph(tmp_path, pipeline):
     subjects = [_subject(tmp_path, '01'), _subject(tmp_path, '02', session='A')]
-    workflow = init_mrctprep_wf(subjects=subjects, config=_config(tmp_path, [pipeline]))
+    config = _config(tmp_path, [pipeline])
+    weights = save_weights({}, tmp_path / 'iguane.pt', name='iguane', provenance={})
+    config.weights = {'iguane': str(weights.path)}  # mr-harmonize checks its weights first
+    workflow = init_mrctprep_wf(subjects=subjects, config=config)
     expanded = generate_expanded_graph(workflow._create_flat_graph())
     names = {node.fullname for node in expanded.nodes()}
     assert workflow.name == 'mrctprep_0_1_wf'
@@ -110,3 +114,23 @@ def test_boilerplate_only_writes_the_methods_text(mini_bids, tmp_path):
     assert citation.count('Each T1w image was preprocessed following IGUANe') == 1
     assert 'HD-BET' in citation and 'QuickRigid' in citation
     assert not list((tmp_path / 'out').glob('sub-*/anat/*'))
+
+
+def test_mr_harmonize_extends_mr_preproc_under_its_name_so_its_cache_is_shared(tmp_path):
+    weights = save_weights({}, tmp_path / 'iguane.pt', name='iguane', provenance={})
+    names, subject = {}, _subject(tmp_path, '01')
+    for pipelines in (['mr-preproc'], ['mr-harmonize'], ['mr-preproc', 'mr-harmonize']):
+        config = _config(tmp_path, pipelines)
+        config.weights = {'iguane': str(weights.path)}
+        workflow = init_mrctprep_wf(subjects=[subject], config=config)
+        names[tuple(pipelines)] = {node.fullname for node in workflow._create_flat_graph()}
+    preproc = names[('mr-preproc',)]
+    harmonize = names[('mr-harmonize',)]
+    assert preproc < harmonize  # every mr-preproc node, same name: cached results are reused
+    assert names[('mr-preproc', 'mr-harmonize')] == harmonize  # built once, not twice
+    added = {'harmonize', 'harmonized_to_native', 'model_input_to_native', 'plot_harmonized',
+             'ds_harmonized_mni', 'ds_harmonized', 'ds_report_harmonized'}  # fmt: skip
+    prefix = 'mrctprep_0_1_wf.sub_01_wf.mr_preproc_wf.mr_preproc_{}_wf.{}'
+    assert harmonize - preproc == {
+        prefix.format(image, node) for image in ('run_1_T1w', 'run_2_T1w') for node in added
+    }

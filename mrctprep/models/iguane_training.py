@@ -159,8 +159,7 @@ def random_patch(
     if patch_size is None:
         return augment(volume, rng)
     margin = int(np.ceil(0.1 * max(patch_size))) + MAX_SHIFT_VOXELS
-    brain = np.argwhere(volume > BACKGROUND)
-    centre = brain[rng.integers(len(brain))] if len(brain) else np.array(volume.shape) // 2
+    centre = _random_brain_voxel(volume, rng)
     box = np.full([p + 2 * margin for p in patch_size], BACKGROUND, np.float32)
     source, target = [], []
     for size, p, c in zip(volume.shape, patch_size, centre, strict=True):
@@ -171,6 +170,16 @@ def random_patch(
     box[tuple(target)] = volume[tuple(source)]
     augmented = augment(box, rng)
     return np.ascontiguousarray(augmented[(slice(margin, -margin),) * 3])
+
+
+def _random_brain_voxel(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly drawn brain voxel (by rejection: the brain fills a good part of the crop,
+    and listing its millions of voxels at every draw would cost more than the step)."""
+    for _ in range(1000):
+        voxel = rng.integers(0, volume.shape)
+        if volume[tuple(voxel)] > BACKGROUND:
+            return voxel
+    return np.array(volume.shape) // 2
 
 
 class IguaneTraining:

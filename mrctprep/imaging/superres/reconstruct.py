@@ -83,6 +83,7 @@ def super_resolve(
     started = time.perf_counter()
     device = torch.device(settings.device)
     affines, registration = _coregistered_affines(scans, settings)
+    registered = time.perf_counter()
     if grid is None:
         grid = _output_grid(scans, affines, settings)
     channels = list(dict.fromkeys(scan.channel for scan in scans))
@@ -154,6 +155,7 @@ def super_resolve(
             }  # fmt: skip
             for k, c in enumerate(channels)
         ]
+    common['CoregistrationSeconds'] = round(registered - started, 2)
     common['Seconds'] = round(time.perf_counter() - started, 2)
     results = []
     for k, channel in enumerate(channels):

@@ -1,0 +1,141 @@
+"""IGUANe on the demo's travelling subjects: training speed, inference speed, and the effect.
+
+    python benchmarks/mr_harmonize.py [--derivatives DIR] [--steps 40] [--patch 32]
+                                      [--device auto] [--threads 2]
+
+Without ``--derivatives`` (an OUTPUT_DIR holding mr-preproc outputs of the demo dataset) the
+demo dataset is generated and mr-preproc run on it first (about 2 minutes). Then, in this
+process: IGUANe trained from scratch for ``--steps`` steps on random crops (steps/s, excluding
+the first step, which loads the images), every model input harmonized (seconds per
+160x192x160 volume, best of the four, and the peak MB of the process), and the figures of the
+issue: the mean absolute difference inside the brain between the two sites' images of the same
+anatomy before and after (target: a fall of >= 30 %), the SSIM of each harmonized image to its
+input (target >= 0.9), and the site effect (regional means, eta squared) raw, after ComBat and
+after IGUANe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPACE = 'space-MNI152NLin2009aSym_res-1'
+PAIRS = (('01', '02'), ('03', '04'))
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mr_preproc_outputs(scratch: Path) -> Path:
+    def cli(*args):
+        subprocess.run([sys.executable, '-m', 'mrctprep', *map(str, args)], check=True)
+
+    cli('demo', scratch / 'bids')
+    cli(scratch / 'bids', scratch / 'out', 'participant', '-w', scratch / 'work',
+        '--pipelines', 'mr-preproc', '-q')  # fmt: skip
+    return scratch / 'out'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--derivatives', type=Path, help='mr-preproc outputs of the demo')
+    parser.add_argument('--steps', type=int, default=40)
+    parser.add_argument('--patch', type=int, default=32, help='training crop size')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--threads', type=int, default=2)
+    opts = parser.parse_args()
+
+    import nibabel as nb
+    import numpy as np
+    import pandas as pd
+
+    from mrctprep.bids_app.harmonization_table import (
+        ModelInput,
+        combat_harmonize,
+        regional_table,
+        summarize_site_effects,
+    )
+    from mrctprep.bids_app.sites import ParticipantInfo
+    from mrctprep.imaging.metrics import structural_similarity
+    from mrctprep.models.devices import resolve_device, set_torch_threads
+    from mrctprep.models.iguane import harmonize_volume
+    from mrctprep.models.iguane_training import (
+        IguaneTraining,
+        IguaneTrainingSettings,
+        TrainingImage,
+    )
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = opts.derivatives or mr_preproc_outputs(Path(scratch))
+        device = resolve_device(opts.device)
+        set_torch_threads(opts.threads)
+        sites = {'01': 'siteA', '02': 'siteB', '03': 'siteA', '04': 'siteB'}
+        norm = {s: out / f'sub-{s}/anat/sub-{s}_{SPACE}_desc-norm_T1w.nii.gz' for s in sites}
+        images = [TrainingImage(path=norm[s], site=site) for s, site in sites.items()]
+        settings = IguaneTrainingSettings(steps=opts.steps, patch_size=(opts.patch,) * 3,
+                                          device=device)  # fmt: skip
+        training = IguaneTraining(
+            [i for i in images if i.site == 'siteA'],
+            {'siteB': [i for i in images if i.site == 'siteB']},
+            settings,
+        )
+        training.train_step()
+        start = time.perf_counter()
+        for _ in range(opts.steps - 1):
+            losses = training.train_step()
+        train_seconds = time.perf_counter() - start
+        print(f'training ({device}, {opts.threads} threads, crops {opts.patch}^3, one source '
+              f'site): {(opts.steps - 1) / train_seconds:.3f} steps/s '
+              f'({train_seconds / (opts.steps - 1):.2f} s/step); last losses '
+              + ', '.join(f'{k} {v:.3g}' for k, v in losses.items()))  # fmt: skip
+
+        generator = training.generator.eval()
+        inputs, outputs, seconds = {}, {}, []
+        for subject, path in norm.items():
+            inputs[subject] = nb.load(path).get_fdata(dtype=np.float32)
+            start = time.perf_counter()
+            outputs[subject] = harmonize_volume(inputs[subject], generator, device)
+            seconds.append(time.perf_counter() - start)
+        shape = 'x'.join(map(str, inputs['01'].shape))
+        print(
+            f'inference ({device}): {min(seconds):.2f} s per {shape} volume (best of 4; '
+            f'worst {max(seconds):.2f}), peak {peak_mb():.0f} MB for the whole benchmark'
+        )
+
+        for site_a, site_b in PAIRS:
+            brain = (inputs[site_a] > 0) & (inputs[site_b] > 0)
+            before = np.abs(inputs[site_a] - inputs[site_b])[brain].mean()
+            after = np.abs(outputs[site_a] - outputs[site_b])[brain].mean()
+            similarity = [structural_similarity(outputs[s], inputs[s], inputs[s] > 0)
+                          for s in (site_a, site_b)]  # fmt: skip
+            print(
+                f'sub-{site_a}/sub-{site_b}: mean |siteA - siteB| in the brain {before:.1f} -> '
+                f'{after:.1f} ({100 * (1 - after / before):.1f} % less; target >= 30 %); SSIM '
+                f'to input {similarity[0]:.3f} / {similarity[1]:.3f} (target >= 0.9)'
+            )
+
+        harmonized_dir = Path(scratch) / 'harmonized'
+        harmonized_dir.mkdir(exist_ok=True)
+        model_inputs = []
+        for subject, path in norm.items():
+            harmonized = harmonized_dir / path.name.replace('desc-norm', 'desc-harmonized')
+            reference = nb.load(path)
+            nb.Nifti1Image(outputs[subject], reference.affine).to_filename(harmonized)
+            model_inputs.append(ModelInput(subject, None, path, harmonized))
+        participants = {s: ParticipantInfo(s, site, None) for s, site in sites.items()}
+        table = regional_table(model_inputs, participants, out)
+        table['combat'] = combat_harmonize(table, participants, 'siteA')
+        summary = summarize_site_effects(table)
+        with pd.option_context('display.width', 120):
+            print('site effect (eta squared of regional means, 0 = none):')
+            print(summary.to_string(index=False))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,106 @@
+"""MR harmonization end to end on the demo's travelling subjects: group --train iguane from
+scratch on CPU, participant --pipelines mr-harmonize, and the group tables after it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from mrctprep.imaging.metrics import structural_similarity
+from mrctprep.models.weights import sha256_of
+
+SPACE = 'space-MNI152NLin2009aSym_res-1'
+#: A few minutes of CPU training on 32^3 crops (the networks are fully convolutional).
+TRAIN_OPTIONS = ('--steps', '40', '--train-patch-size', '32', '--checkpoint-every', '20')
+TRAVELLING_PAIRS = (('01', '02'), ('03', '04'))  # same anatomy, siteA and siteB
+
+
+@pytest.fixture(scope='module')
+def harmonized_demo(demo_run, demo_bids, tmp_path_factory):
+    """The demo's mr-preproc outputs, a model trained on them, and every T1w harmonized."""
+    participant, _, derivatives = demo_run
+    assert participant.returncode == 0, participant.stderr
+    out = tmp_path_factory.mktemp('harmonize') / 'derivatives'
+    shutil.copytree(derivatives, out, ignore=shutil.ignore_patterns('*_ct.*', 'log'))
+    work = derivatives.parent / 'work'  # mr-preproc's cache: only harmonization runs anew
+    train = run_cli(demo_bids, out, 'group', '-w', work, '--train', 'iguane', *TRAIN_OPTIONS)
+    harmonize = run_cli(demo_bids, out, 'participant', '-w', work, '--pipelines', 'mr-harmonize')
+    group = run_cli(demo_bids, out, 'group', '-w', work)
+    return train, harmonize, group, out
+
+
+def _image(out, subject, name):
+    return nb.load(out / f'sub-{subject}' / 'anat' / f'sub-{subject}_{name}.nii.gz')
+
+
+def test_training_writes_weights_card_log_and_loss_plot(harmonized_demo):
+    train, _, _, out = harmonized_demo
+    assert train.returncode == 0, train.stderr
+    assert 'iguane [####################] 40/40 steps' in train.stderr
+    models = out / 'models' / 'iguane'
+    card = json.loads((models / 'iguane.json').read_text())
+    assert card['sha256'] == sha256_of(models / 'iguane.pt')
+    assert card['trained']['ReferenceSite'] == 'siteA'
+    assert card['trained']['Sites'] == {'siteA': 2, 'siteB': 2}
+    assert card['trained']['PatchSize'] == [32, 32, 32] and card['trained']['Steps'] == 40
+    rows = list(csv.DictReader((models / 'training_log.tsv').open(), delimiter='\t'))
+    assert [int(row['step']) for row in rows] == list(range(1, 41))
+    assert all(np.isfinite(float(row['loss_G'])) for row in rows)
+    assert (models / 'training_loss.png').read_bytes()[:4] == b'\x89PNG'
+    assert 'models/' in (out / '.bidsignore').read_text()
+
+
+def test_harmonization_removes_the_site_difference_and_keeps_the_anatomy(harmonized_demo):
+    _, harmonize, _, out = harmonized_demo
+    assert harmonize.returncode == 0, harmonize.stderr
+    reductions = []
+    for site_a, site_b in TRAVELLING_PAIRS:
+        inputs = [_image(out, s, f'{SPACE}_desc-norm_T1w').get_fdata() for s in (site_a, site_b)]
+        outputs = [_image(out, s, f'{SPACE}_desc-harmonized_T1w').get_fdata()
+                   for s in (site_a, site_b)]  # fmt: skip
+        brain = (inputs[0] > 0) & (inputs[1] > 0)
+        before = np.abs(inputs[0] - inputs[1])[brain].mean()
+        after = np.abs(outputs[0] - outputs[1])[brain].mean()
+        reductions.append(1 - after / before)
+        for raw, harmonized in zip(inputs, outputs, strict=True):
+            assert structural_similarity(harmonized, raw, raw > 0) >= 0.9
+            assert np.all(harmonized[raw == 0] == 0) and harmonized.min() >= 0
+    assert min(reductions) >= 0.30, reductions
+
+
+def test_harmonized_images_come_back_to_the_native_grid_with_their_provenance(
+    harmonized_demo,
+):
+    _, _, _, out = harmonized_demo
+    weights_sha256 = sha256_of(out / 'models' / 'iguane' / 'iguane.pt')
+    for subject in ('01', '02'):
+        native = _image(out, subject, 'desc-harmonized_T1w')
+        preproc = _image(out, subject, 'desc-preproc_T1w')
+        mask = _image(out, subject, 'desc-brain_mask').get_fdata() > 0
+        assert native.shape == preproc.shape
+        np.testing.assert_allclose(native.affine, preproc.affine, atol=1e-5)
+        data = native.get_fdata()
+        assert np.all(data[~mask] == 0)
+        assert abs(np.median(data[mask & (data > 0)]) - 500) < 75  # median-500 scale kept
+        sidecar = json.loads((out / f'sub-{subject}/anat/sub-{subject}_desc-harmonized_T1w'
+                              '.json').read_text())  # fmt: skip
+        assert sidecar['ModelWeightsSHA256'] == weights_sha256
+        assert sidecar['Sources'][0].endswith(f'sub-{subject}_T1w.nii.gz')
+        assert (out / f'sub-{subject}/figures/sub-{subject}_desc-harmonized_T1w.svg').is_file()
+
+
+def test_group_table_puts_raw_combat_and_iguane_side_by_side(harmonized_demo):
+    _, _, group, out = harmonized_demo
+    assert group.returncode == 0, group.stderr
+    rows = list(csv.DictReader((out / 'group_harmonization.tsv').open(), delimiter='\t'))
+    assert {row['participant_id'] for row in rows} == {'sub-01', 'sub-02', 'sub-03', 'sub-04'}
+    assert all(row['iguane'] != 'n/a' and row['raw'] != 'n/a' for row in rows)
+    summary = {row['method']: row for row in csv.DictReader(
+        (out / 'group_harmonization_summary.tsv').open(), delimiter='\t')}  # fmt: skip
+    assert set(summary) >= {'raw', 'combat', 'iguane'}
