@@ -99,6 +99,26 @@ def test_adjoint_and_gram_are_exact(affine, shape, separable):
 
 
 @pytest.mark.parametrize('rotation', [[0, 0, 0], [6, -4, 3]])
+def test_interleave_scale_multiplies_alternate_slices_and_keeps_the_adjoint_exact(rotation):
+    output_shape = (32, 36, 30)
+    affine = _rotation(rotation) @ np.diag([1.0, 1.0, 4.0, 1.0])
+    projection = Projection(ScanGeometry((30, 34, 7), affine), output_shape, np.eye(4))
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(output_shape, generator=generator)
+    x = torch.randn((30, 34, 7), generator=generator)
+    plain = projection.forward(y)
+    projection.set_interleave_scale(0.2)
+    scaled = projection.forward(y)
+    assert torch.allclose(scaled[:, :, 0::2], plain[:, :, 0::2] * np.exp(0.2), atol=1e-5)
+    assert torch.allclose(scaled[:, :, 1::2], plain[:, :, 1::2] * np.exp(-0.2), atol=1e-5)
+    forward = float((scaled.double() * x.double()).sum())
+    assert forward == pytest.approx(float((y.double() * projection.adjoint(x)).sum()), rel=1e-5)
+    gram = projection.gram(y)
+    assert torch.allclose(gram, projection.adjoint(projection.forward(y)), atol=1e-4)
+    assert projection.is_separable is (rotation == [0, 0, 0])
+
+
+@pytest.mark.parametrize('rotation', [[0, 0, 0], [6, -4, 3]])
 def test_forward_model_matches_scipy_resampling_and_convolution(rotation):
     # An independent A: trilinear sampling (scipy) on the intermediate grid, the profile as a
     # scipy convolution, every r-th sample; the scan lies inside the output grid.
@@ -241,6 +261,47 @@ def test_ct_keeps_hounsfield_units_and_beats_cubic_spline():
     assert hu_error < 5
     assert psnr(ours, truth, body) >= psnr(cubic, truth, body) + 0.5
     assert ours.min() >= scan.get_fdata().min() and ours.max() <= scan.get_fdata().max()
+
+
+def _interleaved(img: nb.Nifti1Image, scale: float) -> nb.Nifti1Image:
+    """``img`` with slices 0, 2, 4... of its last axis times e^scale, the others e^-scale."""
+    data = img.get_fdata(dtype=np.float32)
+    data[:, :, 0::2] *= np.exp(scale)
+    data[:, :, 1::2] *= np.exp(-scale)
+    return nb.Nifti1Image(data, img.affine)
+
+
+def test_interleaved_slice_correction_finds_the_scale_and_removes_the_stripes(colin_block):
+    truth = colin_block.get_fdata()
+    mask = truth > 20
+    # With noise: fitted to a noise-free scan (noise estimate ~0), the data term alone holds
+    # y to the stripes and one scan cannot tell them from anatomy.
+    striped = _interleaved(thick_slices(colin_block, 2, 5.0), 0.15)
+    noisy = nb.Nifti1Image(_rician(striped.get_fdata(), 5.0), striped.affine)
+    scan = InputScan(noisy, 'T1w', 'mr', 'interleaved')
+    results = {
+        interleaved: super_resolve([scan], SuperResSettings(max_iter=40, interleaved=interleaved),
+                                   grid=_grid(colin_block))[0]
+        for interleaved in (False, True)
+    }  # fmt: skip
+    scale = results[True].metadata['Noise'][0]['InterleaveScale']
+    without, corrected = (psnr(results[k].image.get_fdata(), truth, mask) for k in (False, True))
+    print(f'interleaved: s {scale:.4f}, PSNR without {without:.2f}, with {corrected:.2f}')
+    assert scale == pytest.approx(0.15, abs=0.03)
+    # Measured: s 0.153, PSNR 20.97 without, 27.09 with (27.19 for the scan without stripes).
+    assert corrected >= without + 5
+    assert 'InterleaveScale' not in results[False].metadata['Noise'][0]
+    assert results[True].metadata['Noise'][0]['SeparableOperator']
+
+
+def test_interleaved_slice_correction_leaves_ct_alone():
+    truth_img = _block(CT, (10, 4, 8), size=64)
+    scan = InputScan(_interleaved(thick_slices(truth_img, 2, 6.0), 0.15), 'ct', 'ct', 'ct')
+    results = [super_resolve([scan], SuperResSettings(max_iter=5, interleaved=interleaved),
+                             grid=_grid(truth_img))[0]
+               for interleaved in (False, True)]  # fmt: skip
+    assert 'InterleaveScale' not in results[1].metadata['Noise'][0]
+    assert np.array_equal(results[0].image.get_fdata(), results[1].image.get_fdata())
 
 
 def test_a_crop_without_air_is_not_over_smoothed():

@@ -69,6 +69,7 @@ class RunConfig:
     superres_method: str = 'unires'
     superres_common_grid: bool = False
     superres_max_iter: int | None = None
+    superres_interleaved: bool = False
     write_graph: bool = False
     dry_run: bool = False
     stop_on_first_crash: bool = False

@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         '--superres-max-iter', type=_positive_int, metavar='N',
         help='cap on ADMM iterations (default 512; the run usually stops earlier, converged)',
     )  # fmt: skip
+    superres.add_argument(
+        '--superres-interleaved', action='store_true',
+        help="UniRes's --scale: per-scan correction of interleaved-acquisition intensity "
+        'differences between odd and even slices; MR only',
+    )  # fmt: skip
 
     models = parser.add_argument_group('Models (mr-harmonize; training at the group level)')
     models.add_argument(

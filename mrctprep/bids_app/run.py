@@ -124,6 +124,7 @@ def _config_from_options(opts, verbosity: int):
         superres_method=opts.superres_method,
         superres_common_grid=opts.superres_common_grid,
         superres_max_iter=opts.superres_max_iter,
+        superres_interleaved=opts.superres_interleaved,
         write_graph=opts.write_graph,
         dry_run=opts.dry_run,
         stop_on_first_crash=opts.stop_on_first_crash,

@@ -36,6 +36,10 @@ class _SuperResolutionInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum(*METHODS, usedefault=True, desc='unires (ADMM) or linear (reslice)')
     common_grid = traits.Bool(False, usedefault=True, desc="UniRes's --common_output grid")
     max_iter = traits.Int(SolverSettings.max_iter, usedefault=True, desc='ADMM iterations cap')
+    interleaved = traits.Bool(
+        False, usedefault=True,
+        desc="UniRes's --scale: fit a per-scan odd/even slice intensity correction (MR only)",
+    )  # fmt: skip
     random_seed = traits.Int(0, usedefault=True, desc='seed of the registrations')
     # Device and threads change speed, not results: kept out of the cache hash.
     device = traits.Str('cpu', usedefault=True, nohash=True, desc='torch device')
@@ -72,6 +76,7 @@ class SuperResolution(SimpleInterface):
             method=self.inputs.method,
             common_grid=self.inputs.common_grid,
             max_iter=self.inputs.max_iter,
+            interleaved=self.inputs.interleaved,
             device=self.inputs.device,
             seed=self.inputs.random_seed,
         )

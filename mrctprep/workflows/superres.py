@@ -58,7 +58,8 @@ def init_superres_wf(
     superres = pe.Node(
         SuperResolution(channels=suffixes, voxel_size=config.superres_voxel_size,
                         method=config.superres_method, common_grid=config.superres_common_grid,
-                        max_iter=max_iter, random_seed=config.random_seed,
+                        max_iter=max_iter, interleaved=config.superres_interleaved,
+                        random_seed=config.random_seed,
                         device=resolve_device(config.device),
                         num_threads=config.omp_nthreads),
         name='superres', n_procs=config.omp_nthreads, mem_gb=2.5,
@@ -126,6 +127,12 @@ def _methods_text(config: RunConfig, max_iter: int) -> str:
             '(ANTs, mutual information) and resampled trilinearly onto one '
             f'{config.superres_voxel_size:g} mm isotropic grid, runs of a contrast averaged.\n'
         )
+    interleaved = (
+        '; the intensities of odd and even slices of each MR scan were corrected by a fitted '
+        "per-scan factor (interleaved acquisition; UniRes's --scale)"
+        if config.superres_interleaved
+        else ''
+    )
     return (
         'All anatomical scans of each session were super-resolved jointly onto one '
         f'{config.superres_voxel_size:g} mm isotropic grid with the model of UniRes (Brudfors '
@@ -135,5 +142,5 @@ def _methods_text(config: RunConfig, max_iter: int) -> str:
         "repeats of one channel; noise and regularisation were estimated from each scan's "
         'histogram (Rician mixture for MR, Gaussian for CT), and the images were fitted under '
         'joint total variation across contrasts by ADMM with conjugate-gradient updates '
-        f'(coarse-to-fine regularisation, at most {max_iter} iterations).\n'
+        f'(coarse-to-fine regularisation, at most {max_iter} iterations){interleaved}.\n'
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.integrate import trapezoid
 
 #: A scan counts as aligned with the output grid when treating it as aligned moves none of its
 #: voxels by more than this many output voxels, at the edge of the field of view (the centre
@@ -62,7 +63,8 @@ def profile_taps(kind: str, fwhm: float) -> np.ndarray:
         s = np.linspace(-1, 1, _INTEGRATION_SAMPLES)
         hat = 1 - np.abs(s)
         gauss = np.exp(-((offsets[:, None] + s[None, :]) ** 2) / (2 * sigma**2))
-        taps = np.trapezoid(gauss * hat, s, axis=1)
+        # scipy's: numpy < 2 has no trapezoid, numpy >= 2 deprecates trapz.
+        taps = trapezoid(gauss * hat, s, axis=1)
     else:
         raise ValueError(f'unknown slice profile {kind!r}')
     return taps / taps.sum()
@@ -248,19 +250,42 @@ class Projection:
         ]  # fmt: skip
         self.permutation = _axis_permutation(self.transform, self.intermediate_shape)
         if self.permutation is not None:
-            self.axes = [
-                AxisOperator(convolution @ self._interpolation(axis), self.device)
-                for axis, convolution in enumerate(convolutions)
-            ]
+            matrices = [convolution @ self._interpolation(axis)
+                        for axis, convolution in enumerate(convolutions)]  # fmt: skip
         else:
-            self.axes = [AxisOperator(convolution, self.device) for convolution in convolutions]
+            matrices = convolutions
             self.theta = grid_sample_theta(self.transform, self.output_shape,
                                             self.intermediate_shape, self.device)  # fmt: skip
+        self.axes = [AxisOperator(matrix, self.device) for matrix in matrices]
+        #: The interleaved-slice correction ``s`` (see :meth:`set_interleave_scale`).
+        self.interleave_scale = 0.0
+        self._thick_matrix = matrices[scan.thick_axis]
 
     @property
     def is_separable(self) -> bool:
         """True when no general resampling is needed (the scan is aligned with the grid)."""
         return self.permutation is not None
+
+    def interleave_signs(self) -> torch.Tensor:
+        """+1 on slices 0, 2, 4... of the scan's thick axis, -1 on the others, shaped to
+        broadcast over the scan's grid."""
+        thick = self.scan.thick_axis
+        signs = 1 - 2 * (torch.arange(self.scan.shape[thick], device=self.device) % 2)
+        shape = [1, 1, 1]
+        shape[thick] = -1
+        return signs.float().view(shape)
+
+    def set_interleave_scale(self, scale: float) -> None:
+        """UniRes's interleaved-slice correction: ``A`` becomes ``D(s) A``, with ``D`` = e^s on
+        slices 0, 2, 4... of the thick axis and e^-s on the others.
+
+        ``D`` is diagonal along one scan axis, so it scales the rows of that axis's matrix:
+        forward, adjoint and Gram operator keep their separable form.
+        """
+        self.interleave_scale = scale
+        factors = np.exp(scale * self.interleave_signs().flatten().cpu().numpy())
+        thick = self.scan.thick_axis
+        self.axes[thick] = AxisOperator(factors[:, None] * self._thick_matrix, self.device)
 
     def _interpolation(self, axis: int) -> np.ndarray:
         """Linear interpolation of output axis ``permutation[axis]`` at the intermediate

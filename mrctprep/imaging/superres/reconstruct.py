@@ -42,6 +42,8 @@ class SuperResSettings:
     max_iter: int = SolverSettings.max_iter
     coregister: bool = True
     slice_gap: float = 0.0
+    #: UniRes's ``--scale``: correct odd/even slice intensities of interleaved MR scans.
+    interleaved: bool = False
     device: str = 'cpu'
     seed: int = 0
 
@@ -126,8 +128,9 @@ def super_resolve(
             ]
             for c in channels
         ]
-        result = fit(model, initial, grid.voxel_size,
-                     SolverSettings(max_iter=settings.max_iter), progress=progress)  # fmt: skip
+        solver_settings = SolverSettings(max_iter=settings.max_iter,
+                                         interleaved=settings.interleaved)  # fmt: skip
+        result = fit(model, initial, grid.voxel_size, solver_settings, progress=progress)
         images = result.images
         if len(scans) == 1:
             # UniRes's clean_fov: a single scan says nothing outside its field of view.
@@ -149,8 +152,11 @@ def super_resolve(
                         'Input': scans[i].name,
                         **scan.noise.to_metadata(),
                         'SeparableOperator': scan.projection.is_separable,
+                        **({} if scale is None else {'InterleaveScale': round(scale, 5)}),
                     }
-                    for i, scan in zip(members[c], model[k], strict=True)
+                    for i, scan, scale in zip(
+                        members[c], model[k], result.interleave_scales[k], strict=True
+                    )
                 ],
             }  # fmt: skip
             for k, c in enumerate(channels)

@@ -47,6 +47,10 @@ class SolverSettings:
     patience: int = 6
     #: The last stage stops only after more than this many iterations.
     last_stage_min_iter: int = 20
+    #: UniRes's ``--scale``: fit the interleaved-slice correction ``s`` of every MR scan.
+    interleaved: bool = False
+    #: Trial steps (each half the last) of the line search on ``s``.
+    interleave_line_search: int = 6
 
 
 @dataclass
@@ -74,6 +78,8 @@ class SolverResult:
     schedule: list[float]
     objective: list[float] = field(default_factory=list)
     cg_iterations: list[int] = field(default_factory=list)
+    #: Per channel, per scan: the fitted interleaved-slice correction; None where not fitted.
+    interleave_scales: list[list[float | None]] = field(default_factory=list)
 
 
 def regularisation_schedule(n_scans: int, settings: SolverSettings) -> list[float]:
@@ -104,6 +110,11 @@ def fit(
     mean_tau = sum(scan.noise.precision for scan in all_scans) / len(all_scans)
     any_ct = any(scan.modality == 'ct' for scan in all_scans)
     weights = torch.tensor([1 / v**2 for v in voxel_size])
+    # No scan thicker than the output voxels is UniRes's denoising mode: no slices to correct.
+    denoising = all(max(scan.projection.profile.ratios) == 1 for scan in all_scans)
+
+    def corrected(scan: Scan) -> bool:
+        return settings.interleaved and not denoising and scan.modality != 'ct'
 
     y = initial
     z = [torch.zeros((3, *image.shape), device=image.device) for image in y]
@@ -133,6 +144,9 @@ def fit(
         )
         objective.append(value)
         history.append(value)
+        for c, scans in enumerate(channels):
+            for scan in filter(corrected, scans):
+                _update_interleave_scale(scan, y[c], settings.interleave_line_search)
         stage_iter += 1
         gain = _gain(history)
         last_stage = stage == len(schedule) - 1
@@ -152,7 +166,36 @@ def fit(
         ):
             stage, stage_iter, small_gains, history = stage + 1, 0, 0, []
             lambdas, rho = hyper_parameters(schedule[stage])
-    return SolverResult(y, iteration, converged, lambdas, rho, schedule, objective, cg_counts)
+    scales = [[scan.projection.interleave_scale if corrected(scan) else None for scan in scans]
+              for scans in channels]  # fmt: skip
+    return SolverResult(y, iteration, converged, lambdas, rho, schedule, objective, cg_counts,
+                        scales)  # fmt: skip
+
+
+def _update_interleave_scale(scan: Scan, image: torch.Tensor, trials: int) -> None:
+    """One Gauss-Newton step on the scan's interleaved-slice correction ``s``, image fixed.
+
+    With ``p = D(s) A y`` and ``d`` = +-1 per slice, ``dp/ds = d p``: over the scan's
+    non-zero voxels the data term ``|p - x|^2 / 2`` has gradient ``sum d p (p - x)`` and
+    Gauss-Newton Hessian ``sum p^2``. The first of ``trials`` halving steps that lowers the
+    data term is taken; none, and ``s`` stays. (The noise precision scales all of it alike.)
+    """
+    projection = scan.projection
+    # Masked to x != 0; x itself is 0 off the mask.
+    predicted = projection.forward(image) * (scan.data != 0)
+    signs = projection.interleave_signs()
+    residual = predicted - scan.data
+    curvature = float(torch.vdot(predicted.ravel(), predicted.ravel()))
+    if curvature == 0:
+        return
+    step = -float((signs * predicted * residual).sum()) / curvature
+    current = float(torch.vdot(residual.ravel(), residual.ravel()))
+    for _ in range(trials):
+        trial = predicted * torch.exp(signs * step) - scan.data
+        if float(torch.vdot(trial.ravel(), trial.ravel())) < current:
+            projection.set_interleave_scale(projection.interleave_scale + step)
+            return
+        step /= 2
 
 
 def _gain(history: list[float]) -> float | None:
