@@ -102,10 +102,10 @@ def pipelines_to_build(selected: list[str]) -> list[Pipeline]:
 
 def describe_pipelines() -> str:
     """The text of ``mrctprep --list-pipelines``."""
-    lines = ['pipeline   level        needs (any of)               does']
+    lines = ['pipeline     level        needs (any of)               does']
     for pipeline in PIPELINES.values():
         needs = ', '.join(pipeline.inputs)
-        lines.append(f'{pipeline.name:<10} {pipeline.level:<12} {needs:<28} {pipeline.summary}')
+        lines.append(f'{pipeline.name:<12} {pipeline.level:<12} {needs:<28} {pipeline.summary}')
     lines.append(
         '\nInput names are the queries of --bids-filter-file: t1w, t2w, flair, pdw '
         '(anat/*_T1w, _T2w, _FLAIR, _PDw) and ct (anat/*_ct).'
