@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from mrctprep.imaging.metrics import structural_similarity
+from mrctprep.imaging.intensity import CropBox
+from mrctprep.imaging.registration import RigidTransform, cropped_mni_to_native
+from mrctprep.models.iguane import harmonize_volume, load_generator
 from mrctprep.models.weights import sha256_of
 
 SPACE = 'space-MNI152NLin2009aSym_res-1'
 #: A few minutes of CPU training on 32^3 crops (the networks are fully convolutional).
 TRAIN_OPTIONS = ('--steps', '40', '--train-patch-size', '32', '--checkpoint-every', '20')
-TRAVELLING_PAIRS = (('01', '02'), ('03', '04'))  # same anatomy, siteA and siteB
 
 
 @pytest.fixture(scope='module')
@@ -56,26 +57,27 @@ def test_training_writes_weights_card_log_and_loss_plot(harmonized_demo):
     assert 'models/' in (out / '.bidsignore').read_text()
 
 
-def test_briefly_trained_harmonization_keeps_the_anatomy_and_adds_no_site_difference(
+def test_harmonized_image_is_the_trained_generator_applied_to_the_model_input(
     harmonized_demo,
 ):
-    """What 40 CPU steps can show. The issue's bar (the travelling subjects' difference down by
-    >= 30 %) needs far longer training than a test can afford here: benchmarks/mr_harmonize.py
-    reports it; see the README."""
+    """The node applies the trained weights in IGUANe's intensity convention (recomputed here
+    from the weights file). Whether 40 CPU steps harmonize is not asked here: they do not
+    (the issue's >= 30 % needs thousands of steps; benchmarks/mr_harmonize.py measures it)."""
     _, harmonize, _, out = harmonized_demo
     assert harmonize.returncode == 0, harmonize.stderr
-    for site_a, site_b in TRAVELLING_PAIRS:
-        inputs = [_image(out, s, f'{SPACE}_desc-norm_T1w').get_fdata() for s in (site_a, site_b)]
-        outputs = [_image(out, s, f'{SPACE}_desc-harmonized_T1w').get_fdata()
-                   for s in (site_a, site_b)]  # fmt: skip
-        brain = (inputs[0] > 0) & (inputs[1] > 0)
-        before = np.abs(inputs[0] - inputs[1])[brain].mean()
-        after = np.abs(outputs[0] - outputs[1])[brain].mean()
-        assert after <= 1.02 * before
-        for raw, harmonized in zip(inputs, outputs, strict=True):
-            assert structural_similarity(harmonized, raw, raw > 0) >= 0.9
-            assert np.all(harmonized[raw == 0] == 0) and harmonized.min() >= 0
-            assert harmonized.shape == raw.shape == (160, 192, 160)
+    weights = out / 'models' / 'iguane' / 'iguane.pt'
+    generator = load_generator(str(weights), sha256_of(weights), 'cpu')
+    for subject in ('01', '02', '03', '04'):
+        model_input = _image(out, subject, f'{SPACE}_desc-norm_T1w')
+        harmonized = _image(out, subject, f'{SPACE}_desc-harmonized_T1w')
+        raw, result = model_input.get_fdata(dtype=np.float32), harmonized.get_fdata()
+        np.testing.assert_allclose(harmonized.affine, model_input.affine)
+        assert harmonized.shape == raw.shape == (160, 192, 160)
+        assert np.all(result[raw == 0] == 0) and result.min() >= 0 and np.isfinite(result).all()
+        assert np.abs(result - raw)[raw > 0].mean() > 1  # trained weights, not the identity
+        if subject == '01':
+            expected = harmonize_volume(raw, generator, 'cpu')
+            assert np.abs(result - expected).max() < 0.5  # same weights, convention, precision
 
 
 def test_harmonized_images_come_back_to_the_native_grid_with_their_provenance(
@@ -90,8 +92,23 @@ def test_harmonized_images_come_back_to_the_native_grid_with_their_provenance(
         assert native.shape == preproc.shape
         np.testing.assert_allclose(native.affine, preproc.affine, atol=1e-5)
         data = native.get_fdata()
-        assert np.all(data[~mask] == 0)
-        assert abs(np.median(data[mask & (data > 0)]) - 500) < 75  # median-500 scale kept
+        assert np.all(data[~mask] == 0) and (data[mask] > 0).mean() > 0.95
+        box = json.loads((out / f'sub-{subject}/anat/sub-{subject}_{SPACE}_desc-norm_T1w.json')
+                         .read_text())['CropBox']  # fmt: skip
+        transform = (
+            out
+            / f'sub-{subject}/anat/sub-{subject}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.txt'
+        )
+        expected = (
+            cropped_mni_to_native(
+                _image(out, subject, f'{SPACE}_desc-harmonized_T1w'),
+                CropBox(tuple(box['start']), tuple(box['size'])),
+                RigidTransform.from_itk(transform),
+                preproc,
+            ).get_fdata()
+            * mask
+        )
+        np.testing.assert_allclose(data, expected, atol=1e-3)  # inverse crop + inverse rigid
         sidecar = json.loads((out / f'sub-{subject}/anat/sub-{subject}_desc-harmonized_T1w'
                               '.json').read_text())  # fmt: skip
         assert sidecar['ModelWeightsSHA256'] == weights_sha256

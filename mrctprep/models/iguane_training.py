@@ -182,20 +182,6 @@ def _random_brain_voxel(volume: np.ndarray, rng: np.random.Generator) -> np.ndar
     return np.array(volume.shape) // 2
 
 
-def start_as_identity(generator: IguaneGenerator) -> None:
-    """Zero the generator's 1x1x1 head, so that ``tanh(head) + input`` starts as the identity.
-
-    Our one departure from upstream's initialisation (Glorot everywhere): with a Glorot head the
-    residual starts as noise of about +-0.8 in network space (identity L1 near 0.5), which
-    thousands of steps must first unlearn; zeroed, every step from the first only learns the
-    site mapping, and a briefly trained generator leaves images as they are instead of noisy
-    (zero-initialised residual branches, as in Fixup and ReZero).
-    """
-    with torch.no_grad():
-        generator.head.weight.zero_()
-        generator.head.bias.zero_()
-
-
 class IguaneTraining:
     """IGUANe's training step, state and schedule (see the module docstring)."""
 
@@ -229,8 +215,6 @@ class IguaneTraining:
         )
         for modules in (self.backward, self.disc_reference, self.disc_source):
             modules.to(self.device)
-        for generator in (self.generator, *self.backward.values()):
-            start_as_identity(generator)
         sites = len(self.site_names)
         self.optimisers = {'generator': self._adam(self.generator, settings.steps * sites)}
         roles = {'backward': self.backward, 'disc_reference': self.disc_reference,
