@@ -40,6 +40,7 @@ MAX_SHIFT_VOXELS = 5
 DISCRIMINATOR_PAIRS = 4  # per site and step: two pairs train each discriminator
 DEFAULT_STEPS = 100 * 200
 AGE_BIN_YEARS = 10.0
+CACHED_VOLUMES_GB = 4.0
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,16 @@ class IguaneTraining:
         return optimiser, schedule
 
     def _volume(self, image: TrainingImage) -> np.ndarray:
-        if image.path not in self.volumes:
-            self.volumes[image.path] = load_network_space(image.path)
-        return self.volumes[image.path]
+        """The image in network space, from a cache of the most recently used volumes that
+        holds at most ``CACHED_VOLUMES_GB`` (a multi-site study does not fit in memory)."""
+        if image.path in self.volumes:
+            self.volumes[image.path] = self.volumes.pop(image.path)  # most recent last
+            return self.volumes[image.path]
+        volume = load_network_space(image.path)
+        while self.volumes and (len(self.volumes) + 1) * volume.nbytes > CACHED_VOLUMES_GB * 2**30:
+            self.volumes.pop(next(iter(self.volumes)))
+        self.volumes[image.path] = volume
+        return volume
 
     def _draw(self, site: str, count: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """``count`` augmented (reference, source) pairs: for each side a ``(count, 1, ...)``
