@@ -13,6 +13,7 @@ from torch import nn
 
 from conftest import run_cli
 from mrctprep.bids_app.errors import EXIT_RESOURCE, ResourceError
+from mrctprep.bids_app.parser import parse_args
 from mrctprep.models.iguane import (
     IguaneDiscriminator,
     IguaneGenerator,
@@ -302,3 +303,20 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     with pytest.raises(Exception, match='other data or settings'):
         run_training(_training(tmp_path, 2),
                      TrainingSettings('iguane', 2, checkpoint, 1, True, 'b'))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ('argv', 'message'),
+    [
+        (['participant', '--train', 'iguane'], '--train runs at the group level'),
+        (['group', '--steps', '10'], 'go with --train NAME'),
+        (['group', '--train', 'iguane', '--train-patch-size', '40'], 'multiple of 16'),
+        (['group', '--weights', 'iguane'], 'expected NAME=FILE'),
+        (['group', '--weights', 'unet=w.pt'], 'unknown model'),
+    ],
+)
+def test_training_and_weights_options_are_checked_before_any_work(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([str(tmp_path / 'bids'), str(tmp_path / 'out'), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -355,8 +355,8 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
     if opts.train and opts.analysis_level != 'group':
         parser.error('--train runs at the group level: mrctprep BIDS_DIR OUTPUT_DIR group --train '
                      f'{opts.train}')  # fmt: skip
-    if (opts.resume or opts.steps) and not opts.train:
-        parser.error('--resume and --steps go with --train NAME')
+    if (opts.resume or opts.steps or opts.train_patch_size) and not opts.train:
+        parser.error('--resume, --steps and --train-patch-size go with --train NAME')
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
         parser.error(f'--train-patch-size {" ".join(map(str, patch))}: one or three sizes, '
