@@ -26,8 +26,8 @@ from mrctprep.models.iguane_training import (
     BACKGROUND,
     IguaneTraining,
     IguaneTrainingSettings,
+    PairSampler,
     TrainingImage,
-    _PairSampler,
     age_bin_probabilities,
     augment,
     random_patch,
@@ -225,7 +225,7 @@ def test_age_bins_give_both_sides_one_distribution():
     assert np.all(probabilities >= 0)
     images = [TrainingImage(path=f'r{i}', site='A', age=a) for i, a in enumerate([21, 25, 52])]
     sources = [TrainingImage(path=f's{i}', site='B', age=a) for i, a in enumerate([23, 55, 71])]
-    sampler = _PairSampler(images, sources, age_matched=True)
+    sampler = PairSampler(images, sources, age_matched=True)
     rng = np.random.default_rng(0)
     for _ in range(50):
         ref, src = sampler.draw(rng)

@@ -95,7 +95,7 @@ def age_bin_probabilities(reference_counts: np.ndarray, source_counts: np.ndarra
     return sides[0] / sides[0].sum()
 
 
-class _PairSampler:
+class PairSampler:
     """Draws (reference, source) image pairs of one source site, age-matched when asked."""
 
     def __init__(
@@ -201,7 +201,7 @@ class IguaneTraining:
         self.rng = np.random.default_rng(settings.seed)
         torch.manual_seed(settings.seed)
         self.samplers = {
-            site: _PairSampler(reference, sources[site], age_matched=settings.age_matched)
+            site: PairSampler(reference, sources[site], age_matched=settings.age_matched)
             for site in self.site_names
         }
         self.volumes: dict[Path, np.ndarray] = {}
