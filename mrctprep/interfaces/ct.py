@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,6 +13,7 @@ from nipype.interfaces.base import (
 
 from mrctprep.imaging.hounsfield import conform_ct
 from mrctprep.imaging.io import load_image
+from mrctprep.interfaces.base import save_image
 
 
 class _ConformCTInputSpec(BaseInterfaceInputSpec):
@@ -38,8 +37,6 @@ class ConformCT(SimpleInterface):
         conformed, metadata = conform_ct(
             load_image(self.inputs.in_file), name=self.inputs.in_file, declared_padding=declared
         )
-        out_file = os.path.join(runtime.cwd, 'conformed.nii.gz')
-        conformed.to_filename(out_file)
-        self._results['out_file'] = out_file
+        self._results['out_file'] = save_image(conformed, runtime, 'conformed.nii.gz')
         self._results['metadata'] = metadata
         return runtime

@@ -7,7 +7,6 @@ import os
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
     File,
     SimpleInterface,
     TraitedSpec,
@@ -18,9 +17,10 @@ from PIL import Image
 
 from mrctprep.imaging.drr.presets import resolve_drr_settings
 from mrctprep.imaging.io import load_image
+from mrctprep.interfaces.base import TorchInputSpec
 
 
-class _RenderDRRInputSpec(BaseInterfaceInputSpec):
+class _RenderDRRInputSpec(TorchInputSpec):
     in_file = File(exists=True, mandatory=True, desc='CT in HU (NIfTI)')
     options = traits.Dict(
         traits.Str, traits.Any, usedefault=True,
@@ -32,9 +32,6 @@ class _RenderDRRInputSpec(BaseInterfaceInputSpec):
         desc='label value -> material; unlisted labels keep the HU thresholds',
     )  # fmt: skip
     random_seed = traits.Int(0, usedefault=True, desc='seed of the Poisson noise')
-    # Device and threads change speed, not results: kept out of the cache hash.
-    device = traits.Str('cpu', usedefault=True, nohash=True, desc='torch device')
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc='torch CPU threads')
 
 
 class _RenderDRROutputSpec(TraitedSpec):

@@ -15,23 +15,15 @@ from nipype.interfaces.base import (
 
 from mrctprep.imaging.intensity import CropBox
 from mrctprep.imaging.registration import RigidTransform, cropped_mni_to_native
+from mrctprep.interfaces.base import TorchInputSpec, save_image
 from mrctprep.models.devices import set_torch_threads
 from mrctprep.models.iguane import harmonize_volume, load_generator
 
 
-def _save(img: nb.Nifti1Image, runtime, name: str) -> str:
-    path = os.path.join(runtime.cwd, name)
-    img.to_filename(path)
-    return path
-
-
-class _HarmonizeInputSpec(BaseInterfaceInputSpec):
+class _HarmonizeInputSpec(TorchInputSpec):
     in_file = File(exists=True, mandatory=True, desc="mr-preproc's desc-norm T1w (model input)")
     weights_file = File(exists=True, mandatory=True, desc='verified IGUANe generator weights')
     weights_sha256 = traits.Str(mandatory=True, desc='SHA-256 from the weights card')
-    # Device and threads change speed, not results: kept out of the cache hash.
-    device = traits.Str('cpu', usedefault=True, nohash=True, desc='torch device')
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc='torch CPU threads')
 
 
 class _HarmonizeOutputSpec(TraitedSpec):
@@ -56,7 +48,7 @@ class Harmonize(SimpleInterface):
         )
         out = nb.Nifti1Image(harmonized, img.affine, img.header)
         out.set_data_dtype('float32')
-        self._results['out_file'] = _save(out, runtime, 'harmonized.nii')
+        self._results['out_file'] = save_image(out, runtime, 'harmonized.nii')
         self._results['metadata'] = {
             'HarmonizationModel': 'IGUANe (Roca et al., 2025), universal generator',
             'ModelWeights': os.path.basename(self.inputs.weights_file),
@@ -96,5 +88,5 @@ class CroppedMNIToNative(SimpleInterface):
         data = native.get_fdata(dtype='float32') * brain
         out = nb.Nifti1Image(data, native.affine, native.header)
         out.set_data_dtype('float32')
-        self._results['out_file'] = _save(out, runtime, 'native.nii')
+        self._results['out_file'] = save_image(out, runtime, 'native.nii')
         return runtime

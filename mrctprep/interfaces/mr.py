@@ -27,21 +27,13 @@ from mrctprep.imaging.registration import (
     rigid_register,
 )
 from mrctprep.imaging.skullstrip import SKULL_STRIP_METHODS, SkullStripSettings, brain_mask
+from mrctprep.interfaces.base import TorchInputSpec, save_image
 
 
-def _save(img: nb.Nifti1Image, runtime, name: str) -> str:
-    path = os.path.join(runtime.cwd, name)
-    img.to_filename(path)
-    return path
-
-
-class _SkullStripInputSpec(BaseInterfaceInputSpec):
+class _SkullStripInputSpec(TorchInputSpec):
     in_file = File(exists=True, mandatory=True, desc='RAS+ T1w image')
     method = traits.Enum(*SKULL_STRIP_METHODS, usedefault=True, desc='network to use')
     test_time_augmentation = traits.Bool(False, usedefault=True, desc='8 mirrored passes')
-    # Device and threads change speed, not results: kept out of the cache hash.
-    device = traits.Str('cpu', usedefault=True, nohash=True, desc='torch device')
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc='torch CPU threads')
 
 
 class _SkullStripOutputSpec(TraitedSpec):
@@ -63,7 +55,7 @@ class SkullStrip(SimpleInterface):
             test_time_augmentation=self.inputs.test_time_augmentation,
         )
         mask = brain_mask(nb.load(self.inputs.in_file), settings)
-        self._results['out_mask'] = _save(mask, runtime, 'brain_mask.nii')
+        self._results['out_mask'] = save_image(mask, runtime, 'brain_mask.nii')
         self._results['metadata'] = {
             'Type': 'Brain',
             'SkullStripMethod': settings.method,
@@ -97,8 +89,8 @@ class N4BiasCorrection(SimpleInterface):
             nb.load(self.inputs.mask_file),
             threads=self.inputs.num_threads,
         )
-        self._results['out_file'] = _save(result.corrected, runtime, 'corrected.nii')
-        self._results['bias_field'] = _save(result.field, runtime, 'bias_field.nii')
+        self._results['out_file'] = save_image(result.corrected, runtime, 'corrected.nii')
+        self._results['bias_field'] = save_image(result.field, runtime, 'bias_field.nii')
         self._results['metadata'] = {'BiasCorrection': result.parameters}
         return runtime
 
@@ -179,7 +171,7 @@ class ResampleToMNI(SimpleInterface):
                 resampled.header,
             )  # fmt: skip
             resampled.set_data_dtype(np.uint8)
-        self._results['out_file'] = _save(resampled, runtime, 'resampled.nii')
+        self._results['out_file'] = save_image(resampled, runtime, 'resampled.nii')
         return runtime
 
 
@@ -203,7 +195,7 @@ class MedianNormalise(SimpleInterface):
         normalised, scale = median_normalise(
             nb.load(self.inputs.in_file), nb.load(self.inputs.mask_file)
         )
-        self._results['out_file'] = _save(normalised, runtime, 'normalised.nii')
+        self._results['out_file'] = save_image(normalised, runtime, 'normalised.nii')
         self._results['metadata'] = {'MedianTarget': 500.0, 'IntensityScale': scale}
         return runtime
 
@@ -227,7 +219,7 @@ class IguaneCrop(SimpleInterface):
     def _run_interface(self, runtime):
         img = nb.load(self.inputs.in_file)
         box = iguane_crop_box(np.asanyarray(img.dataobj))
-        self._results['out_file'] = _save(crop(img, box), runtime, 'cropped.nii')
+        self._results['out_file'] = save_image(crop(img, box), runtime, 'cropped.nii')
         self._results['metadata'] = {
             **self.inputs.in_metadata,
             'CropBox': box.to_metadata(),

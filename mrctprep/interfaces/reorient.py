@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -15,6 +14,7 @@ from nipype.interfaces.base import (
 
 from mrctprep.imaging.io import load_anatomical
 from mrctprep.imaging.orientation import reorient_to_ras
+from mrctprep.interfaces.base import save_image
 
 LOGGER = logging.getLogger('mrctprep')
 
@@ -39,9 +39,7 @@ class Reorient(SimpleInterface):
         for warning in warnings:
             LOGGER.warning(warning)
         reoriented, record = reorient_to_ras(img)
-        out_file = os.path.join(runtime.cwd, 'reoriented.nii')
-        reoriented.to_filename(out_file)
-        self._results['out_file'] = out_file
+        self._results['out_file'] = save_image(reoriented, runtime, 'reoriented.nii')
         self._results['metadata'] = record.to_metadata() | (
             {'InputWarnings': warnings} if warnings else {}
         )

@@ -6,7 +6,6 @@ import logging
 import os
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
     File,
     SimpleInterface,
     TraitedSpec,
@@ -22,11 +21,12 @@ from mrctprep.imaging.superres.reconstruct import (
     super_resolve,
 )
 from mrctprep.imaging.superres.solver import SolverSettings
+from mrctprep.interfaces.base import TorchInputSpec, save_image
 
 LOGGER = logging.getLogger('mrctprep.superres')
 
 
-class _SuperResolutionInputSpec(BaseInterfaceInputSpec):
+class _SuperResolutionInputSpec(TorchInputSpec):
     in_files = traits.List(File(exists=True), mandatory=True, desc='every scan of the session')
     channels = traits.List(
         traits.Str, mandatory=True,
@@ -41,9 +41,6 @@ class _SuperResolutionInputSpec(BaseInterfaceInputSpec):
         desc="UniRes's --scale: fit a per-scan odd/even slice intensity correction (MR only)",
     )  # fmt: skip
     random_seed = traits.Int(0, usedefault=True, desc='seed of the registrations')
-    # Device and threads change speed, not results: kept out of the cache hash.
-    device = traits.Str('cpu', usedefault=True, nohash=True, desc='torch device')
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc='torch CPU threads')
 
 
 class _SuperResolutionOutputSpec(TraitedSpec):
@@ -83,12 +80,12 @@ class SuperResolution(SimpleInterface):
         results = super_resolve(scans, settings, progress=LOGGER.debug)
         outputs = {'out_files': [], 'input_views': [], 'metadata': []}
         for result in results:
-            out_file = os.path.join(runtime.cwd, f'superres_{result.channel}.nii')
-            result.image.to_filename(out_file)
-            view_file = os.path.join(runtime.cwd, f'input_{result.channel}.nii')
-            result.input_view.to_filename(view_file)
-            outputs['out_files'].append(out_file)
-            outputs['input_views'].append(view_file)
+            outputs['out_files'].append(
+                save_image(result.image, runtime, f'superres_{result.channel}.nii')
+            )
+            outputs['input_views'].append(
+                save_image(result.input_view, runtime, f'input_{result.channel}.nii')
+            )
             outputs['metadata'].append(result.metadata)
         self._results.update(outputs)
         return runtime

@@ -21,9 +21,9 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from mrctprep.imaging.intensity import MEDIAN_TARGET, SIZE_MULTIPLE
+from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.models.devices import fast_precision
-from mrctprep.models.iguane import IguaneDiscriminator, IguaneGenerator
+from mrctprep.models.iguane import IguaneDiscriminator, IguaneGenerator, to_network_space
 
 LOGGER = logging.getLogger('mrctprep.models')
 
@@ -65,8 +65,9 @@ class IguaneTrainingSettings:
 
 def load_network_space(path: Path) -> np.ndarray:
     """A median-500 image as ``I / 500 - 1`` with the background at the sentinel -1."""
-    data = np.asanyarray(nb.load(path).dataobj, dtype=np.float32)
-    return np.where(data > 0, data / MEDIAN_TARGET - 1, BACKGROUND).astype(np.float32)
+    network_input, brain = to_network_space(np.asanyarray(nb.load(path).dataobj, np.float32))
+    network_input[~brain] = BACKGROUND
+    return network_input
 
 
 def age_bin_probabilities(reference_counts: np.ndarray, source_counts: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -126,13 +127,22 @@ def resolve_weights(
         raise ResourceError(
             f'{path}: its card {card_file.name} is for model {card.get("name")!r}, not {name!r}'
         )
-    actual = sha256_of(path)
+    stat = path.stat()
+    actual = _verified_sha256(path, stat.st_size, stat.st_mtime_ns)
     if actual != card.get('sha256'):
         raise ResourceError(
             f'{path}: corrupt or changed weights (SHA-256 {actual[:16]}..., its card says '
             f'{str(card.get("sha256"))[:16]}...); copy them again or retrain'
         )
     return ModelWeights(name=name, path=path, card=card)
+
+
+@cache
+def _verified_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """:func:`sha256_of`, once per process for a file of this size and modification time: a
+    run resolves the same weights for every subject."""
+    del size, mtime_ns  # part of the cache key only: a rewritten file is hashed again
+    return sha256_of(path)
 
 
 def save_weights(

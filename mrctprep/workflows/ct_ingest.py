@@ -13,11 +13,11 @@ from mrctprep.bids_app.config import RunConfig
 from mrctprep.bids_app.ingest import read_sidecar
 from mrctprep.imaging.dicom_series import ACQUISITION_KEYS
 from mrctprep.imaging.hounsfield import PADDING_FILL_HU
-from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.ct import ConformCT
 from mrctprep.interfaces.reports import CTWindowsRPT
 from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.outputs import derivatives_sink
 
 #: The queries (``--bids-filter-file`` names) whose images this pipeline conforms.
 CT_INGEST_INPUTS = ('ct',)
@@ -67,22 +67,15 @@ def init_ct_conform_wf(
     plot_conform = pe.Node(
         CTWindowsRPT(title=f'{source_file.rsplit("/", 1)[-1]}: HU, RAS+'), name='plot_conform'
     )
-    ds_conform = pe.Node(
-        DerivativesDataSink(
-            base_directory=output_dir,
-            entities={'desc': 'preproc'},
-            dtype='int16',
-            static_meta=acquisition,
-        ),
-        name='ds_conform',
-        run_without_submitting=True,
+    ds_conform = derivatives_sink(
+        'ds_conform',
+        output_dir,
+        entities={'desc': 'preproc'},
+        dtype='int16',
+        static_meta=acquisition,
     )
-    ds_report_conform = pe.Node(
-        DerivativesDataSink(
-            base_directory=output_dir, entities={'desc': 'preproc'}, datatype='figures'
-        ),
-        name='ds_report_conform',
-        run_without_submitting=True,
+    ds_report_conform = derivatives_sink(
+        'ds_report_conform', output_dir, entities={'desc': 'preproc'}, datatype='figures'
     )
 
     # fmt: off

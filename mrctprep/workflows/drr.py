@@ -12,12 +12,12 @@ from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
 from mrctprep.bids_app.ingest import read_sidecar
 from mrctprep.imaging.drr.presets import DRRSettings, resolve_drr_settings
-from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.ct import ConformCT
 from mrctprep.interfaces.drr import RenderDRR
 from mrctprep.interfaces.reports import ContactSheetRPT
 from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.outputs import derivatives_sink
 
 #: The queries (``--bids-filter-file`` names) whose images are projected.
 DRR_INPUTS = ('ct',)
@@ -92,11 +92,8 @@ def init_drr_image_wf(
         name='plot_views',
     )
     merge_drr = pe.Node(niu.Merge(len(labels)), name='merge_drr', run_without_submitting=True)
-    ds_report_drr = pe.Node(
-        DerivativesDataSink(base_directory=output_dir, entities={'desc': 'drr'},
-                            datatype='figures'),
-        name='ds_report_drr', run_without_submitting=True,
-    )  # fmt: skip
+    ds_report_drr = derivatives_sink('ds_report_drr', output_dir, entities={'desc': 'drr'},
+                                     datatype='figures')  # fmt: skip
 
     # fmt: off
     workflow.connect([
@@ -113,11 +110,8 @@ def init_drr_image_wf(
     for index, label in enumerate(labels):
         for kind, output, dtype in (('nii', 'out_files', {'dtype': 'float32'}),
                                     ('png', 'png_files', {})):  # fmt: skip
-            sink = pe.Node(
-                DerivativesDataSink(base_directory=output_dir, entities={'desc': label},
-                                    suffix='drr', **dtype),
-                name=f'ds_drr_{label}_{kind}', run_without_submitting=True,
-            )  # fmt: skip
+            sink = derivatives_sink(f'ds_drr_{label}_{kind}', output_dir,
+                                    entities={'desc': label}, suffix='drr', **dtype)  # fmt: skip
             # fmt: off
             workflow.connect([
                 (inputnode, sink, [('source_file', 'source_file')]),

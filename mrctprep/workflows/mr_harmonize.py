@@ -9,7 +9,6 @@ from nipype.pipeline import engine as pe
 
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
-from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.harmonize import CroppedMNIToNative, Harmonize
 from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.models.weights import ModelWeights, resolve_weights
@@ -21,6 +20,7 @@ from mrctprep.workflows.mr_preproc import (
     init_mr_preproc_image_wf,
     template_space,
 )
+from mrctprep.workflows.outputs import derivatives_sink
 
 MODEL_NAME = 'iguane'
 
@@ -83,22 +83,21 @@ def init_mr_harmonize_image_wf(
         name='plot_harmonized',
     )  # fmt: skip
 
-    def sink(name, entities, datatype='anat', **kwargs):
-        node = DerivativesDataSink(base_directory=str(config.output_dir), entities=entities,
-                                   datatype=datatype, **kwargs)  # fmt: skip
-        return pe.Node(node, name=name, run_without_submitting=True)
-
-    ds_harmonized_mni = sink(
-        'ds_harmonized_mni',
-        {'space': space, 'res': '1', 'desc': 'harmonized'},
+    ds_harmonized_mni = derivatives_sink(
+        'ds_harmonized_mni', config.output_dir,
+        entities={'space': space, 'res': '1', 'desc': 'harmonized'},
         static_meta={'SkullStripped': True, **MNI_GRID},
-    )
-    ds_harmonized = sink('ds_harmonized', {'desc': 'harmonized'}, static_meta={
-        'SkullStripped': True,
-        'Resolution': 'native grid of the T1w (RAS+), resampled from the model grid',
-    })  # fmt: skip
-    ds_report_harmonized = sink('ds_report_harmonized', {'desc': 'harmonized'},
-                                datatype='figures')  # fmt: skip
+    )  # fmt: skip
+    ds_harmonized = derivatives_sink(
+        'ds_harmonized', config.output_dir, entities={'desc': 'harmonized'},
+        static_meta={
+            'SkullStripped': True,
+            'Resolution': 'native grid of the T1w (RAS+), resampled from the model grid',
+        },
+    )  # fmt: skip
+    ds_report_harmonized = derivatives_sink('ds_report_harmonized', config.output_dir,
+                                            entities={'desc': 'harmonized'},
+                                            datatype='figures')  # fmt: skip
     # fmt: off
     workflow.connect([
         (preproc, harmonize, [('model_input', 'in_file')]),

@@ -12,7 +12,6 @@ from nipype.pipeline import engine as pe
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
 from mrctprep.imaging.registration import TEMPLATE_NAME
-from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.mr import (
     IguaneCrop,
     MedianNormalise,
@@ -25,6 +24,7 @@ from mrctprep.interfaces.reorient import Reorient
 from mrctprep.interfaces.reports import ContourOverlayRPT, RegistrationRPT
 from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.outputs import derivatives_sink
 
 MR_PREPROC_INPUTS = ('t1w',)
 MNI_GRID = {
@@ -116,11 +116,9 @@ def init_mr_preproc_image_wf(
     t1w_metadata = pe.Node(niu.Merge(2), name='t1w_metadata', run_without_submitting=True)
 
     def sink(name, entities, suffix=None, datatype='anat', **kwargs):
-        node = DerivativesDataSink(base_directory=output_dir, entities=entities,
-                                   datatype=datatype, **kwargs)  # fmt: skip
         if suffix:
-            node.inputs.suffix = suffix
-        return pe.Node(node, name=name, run_without_submitting=True)
+            kwargs['suffix'] = suffix
+        return derivatives_sink(name, output_dir, entities=entities, datatype=datatype, **kwargs)
 
     mni = {'space': space, 'res': '1'}
     ds_t1w = sink('ds_t1w', {'desc': 'preproc'}, static_meta=t1w_meta)

@@ -11,11 +11,11 @@ from nipype.pipeline import engine as pe
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
 from mrctprep.imaging.figures import CT_WINDOWS
-from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.reorient import Reorient
 from mrctprep.interfaces.reports import OrthogonalSlicesRPT
 from mrctprep.workflows.images import init_per_image_wf
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.outputs import derivatives_sink
 
 #: The queries (``--bids-filter-file`` names) whose images this pipeline reorients.
 REORIENT_INPUTS = ('t1w', 't2w', 'flair', 'pdw', 'ct')
@@ -64,21 +64,14 @@ def init_reorient_image_wf(
     if is_ct:
         plot_reorient.inputs.window = CT_WINDOWS['soft-tissue']
 
-    ds_reorient = pe.Node(
-        DerivativesDataSink(
-            base_directory=output_dir,
-            entities={'desc': 'reorient'},
-            static_meta={} if is_ct else {'SkullStripped': False},
-        ),
-        name='ds_reorient',
-        run_without_submitting=True,
+    ds_reorient = derivatives_sink(
+        'ds_reorient',
+        output_dir,
+        entities={'desc': 'reorient'},
+        static_meta={} if is_ct else {'SkullStripped': False},
     )
-    ds_report_reorient = pe.Node(
-        DerivativesDataSink(
-            base_directory=output_dir, entities={'desc': 'reorient'}, datatype='figures'
-        ),
-        name='ds_report_reorient',
-        run_without_submitting=True,
+    ds_report_reorient = derivatives_sink(
+        'ds_report_reorient', output_dir, entities={'desc': 'reorient'}, datatype='figures'
     )
 
     # fmt: off

@@ -9,12 +9,12 @@ from nipype.pipeline import engine as pe
 from mrctprep.bids_app.bids import SubjectData
 from mrctprep.bids_app.config import RunConfig
 from mrctprep.imaging.superres.solver import SolverSettings
-from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.interfaces.superres import SuperResolution
 from mrctprep.models.devices import resolve_device
 from mrctprep.workflows.drr import select
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.outputs import derivatives_sink
 
 #: The queries (``--bids-filter-file`` names) whose images enter the model.
 SUPERRES_INPUTS = ('t1w', 't2w', 'flair', 'pdw', 'ct')
@@ -76,15 +76,12 @@ def init_superres_wf(
         channel_files = [path for path, s in zip(source_files, suffixes, strict=True)
                          if s == channel]  # fmt: skip
         entities = _channel_entities(channel_files)
-        ds_superres = pe.Node(
-            DerivativesDataSink(
-                base_directory=output_dir, source_file=channel_files,
-                entities={**entities, 'res': label, 'desc': 'superres'}, dtype='float32',
-                static_meta={'Resolution': f'{config.superres_voxel_size:g} mm isotropic '
-                             + ('(common grid, template field of view)'
-                                if config.superres_common_grid else '(grid around the inputs)')},
-            ),
-            name=f'ds_superres_{channel}', run_without_submitting=True,
+        ds_superres = derivatives_sink(
+            f'ds_superres_{channel}', output_dir, source_file=channel_files,
+            entities={**entities, 'res': label, 'desc': 'superres'}, dtype='float32',
+            static_meta={'Resolution': f'{config.superres_voxel_size:g} mm isotropic '
+                         + ('(common grid, template field of view)'
+                            if config.superres_common_grid else '(grid around the inputs)')},
         )  # fmt: skip
         plot_superres = pe.Node(
             BeforeAfterRPT(title=f'{channel}: {config.superres_method} super-resolution',
@@ -92,10 +89,9 @@ def init_superres_wf(
                                    f'{config.superres_voxel_size:g} mm')),
             name=f'plot_superres_{channel}',
         )  # fmt: skip
-        ds_report_superres = pe.Node(
-            DerivativesDataSink(base_directory=output_dir, source_file=channel_files,
-                                entities={**entities, 'desc': 'superres'}, datatype='figures'),
-            name=f'ds_report_superres_{channel}', run_without_submitting=True,
+        ds_report_superres = derivatives_sink(
+            f'ds_report_superres_{channel}', output_dir, source_file=channel_files,
+            entities={**entities, 'desc': 'superres'}, datatype='figures',
         )  # fmt: skip
         # fmt: off
         workflow.connect([
