@@ -76,8 +76,13 @@ def test_harmonized_image_is_the_trained_generator_applied_to_the_model_input(
         assert np.all(result[raw == 0] == 0) and result.min() >= 0 and np.isfinite(result).all()
         assert np.abs(result - raw)[raw > 0].mean() > 1  # trained weights, not the identity
         if subject == '01':
-            expected = harmonize_volume(raw, generator, 'cpu')
+            # trained on 32^3 crops, so run in crops of that size (as the sidecar says)
+            expected = harmonize_volume(raw, generator, 'cpu', tile=(32, 32, 32))
             assert np.abs(result - expected).max() < 0.5  # same weights, convention, precision
+            sidecar = json.loads(
+                (out / f'sub-01/anat/sub-01_{SPACE}_desc-harmonized_T1w.json').read_text()
+            )
+            assert sidecar['Inference'].startswith('crops of 32x32x32 voxels as in training')
 
 
 def test_harmonized_images_come_back_to_the_native_grid_with_their_provenance(

@@ -14,6 +14,7 @@ from torch import nn
 from conftest import run_cli
 from mrctprep.bids_app.errors import EXIT_RESOURCE, ResourceError
 from mrctprep.bids_app.parser import parse_args
+from mrctprep.models.devices import fast_precision
 from mrctprep.models.iguane import (
     IguaneDiscriminator,
     IguaneGenerator,
@@ -71,6 +72,21 @@ def test_saved_weights_carry_the_bundled_card_and_their_sha256(isolated_weights)
     assert card['trained'] == {'Steps': 0}
     state = resolve_weights('iguane', explicit=weights.path).load_state_dict()
     assert state.keys() == IguaneGenerator().state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    ('trained', 'patch_size'),
+    [
+        ({'PatchSize': [32, 48, 32]}, (32, 48, 32)),
+        ({'PatchSize': 'whole volume'}, None),
+        ({}, None),
+    ],
+)
+def test_weights_know_the_crop_size_they_were_trained_on(isolated_weights, trained, patch_size):
+    torch.manual_seed(0)
+    weights = save_weights(IguaneGenerator().state_dict(), isolated_weights / 'iguane.pt',
+                           name='iguane', provenance={'trained': trained})  # fmt: skip
+    assert resolve_weights('iguane', explicit=weights.path).trained_patch_size == patch_size
 
 
 def test_weights_are_found_in_order_output_dir_then_env_then_cache(isolated_weights, monkeypatch):
@@ -174,6 +190,39 @@ def test_harmonize_volume_with_an_identity_generator_returns_the_input():
     data = np.zeros((20, 36, 20), np.float32)  # not multiples of 16: padded and cropped back
     data[4:16, 6:30, 4:16] = 500 + 100 * np.random.default_rng(0).standard_normal((12, 24, 12))
     np.testing.assert_allclose(harmonize_volume(data, generator, 'cpu'), data, atol=1e-3)
+
+
+class _CountingGenerator(nn.Module):
+    def __init__(self, generator):
+        super().__init__()
+        self.generator, self.calls = generator, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.generator(x)
+
+
+def test_a_crop_trained_generator_runs_in_crops_of_its_training_size():
+    """Its instance norms learnt the statistics of crops, which a whole volume, half of it
+    background, does not have: the same weights give another image on the whole volume."""
+    torch.manual_seed(0)
+    generator = _CountingGenerator(IguaneGenerator().eval())
+    data = np.zeros((48, 64, 48), np.float32)
+    data[8:30, 10:40, 8:30] = 500 + 100 * np.random.default_rng(0).standard_normal((22, 30, 22))
+    tile = (16, 16, 16)
+    result = harmonize_volume(data, generator, 'cpu', tile=tile)
+
+    network_input, brain = to_network_space(data)
+    volume = torch.from_numpy(network_input)[None, None]
+    with torch.no_grad(), fast_precision('cpu'):
+        every_crop = predict_in_tiles(generator.generator, volume, tile=tile, overlap=0.5)
+    expected = from_network_space(every_crop[0, 0].float().numpy(), brain)
+    np.testing.assert_allclose(result[brain], expected[brain], rtol=1e-4, atol=1e-2)
+    assert np.all(result[~brain] == 0)
+    all_crops = 5 * 7 * 5  # starts every 8 voxels
+    assert 0 < generator.calls < all_crops  # crops without brain are not run
+    whole = harmonize_volume(data, generator.generator, 'cpu')
+    assert np.abs(whole - result)[brain].mean() > 10
 
 
 # --- tiled inference -------------------------------------------------------------------------

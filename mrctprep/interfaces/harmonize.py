@@ -10,6 +10,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -24,6 +25,10 @@ class _HarmonizeInputSpec(TorchInputSpec):
     in_file = File(exists=True, mandatory=True, desc="mr-preproc's desc-norm T1w (model input)")
     weights_file = File(exists=True, mandatory=True, desc='verified IGUANe generator weights')
     weights_sha256 = traits.Str(mandatory=True, desc='SHA-256 from the weights card')
+    tile = traits.Tuple(
+        traits.Int, traits.Int, traits.Int,
+        desc='the crop size the weights were trained on: run in such crops (else whole volume)',
+    )  # fmt: skip
 
 
 class _HarmonizeOutputSpec(TraitedSpec):
@@ -43,8 +48,13 @@ class Harmonize(SimpleInterface):
             self.inputs.weights_file, self.inputs.weights_sha256, self.inputs.device
         )
         img = nb.load(self.inputs.in_file)
+        tile = self.inputs.tile if isdefined(self.inputs.tile) else None
+        inference = 'whole volume' if tile is None else (
+            f'crops of {"x".join(map(str, tile))} voxels as in training, overlapping by half, '
+            'Gaussian-blended'
+        )  # fmt: skip
         harmonized = harmonize_volume(
-            img.get_fdata(dtype='float32'), generator, self.inputs.device
+            img.get_fdata(dtype='float32'), generator, self.inputs.device, tile=tile
         )
         out = nb.Nifti1Image(harmonized, img.affine, img.header)
         out.set_data_dtype('float32')
@@ -54,6 +64,7 @@ class Harmonize(SimpleInterface):
             'ModelWeights': os.path.basename(self.inputs.weights_file),
             'ModelWeightsSHA256': self.inputs.weights_sha256,
             'Device': self.inputs.device,
+            'Inference': inference,
         }
         return runtime
 

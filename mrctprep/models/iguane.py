@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from mrctprep.imaging.intensity import MEDIAN_TARGET, SIZE_MULTIPLE
 from mrctprep.models.devices import fast_precision
-from mrctprep.models.inference import predict_whole_or_tiled
+from mrctprep.models.inference import predict_in_tiles, predict_whole_or_tiled
 
 ENCODER_CHANNELS = (16, 32, 64, 128)
 BOTTLENECK_CHANNELS = 256
@@ -174,18 +174,35 @@ def from_network_space(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, np.clip((output + 1) * MEDIAN_TARGET, 0, None), 0).astype(np.float32)
 
 
-def harmonize_volume(data: np.ndarray, generator: IguaneGenerator, device: str) -> np.ndarray:
+def harmonize_volume(
+    data: np.ndarray,
+    generator: IguaneGenerator,
+    device: str,
+    *,
+    tile: tuple[int, int, int] | None = None,
+) -> np.ndarray:
     """The generator applied to a median-500 brain volume, in IGUANe's intensity convention.
 
     Volumes whose sizes are not multiples of 16 are padded with background and cropped back.
+    ``tile`` is the crop size a generator was trained on (``--train-patch-size``): its instance
+    norms learnt the statistics of such crops, not of a whole volume that is half background,
+    so it runs on crops of that size again, overlapping by half and Gaussian-blended. Crops
+    without brain come out as background without running the network.
     """
     network_input, mask = to_network_space(data)
     padded_shape = [-(-size // SIZE_MULTIPLE) * SIZE_MULTIPLE for size in data.shape]
     padded = np.zeros(padded_shape, np.float32)
     padded[tuple(slice(0, n) for n in data.shape)] = network_input
     volume = torch.from_numpy(padded[None, None]).to(device)
+
+    def generate_brain(crop: torch.Tensor) -> torch.Tensor:
+        return generator(crop) if crop.any() else torch.zeros_like(crop)
+
     with torch.inference_mode(), fast_precision(device):
-        output = predict_whole_or_tiled(generator, volume, multiple=SIZE_MULTIPLE)
+        if tile is None:
+            output = predict_whole_or_tiled(generator, volume, multiple=SIZE_MULTIPLE)
+        else:
+            output = predict_in_tiles(generate_brain, volume, tile=tile, overlap=0.5)
     output = output[(0, 0, *(slice(0, n) for n in data.shape))].float().numpy()
     return from_network_space(output, mask)
 

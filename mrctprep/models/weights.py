@@ -85,6 +85,13 @@ class ModelWeights:
     def sha256(self) -> str:
         return self.card['sha256']
 
+    @property
+    def trained_patch_size(self) -> tuple[int, int, int] | None:
+        """The crop size ``--train-patch-size`` trained these weights on; None for weights
+        trained on whole volumes (or imported)."""
+        patch_size = self.card.get('trained', {}).get('PatchSize')
+        return tuple(patch_size) if isinstance(patch_size, list) else None
+
     def load_state_dict(self) -> dict[str, Any]:
         import torch
 

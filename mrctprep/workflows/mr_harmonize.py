@@ -74,6 +74,8 @@ def init_mr_harmonize_image_wf(
                   device=config.device, num_threads=config.omp_nthreads),
         name='harmonize', n_procs=config.omp_nthreads, mem_gb=4,
     )  # fmt: skip
+    if weights.trained_patch_size:
+        harmonize.inputs.tile = weights.trained_patch_size
     to_native = pe.Node(CroppedMNIToNative(), name='harmonized_to_native', mem_gb=1.5)
     # the model input, mapped back the same way, is the figure's like-for-like 'before'
     input_to_native = pe.Node(CroppedMNIToNative(), name='model_input_to_native', mem_gb=1.5)
