@@ -239,8 +239,10 @@ def test_tiles_blend_back_to_the_whole_volume_result():
     with torch.no_grad():
         whole = network(volume)
         tiled = predict_in_tiles(network, volume, tile=(24, 32, 24))
+        batched = predict_in_tiles(network, volume, tile=(24, 32, 24), tiles_per_call=5)
     difference = (tiled - whole).abs()  # only where a tile edge's missing context shows
     assert difference.max() < 0.05 * whole.abs().max() and difference.mean() < 1e-3
+    torch.testing.assert_close(batched, tiled)
 
 
 def test_out_of_memory_falls_back_to_tiles_never_to_a_crop(caplog):

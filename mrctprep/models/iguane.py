@@ -30,6 +30,9 @@ ENCODER_CHANNELS = (16, 32, 64, 128)
 BOTTLENECK_CHANNELS = 256
 DISCRIMINATOR_CHANNELS = (64, 128, 256)
 LEAKY_SLOPE = 0.2
+#: Crops of a crop-trained generator run four at a time: about 1.6x faster than one by one on
+#: a CPU, and still far smaller than a whole volume.
+CROPS_PER_CALL = 4
 
 
 class MeanAbsoluteDeviationNorm(nn.Module):
@@ -195,14 +198,19 @@ def harmonize_volume(
     padded[tuple(slice(0, n) for n in data.shape)] = network_input
     volume = torch.from_numpy(padded[None, None]).to(device)
 
-    def generate_brain(crop: torch.Tensor) -> torch.Tensor:
-        return generator(crop) if crop.any() else torch.zeros_like(crop)
+    def generate_brain(crops: torch.Tensor) -> torch.Tensor:
+        output = torch.zeros_like(crops)
+        with_brain = crops.flatten(1).any(dim=1)
+        if with_brain.any():
+            output[with_brain] = generator(crops[with_brain]).to(output.dtype)
+        return output
 
     with torch.inference_mode(), fast_precision(device):
         if tile is None:
             output = predict_whole_or_tiled(generator, volume, multiple=SIZE_MULTIPLE)
         else:
-            output = predict_in_tiles(generate_brain, volume, tile=tile, overlap=0.5)
+            output = predict_in_tiles(generate_brain, volume, tile=tile, overlap=0.5,
+                                      tiles_per_call=CROPS_PER_CALL)  # fmt: skip
     output = output[(0, 0, *(slice(0, n) for n in data.shape))].float().numpy()
     return from_network_space(output, mask)
 
