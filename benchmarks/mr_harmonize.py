@@ -31,6 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from scipy import ndimage
+
+from mrctprep.imaging.metrics import structural_similarity
+
 SPACE = 'space-MNI152NLin2009aSym_res-1'
 PAIRS = (('01', '02'), ('03', '04'))
 
@@ -78,8 +83,6 @@ def train_from_scratch(norm, sites, opts, device):
 
 def matched_histogram(source, reference):
     """``source``'s brain intensities mapped onto ``reference``'s brain distribution."""
-    import numpy as np
-
     quantiles = np.linspace(0, 100, 1001)
     brain = source > 0
     matched = np.zeros_like(source)
@@ -90,17 +93,12 @@ def matched_histogram(source, reference):
 
 def brain_smoothed(image, sigma):
     """Gaussian smoothing inside the brain (normalised convolution: no background leaks in)."""
-    import numpy as np
-    from scipy import ndimage
-
     brain = (image > 0).astype(np.float32)
     weight = np.maximum(ndimage.gaussian_filter(brain, sigma), 1e-3)
     return np.where(brain > 0, ndimage.gaussian_filter(image, sigma) / weight, 0)
 
 
-def compare_pairs(label, inputs, outputs, structural_similarity):
-    import numpy as np
-
+def compare_pairs(label, inputs, outputs):
     for site_a, site_b in PAIRS:
         brain = (inputs[site_a] > 0) & (inputs[site_b] > 0)
         before = np.abs(inputs[site_a] - inputs[site_b])[brain].mean()
@@ -126,7 +124,6 @@ def main() -> None:
     opts = parser.parse_args()
 
     import nibabel as nb
-    import numpy as np
     import pandas as pd
 
     from mrctprep.bids_app.harmonization_table import (
@@ -136,7 +133,6 @@ def main() -> None:
         summarize_site_effects,
     )
     from mrctprep.bids_app.sites import ParticipantInfo
-    from mrctprep.imaging.metrics import structural_similarity
     from mrctprep.models.devices import resolve_device, set_torch_threads
     from mrctprep.models.iguane import harmonize_volume, load_generator
     from mrctprep.models.weights import resolve_weights
@@ -169,11 +165,10 @@ def main() -> None:
             f'worst {max(seconds):.2f}), peak {peak_mb():.0f} MB for the whole benchmark'
         )
 
-        compare_pairs('IGUANe', inputs, outputs, structural_similarity)
+        compare_pairs('IGUANe', inputs, outputs)
         if tile:
             whole = {s: harmonize_volume(x, generator, device) for s, x in inputs.items()}
-            compare_pairs('IGUANe on whole volumes (not as trained)', inputs, whole,
-                          structural_similarity)  # fmt: skip
+            compare_pairs('IGUANe on whole volumes (not as trained)', inputs, whole)
 
         harmonized_dir = Path(scratch) / 'harmonized'
         harmonized_dir.mkdir(exist_ok=True)
@@ -196,8 +191,8 @@ def main() -> None:
             contrast_only[site_b] = matched_histogram(inputs[site_b], inputs[site_a])
             contrast_and_noise[site_b] = brain_smoothed(contrast_only[site_b], 0.7)
         print('ceiling (an ideal harmonizer of the site effect, see the docstring):')
-        compare_pairs('contrast', inputs, contrast_only, structural_similarity)
-        compare_pairs('contrast+noise', inputs, contrast_and_noise, structural_similarity)
+        compare_pairs('contrast', inputs, contrast_only)
+        compare_pairs('contrast+noise', inputs, contrast_and_noise)
 
 
 if __name__ == '__main__':

@@ -115,10 +115,10 @@ def init_mr_preproc_image_wf(
     # The native T1w's sidecar records both the reorientation and the bias correction.
     t1w_metadata = pe.Node(niu.Merge(2), name='t1w_metadata', run_without_submitting=True)
 
-    def sink(name, entities, suffix=None, datatype='anat', **kwargs):
+    def sink(name, entities, suffix=None, **kwargs):
         if suffix:
             kwargs['suffix'] = suffix
-        return derivatives_sink(name, output_dir, entities=entities, datatype=datatype, **kwargs)
+        return derivatives_sink(name, output_dir, entities=entities, **kwargs)
 
     mni = {'space': space, 'res': '1'}
     ds_t1w = sink('ds_t1w', {'desc': 'preproc'}, static_meta=t1w_meta)
