@@ -126,14 +126,14 @@ def main() -> None:
     import nibabel as nb
     import pandas as pd
 
-    from mrctprep.bids_app.harmonization_table import (
+    from mrctprep.group.harmonization import (
         ModelInput,
         combat_harmonize,
         regional_table,
         summarize_site_effects,
     )
-    from mrctprep.bids_app.sites import ParticipantInfo
-    from mrctprep.models.devices import resolve_device, set_torch_threads
+    from mrctprep.group.sites import ParticipantInfo
+    from mrctprep.core.devices import resolve_device, set_torch_threads
     from mrctprep.models.iguane import harmonize_volume, load_generator
     from mrctprep.models.weights import resolve_weights
 

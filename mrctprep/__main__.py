@@ -1,4 +1,4 @@
-from mrctprep.bids_app.run import main
+from mrctprep.cli.main import main
 
 if __name__ == '__main__':
     main()

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, run_cli, write_bids
-from mrctprep.bids_app.parser import build_parser, parse_memory_gb
-from mrctprep.bids_app.run import run
+from mrctprep.cli.run_options import build_parser, parse_memory_gb
+from mrctprep.cli.main import run
 from mrctprep.workflows.pipelines import PIPELINES
 
 

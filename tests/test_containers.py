@@ -70,8 +70,8 @@ def test_entry_point_is_the_packaged_console_script():
     setup = configparser.ConfigParser()
     setup.read(ROOT / 'setup.cfg')
     scripts = setup['options.entry_points']['console_scripts'].strip().splitlines()
-    assert 'mrctprep = mrctprep.bids_app.run:main' in [s.strip() for s in scripts]
-    from mrctprep.bids_app.run import main
+    assert 'mrctprep = mrctprep.cli.main:main' in [s.strip() for s in scripts]
+    from mrctprep.cli.main import main
 
     assert callable(main)
 

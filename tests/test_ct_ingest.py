@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from nibabel.orientations import aff2axcodes, io_orientation
 
 from conftest import SHARED_DATA, run_cli, write_bids
-from mrctprep.bids_app.errors import InputError
-from mrctprep.bids_app.ingest import plan_import
+from mrctprep.core.errors import InputError
+from mrctprep.importing.ct import plan_import
 from mrctprep.imaging.dicom import LPS_FROM_RAS
 from mrctprep.imaging.hounsfield import NotHounsfieldError, check_hounsfield, conform_ct
 from mrctprep.imaging.io import ImageReadError

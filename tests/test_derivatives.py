@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from mrctprep.bids_app.derivatives import (
+from mrctprep.core.derivatives import (
     build_derivative_path,
     write_atomically,
     write_derivative_description,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import SHARED_DATA, run_cli, write_bids
-from mrctprep.bids_app.parser import parse_args
+from mrctprep.cli.run_options import parse_args
 from mrctprep.imaging.drr.geometry import (
     CArm,
     Placement,

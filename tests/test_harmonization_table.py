@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 
 from conftest import write_bids
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.errors import InputError
-from mrctprep.bids_app.harmonization_table import (
+from mrctprep.core.config import RunConfig
+from mrctprep.core.errors import InputError
+from mrctprep.group.harmonization import (
     TABLE_COLUMNS,
     find_model_inputs,
     write_harmonization_tables,
 )
-from mrctprep.bids_app.sites import ParticipantInfo, choose_reference_site, read_participant_sites
+from mrctprep.group.sites import ParticipantInfo, choose_reference_site, read_participant_sites
 from mrctprep.imaging.regions import REGIONS, region_atlas, regional_means
 from mrctprep.imaging.registration import FSL_MNI152_AFFINE
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from conftest import run_cli
-from mrctprep.bids_app.errors import EXIT_RESOURCE, ResourceError
-from mrctprep.bids_app.parser import parse_args
-from mrctprep.models.devices import fast_precision
+from mrctprep.core.errors import EXIT_RESOURCE, ResourceError
+from mrctprep.cli.run_options import parse_args
+from mrctprep.core.devices import fast_precision
 from mrctprep.models.iguane import (
     IguaneDiscriminator,
     IguaneGenerator,

@@ -10,8 +10,8 @@ import pytest
 from nipype.pipeline.engine.utils import generate_expanded_graph
 
 from conftest import run_cli
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
+from mrctprep.core.bids import SubjectData
+from mrctprep.core.config import RunConfig
 from mrctprep.models.weights import save_weights
 from mrctprep.workflows.base import init_mrctprep_wf
 from mrctprep.workflows.pipelines import PIPELINES

@@ -25,7 +25,7 @@ import nibabel as nb
 import numpy as np
 from scipy import ndimage as ndi
 
-from mrctprep.imaging.synthetic_head import mni152_template_file
+from mrctprep.core.templates import mni152_template_file
 
 _TISSUES = ('gm', 'wm')
 _HEMISPHERES = ('left', 'right')

@@ -19,10 +19,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from mrctprep.core.templates import mni152_template_file
 from mrctprep.imaging.intensity import CropBox, uncrop
 
-#: nilearn's bundled ICBM 2009a symmetric 1 mm T1 (brain only), our default target.
-TEMPLATE_NAME = 'MNI152NLin2009aSym'
 #: FSL's MNI152 1 mm grid (LAS, 182 x 218 x 182), on which the IGUANe model was trained.
 FSL_MNI152_SHAPE = (182, 218, 182)
 FSL_MNI152_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]])
@@ -65,8 +64,7 @@ class RigidTransform:
 
 def mni152_brain_template() -> nb.Nifti1Image:
     """The 1 mm ICBM 2009a symmetric T1 brain that nilearn ships (no download)."""
-    data = resources.files('nilearn') / 'datasets' / 'data'
-    with resources.as_file(data / 'mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz') as path:
+    with resources.as_file(mni152_template_file('t1')) as path:
         img = nb.load(path)
         return nb.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine, img.header)
 

@@ -20,7 +20,7 @@ import numpy as np
 from nibabel.orientations import aff2axcodes
 from scipy import ndimage
 
-from mrctprep.models.devices import fast_precision, set_torch_threads
+from mrctprep.core.devices import fast_precision, set_torch_threads
 
 #: HD-BET works at 1.5 mm isotropic.
 HDBET_SPACING = (1.5, 1.5, 1.5)

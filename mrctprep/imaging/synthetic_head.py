@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.resources.abc import Traversable
 
 import nibabel as nib
 import numpy as np
@@ -22,9 +21,7 @@ from nibabel.affines import apply_affine, from_matvec, voxel_sizes
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 from scipy import ndimage as ndi
 
-TEMPLATE_FILES = {
-    kind: f'mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz' for kind in ('t1', 'gm', 'wm')
-}
+from mrctprep.core.templates import mni152_template_file
 
 #: Tissue classes whose fractions, together with air, add up to one in every voxel.
 TISSUE_CLASSES = ('gm', 'wm', 'csf', 'outer_csf', 'cortical_bone', 'diploe', 'fat', 'muscle')
@@ -80,11 +77,6 @@ class T1Contrast:
     diploe: float
     cortical_bone: float
     muscle: float
-
-
-def mni152_template_file(kind: str) -> Traversable:
-    """Location of nilearn's bundled MNI152 2009a map: ``'t1'``, ``'gm'`` or ``'wm'``."""
-    return importlib.resources.files('nilearn') / 'datasets' / 'data' / TEMPLATE_FILES[kind]
 
 
 def _load_template_map(kind: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 nipype's ``DataSink`` writes ``_subject_id_01`` trees, never BIDS, and niworkflows'
 ``DerivativesDataSink`` writes in place; this sink names files with
-:func:`~mrctprep.bids_app.derivatives.build_derivative_path` and renames complete files
+:func:`~mrctprep.core.derivatives.build_derivative_path` and renames complete files
 into place, so a killed run never leaves a half-written output.
 """
 
@@ -23,7 +23,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from mrctprep.bids_app.derivatives import (
+from mrctprep.core.derivatives import (
     bids_uri,
     build_derivative_path,
     software_versions,

@@ -17,7 +17,7 @@ from nipype.interfaces.base import (
 from mrctprep.imaging.intensity import CropBox
 from mrctprep.imaging.registration import RigidTransform, cropped_mni_to_native
 from mrctprep.interfaces.base import TorchInputSpec, save_image
-from mrctprep.models.devices import set_torch_threads
+from mrctprep.core.devices import set_torch_threads
 from mrctprep.models.iguane import harmonize_volume, load_generator
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional
 
 from mrctprep.imaging.intensity import MEDIAN_TARGET, SIZE_MULTIPLE
-from mrctprep.models.devices import fast_precision
+from mrctprep.core.devices import fast_precision
 from mrctprep.models.inference import predict_in_tiles, predict_whole_or_tiled
 
 ENCODER_CHANNELS = (16, 32, 64, 128)

@@ -22,7 +22,7 @@ from scipy import ndimage
 from torch import nn
 
 from mrctprep.imaging.intensity import SIZE_MULTIPLE
-from mrctprep.models.devices import fast_precision
+from mrctprep.core.devices import fast_precision
 from mrctprep.models.iguane import IguaneDiscriminator, IguaneGenerator, to_network_space
 
 LOGGER = logging.getLogger('mrctprep.models')

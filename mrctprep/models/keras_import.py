@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mrctprep import __version__
-from mrctprep.bids_app.errors import ResourceError
+from mrctprep.core.errors import ResourceError
 from mrctprep.models.iguane import IguaneGenerator, MeanAbsoluteDeviationNorm
 from mrctprep.models.weights import ModelWeights, save_weights, sha256_of
 

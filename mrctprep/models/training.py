@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mrctprep.bids_app.derivatives import write_atomically, write_text_atomically
-from mrctprep.bids_app.errors import InputError
+from mrctprep.core.derivatives import write_atomically, write_text_atomically
+from mrctprep.core.errors import InputError
 
 LOGGER = logging.getLogger('mrctprep.models')
 PROGRESS_SECONDS = 10.0

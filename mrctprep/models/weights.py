@@ -17,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mrctprep.bids_app.derivatives import write_atomically, write_json_atomically
-from mrctprep.bids_app.errors import ResourceError
+from mrctprep.core.derivatives import write_atomically, write_json_atomically
+from mrctprep.core.errors import ResourceError
 
 WEIGHTS_DIR_ENV = 'MRCTPREP_WEIGHTS_DIR'
 WEIGHTS_SUFFIX = '.pt'

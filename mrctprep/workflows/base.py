@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from copy import deepcopy
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
+from mrctprep.core.bids import SubjectData
+from mrctprep.core.config import RunConfig
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.pipelines import pipelines_to_build
 

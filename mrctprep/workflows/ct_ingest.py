@@ -8,9 +8,8 @@ import nibabel as nb
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.ingest import read_sidecar
+from mrctprep.core.bids import SubjectData, read_sidecar
+from mrctprep.core.config import RunConfig
 from mrctprep.imaging.dicom_series import ACQUISITION_KEYS
 from mrctprep.imaging.hounsfield import PADDING_FILL_HU
 from mrctprep.interfaces.ct import ConformCT

@@ -8,9 +8,8 @@ from typing import Any
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.ingest import read_sidecar
+from mrctprep.core.bids import SubjectData, read_sidecar
+from mrctprep.core.config import RunConfig
 from mrctprep.imaging.drr.presets import DRRSettings, resolve_drr_settings
 from mrctprep.interfaces.ct import ConformCT
 from mrctprep.interfaces.drr import RenderDRR

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from mrctprep.bids_app.bids import SubjectData
+from mrctprep.core.bids import SubjectData
 from mrctprep.workflows.literate import LiterateWorkflow
 
 

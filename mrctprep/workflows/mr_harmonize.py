@@ -7,8 +7,8 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
+from mrctprep.core.bids import SubjectData
+from mrctprep.core.config import RunConfig
 from mrctprep.interfaces.harmonize import CroppedMNIToNative, Harmonize
 from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.models.weights import ModelWeights, resolve_weights

@@ -9,9 +9,9 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.imaging.registration import TEMPLATE_NAME
+from mrctprep.core.bids import SubjectData
+from mrctprep.core.config import RunConfig
+from mrctprep.core.templates import TEMPLATE_NAME
 from mrctprep.interfaces.mr import (
     IguaneCrop,
     MedianNormalise,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
+from mrctprep.core.bids import SubjectData
+from mrctprep.core.config import RunConfig
 from mrctprep.workflows.ct_ingest import CT_INGEST_INPUTS, init_ct_ingest_wf
 from mrctprep.workflows.drr import DRR_INPUTS, init_drr_wf
 from mrctprep.workflows.literate import LiterateWorkflow

@@ -8,8 +8,8 @@ import nibabel as nb
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
+from mrctprep.core.bids import SubjectData
+from mrctprep.core.config import RunConfig
 from mrctprep.imaging.figures import CT_WINDOWS
 from mrctprep.interfaces.reorient import Reorient
 from mrctprep.interfaces.reports import OrthogonalSlicesRPT

@@ -6,12 +6,12 @@ from bids.layout import parse_file_entities
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.bids_app.bids import SubjectData
-from mrctprep.bids_app.config import RunConfig
+from mrctprep.core.bids import SubjectData
+from mrctprep.core.config import RunConfig
 from mrctprep.imaging.superres.solver import SolverSettings
 from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.interfaces.superres import SuperResolution
-from mrctprep.models.devices import resolve_device
+from mrctprep.core.devices import resolve_device
 from mrctprep.workflows.drr import select
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.outputs import derivatives_sink

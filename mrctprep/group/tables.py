@@ -12,9 +12,9 @@ from pathlib import Path
 import nibabel as nb
 from bids.layout import parse_file_entities
 
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.derivatives import write_text_atomically
-from mrctprep.bids_app.errors import InputError
+from mrctprep.core.config import RunConfig
+from mrctprep.core.derivatives import write_text_atomically
+from mrctprep.core.errors import InputError
 
 LOGGER = logging.getLogger('mrctprep')
 

@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.errors import InputError
-from mrctprep.bids_app.harmonization_table import ModelInput
-from mrctprep.bids_app.sites import ParticipantInfo
+from mrctprep.core.config import RunConfig
+from mrctprep.core.errors import InputError
+from mrctprep.group.harmonization import ModelInput
+from mrctprep.group.sites import ParticipantInfo
 from mrctprep.models.weights import ModelWeights, save_weights, trained_weights_file
 
 LOGGER = logging.getLogger('mrctprep')
@@ -30,7 +30,7 @@ def train_harmonizer(
     reference_site: str,
 ) -> ModelWeights:
     """Train IGUANe with ``reference_site`` as the target domain; write weights and log."""
-    from mrctprep.models.devices import resolve_device, set_torch_threads
+    from mrctprep.core.devices import resolve_device, set_torch_threads
     from mrctprep.models.iguane_training import (
         DEFAULT_STEPS,
         IguaneTraining,

@@ -37,8 +37,9 @@ import nrrd
 import numpy as np
 
 from mrctprep import __version__
-from mrctprep.bids_app.derivatives import write_json_atomically, write_text_atomically
-from mrctprep.bids_app.errors import InputError, first_few
+from mrctprep.core.bids import strip_image_suffix
+from mrctprep.core.derivatives import write_json_atomically, write_text_atomically
+from mrctprep.core.errors import InputError, first_few
 from mrctprep.imaging.dicom_series import (
     DicomSeries,
     DicomSeriesError,
@@ -228,7 +229,7 @@ def _find_cases(source: Path) -> dict[str, _Case]:
         elif image_format == 'dcm':
             case = source.name
         else:
-            case = _strip_image_suffix(path.name)
+            case = strip_image_suffix(path.name)
         if image_format == 'nrrd':
             detached_data.update(_nrrd_files(path)[1:])
         cases.setdefault(case, _Case(case)).images[image_format].append(path)
@@ -250,13 +251,6 @@ def _image_format(path: Path) -> str | None:
     if name.endswith(('.json', '.txt', '.md', '.tsv', '.csv', '.raw', '.raw.gz', '.gz')):
         return None
     return 'dcm' if is_dicom_file(path) else None
-
-
-def _strip_image_suffix(name: str) -> str:
-    for suffix in ('.nii.gz', '.nii', '.nrrd', '.nhdr'):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _nrrd_files(path: Path) -> tuple[Path, ...]:
@@ -406,7 +400,7 @@ def _commit(plan: Sequence[PlannedCT], staging: Path, bids_dir: Path, overwrite:
         for subject in subjects:
             for old in _existing_cts(bids_dir, subject):
                 old.unlink()
-                old.with_name(_strip_image_suffix(old.name) + '.json').unlink(missing_ok=True)
+                old.with_name(strip_image_suffix(old.name) + '.json').unlink(missing_ok=True)
             for old in (bids_dir / 'sourcedata' / f'sub-{subject}').glob(f'sub-{subject}*_ct'):
                 shutil.rmtree(old)
     for planned in plan:
@@ -500,11 +494,3 @@ def _relative(path: Path, source: Path) -> str:
     except ValueError:
         return str(path)
 
-
-def read_sidecar(image_path: str | Path) -> dict[str, Any]:
-    """The JSON sidecar beside a BIDS image ({} when there is none)."""
-    path = Path(image_path)
-    sidecar = path.with_name(_strip_image_suffix(path.name) + '.json')
-    if not sidecar.is_file():
-        return {}
-    return json.loads(sidecar.read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 # nipype asks a web service for updates on import; a BIDS App must not touch the network.
 os.environ.setdefault('NIPYPE_NO_ET', '1')
 
-from mrctprep.bids_app.errors import (  # noqa: E402
+from mrctprep.core.errors import (  # noqa: E402
     EXIT_NODE_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -33,7 +33,7 @@ def run(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS and not _is_bids_app_call(argv):
         return _run_subcommand(argv[0], argv[1:])
 
-    from mrctprep.bids_app.parser import parse_args
+    from mrctprep.cli.run_options import parse_args
 
     opts = parse_args(argv)
     verbosity = opts.verbose - opts.quiet
@@ -71,10 +71,10 @@ def setup_logging(verbosity: int) -> None:
 
 
 def _config_from_options(opts, verbosity: int):
-    from mrctprep.bids_app.bids import read_bids_filters, strip_prefix
-    from mrctprep.bids_app.config import RunConfig
-    from mrctprep.bids_app.engine import read_plugin_file
-    from mrctprep.bids_app.parser import check_locations
+    from mrctprep.core.bids import read_bids_filters, strip_prefix
+    from mrctprep.core.config import RunConfig
+    from mrctprep.cli.execution import read_plugin_file
+    from mrctprep.cli.run_options import check_locations
 
     check_locations(opts.bids_dir, opts.output_dir, opts.work_dir)
 
@@ -136,27 +136,27 @@ def _config_from_options(opts, verbosity: int):
 
 def run_participant(config) -> int:
     """Check inputs, build the graph, write the dataset files, run, report failures."""
-    from mrctprep.bids_app.bids import read_dataset_description, validate_bids_dir
-    from mrctprep.bids_app.derivatives import (
+    from mrctprep.core.bids import read_dataset_description, validate_bids_dir
+    from mrctprep.core.derivatives import (
         write_bidsignore,
         write_derivative_description,
         write_descriptions_tsv,
         write_text_atomically,
     )
-    from mrctprep.bids_app.engine import (
+    from mrctprep.cli.execution import (
         DropCrashTracebacks,
         collect_failures,
         configure_nipype,
         count_nodes,
         run_workflow,
     )
-    from mrctprep.bids_app.workflow import (
+    from mrctprep.cli.participant import (
         build_workflow,
         plan_subjects,
         write_boilerplate,
         write_workflow_graph,
     )
-    from mrctprep.models.devices import resolve_device
+    from mrctprep.core.devices import resolve_device
 
     raw_description = read_dataset_description(config.bids_dir)
     if config.skip_bids_validation:
@@ -219,10 +219,10 @@ def run_participant(config) -> int:
 
 def run_group(config) -> int:
     """Read the participant outputs (never the raw data again) and write the group tables."""
-    from mrctprep.bids_app.group import write_group_tables
-    from mrctprep.bids_app.harmonization_table import find_model_inputs, write_harmonization_tables
-    from mrctprep.bids_app.sites import choose_reference_site, read_participant_sites
-    from mrctprep.bids_app.training import train_harmonizer
+    from mrctprep.group.tables import write_group_tables
+    from mrctprep.group.harmonization import find_model_inputs, write_harmonization_tables
+    from mrctprep.group.sites import choose_reference_site, read_participant_sites
+    from mrctprep.group.training import train_harmonizer
 
     write_group_tables(config)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.
@@ -257,7 +257,7 @@ def _run_subcommand(command: str, argv: list[str]) -> int:
 def _run_import(argv: list[str]) -> int:
     import argparse
 
-    from mrctprep.bids_app.ingest import FORMATS, import_dataset
+    from mrctprep.importing.ct import FORMATS, import_dataset
 
     parser = argparse.ArgumentParser(
         prog='mrctprep import',
@@ -337,7 +337,7 @@ def _run_import_weights(argv: list[str]) -> int:
 def _run_demo(argv: list[str]) -> int:
     import argparse
 
-    from mrctprep.bids_app.demo import write_demo_dataset
+    from mrctprep.demo.dataset import write_demo_dataset
 
     parser = argparse.ArgumentParser(
         prog='mrctprep demo',

@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrctprep import __version__
-from mrctprep.bids_app.bids import (
+from mrctprep.core.bids import (
     SubjectData,
     build_queries,
     collect_subject_data,
     load_layout,
     select_participants,
 )
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.derivatives import write_text_atomically
-from mrctprep.bids_app.errors import InputError
+from mrctprep.core.config import RunConfig
+from mrctprep.core.derivatives import write_text_atomically
+from mrctprep.core.errors import InputError
 from mrctprep.workflows.base import init_mrctprep_wf
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.pipelines import PIPELINES

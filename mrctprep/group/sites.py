@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrctprep.bids_app.errors import InputError, first_few
+from mrctprep.core.errors import InputError, first_few
 
 LOGGER = logging.getLogger('mrctprep')
 

@@ -6,7 +6,7 @@ import logging
 import os
 import re
 
-from mrctprep.bids_app.errors import ResourceError
+from mrctprep.core.errors import ResourceError
 
 LOGGER = logging.getLogger('mrctprep.models')
 

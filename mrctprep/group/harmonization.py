@@ -31,10 +31,10 @@ import pandas as pd
 from bids.layout import parse_file_entities
 from neuroHarmonize import harmonizationLearn
 
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.derivatives import write_text_atomically
-from mrctprep.bids_app.errors import InputError, first_few
-from mrctprep.bids_app.sites import ParticipantInfo
+from mrctprep.core.config import RunConfig
+from mrctprep.core.derivatives import write_text_atomically
+from mrctprep.core.errors import InputError, first_few
+from mrctprep.group.sites import ParticipantInfo
 from mrctprep.imaging.regions import REGIONS, regional_means
 
 LOGGER = logging.getLogger('mrctprep')

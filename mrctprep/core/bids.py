@@ -14,7 +14,7 @@ from bids import BIDSLayout
 from bids.layout import BIDSLayoutIndexer, Query
 from bids_validator import BIDSValidator
 
-from mrctprep.bids_app.errors import InputError, first_few
+from mrctprep.core.errors import InputError, first_few
 
 LOGGER = logging.getLogger('mrctprep.bids')
 
@@ -201,3 +201,24 @@ def collect_subject_data(
         }
         groups.append(SubjectData(subject, session, {k: v for k, v in files.items() if v}))
     return groups
+
+
+def read_sidecar(image_path: str | Path) -> dict[str, Any]:
+    """The JSON sidecar beside a BIDS image ({} when there is none)."""
+    path = Path(image_path)
+    sidecar = path.with_name(strip_image_suffix(path.name) + '.json')
+    if not sidecar.is_file():
+        return {}
+    return json.loads(sidecar.read_text())
+
+
+def strip_image_suffix(name: str) -> str:
+    """A file name without its image extension.
+
+    >>> strip_image_suffix('sub-01_ct.nii.gz'), strip_image_suffix('case_1.NRRD')
+    ('sub-01_ct', 'case_1')
+    """
+    for suffix in ('.nii.gz', '.nii', '.nrrd', '.nhdr'):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -15,8 +15,8 @@ from nipype import logging as nipype_logging
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import plugins as nipype_plugins
 
-from mrctprep.bids_app.config import RunConfig
-from mrctprep.bids_app.errors import InputError
+from mrctprep.core.config import RunConfig
+from mrctprep.core.errors import InputError
 
 LOGGER = logging.getLogger('mrctprep')
 

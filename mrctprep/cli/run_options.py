@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 from mrctprep import __version__
-from mrctprep.bids_app.errors import InputError
+from mrctprep.core.errors import InputError
 from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.imaging.skullstrip import SKULL_STRIP_METHODS
-from mrctprep.models.devices import DEVICE_PATTERN
+from mrctprep.core.devices import DEVICE_PATTERN
 from mrctprep.models.weights import WEIGHTS_DIR_ENV, model_names, user_cache_dir
 
 
