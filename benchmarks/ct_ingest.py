@@ -38,15 +38,18 @@ def convert_with_dcm2niix(folder: Path, out_file: Path) -> None:
     compress = 'y' if out_file.name.endswith('.gz') else 'n'
     subprocess.run(
         [dcm2niix.bin, '-z', compress, '-b', 'n', '-f', 'ref', '-o', out_file.parent, folder],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 TOOLS = {'mrctprep': convert_with_mrctprep, 'dcm2niix': convert_with_dcm2niix}
 
 
-def best_seconds(convert: Callable[[Path, Path], None], folder: Path, out_file: Path,
-                 repeats: int) -> float:  # fmt: skip
+def best_seconds(
+    convert: Callable[[Path, Path], None], folder: Path, out_file: Path, repeats: int
+) -> float:
     times = []
     for _ in range(repeats):
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +70,12 @@ def main() -> None:
     demo = opts.demo
     if demo is None:
         demo = scratch / 'demo'
-        subprocess.run([sys.executable, '-m', 'mrctprep', 'demo', str(demo)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [sys.executable, '-m', 'mrctprep', 'demo', str(demo)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     series = {
         'GE gantry tilt (uncompressed)': SHARED_DATA / 'dicom' / 'ct_head_ge_gantry_tilt',
         'demo sub-01 (uncompressed)': demo / 'sourcedata' / 'sub-01' / 'dicom',
@@ -85,10 +92,14 @@ def main() -> None:
             )
             ratio = theirs / ours
             ratios.append(ratio)
-            print(f'{label:<32}{extension:<9}{slices:>7}{slices / ours:>8.0f} s/s'
-                  f'{slices / theirs:>8.0f} s/s{ratio:>7.2f}x')  # fmt: skip
-    print(f'lowest ratio (mrctprep / dcm2niix slices per second): {min(ratios):.2f}x '
-          f'(target >= 0.5x)')  # fmt: skip
+            print(
+                f'{label:<32}{extension:<9}{slices:>7}{slices / ours:>8.0f} s/s'
+                f'{slices / theirs:>8.0f} s/s{ratio:>7.2f}x'
+            )
+    print(
+        f'lowest ratio (mrctprep / dcm2niix slices per second): {min(ratios):.2f}x '
+        f'(target >= 0.5x)'
+    )
 
 
 if __name__ == '__main__':

@@ -20,8 +20,12 @@ from pathlib import Path
 def timed(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of the largest child process so far."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, '-m', 'mrctprep', *args], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, '-m', 'mrctprep', *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return seconds, peak_mb
@@ -40,13 +44,17 @@ def main() -> None:
     first_s, first_mb = timed(run_args)
     cached_s, _ = timed(run_args)
     print(f'demo dataset:           {demo_s:7.1f} s   peak {demo_mb:7.0f} MB')
-    print(f'participant run:        {first_s:7.1f} s   peak {first_mb:7.0f} MB   '
-          f'(--nprocs {opts.nprocs})')  # fmt: skip
+    print(
+        f'participant run:        {first_s:7.1f} s   peak {first_mb:7.0f} MB   '
+        f'(--nprocs {opts.nprocs})'
+    )
     print(
         f'rerun, same -w (cached): {cached_s:6.1f} s   ratio to first run {cached_s / first_s:.2f}'
     )
-    print(f'outputs: {sum(1 for _ in out.rglob("*.nii.gz"))} NIfTI, '
-          f'{sum(1 for _ in out.rglob("*.svg"))} figures in {out}')  # fmt: skip
+    print(
+        f'outputs: {sum(1 for _ in out.rglob("*.nii.gz"))} NIfTI, '
+        f'{sum(1 for _ in out.rglob("*.svg"))} figures in {out}'
+    )
 
 
 if __name__ == '__main__':

@@ -68,8 +68,9 @@ def attenuation_volume(ct_file: Path):
 
     ct = nb.load(ct_file)
     hu = torch.as_tensor(np.asanyarray(ct.dataobj, dtype=np.float32))
-    coefficients = torch.as_tensor(effective_mass_attenuation(load_spectrum(90)),
-                                   dtype=torch.float32)  # fmt: skip
+    coefficients = torch.as_tensor(
+        effective_mass_attenuation(load_spectrum(90)), dtype=torch.float32
+    )
     return hu_to_density(hu) * coefficients[threshold_materials(hu).long()], ct.affine
 
 
@@ -109,8 +110,9 @@ def run_diffdrr(ct_file: Path, threads: int) -> dict:
         for batch in ([(0, 0)], BATCH_VIEWS):
             geometries = view_geometries(ct_file, pixels, batch)
             source = torch.tensor(np.array([g.source for g in geometries]), dtype=torch.float32)
-            target = torch.tensor(np.array([_pixel_centres(g) for g in geometries]),
-                                  dtype=torch.float32)  # fmt: skip
+            target = torch.tensor(
+                np.array([_pixel_centres(g) for g in geometries]), dtype=torch.float32
+            )
             # Chunks of pixels for batches: 8 views at once would need tens of GB.
             drr.patch_size = None if len(batch) == 1 else pixels // 4
             start = time.perf_counter()
@@ -123,10 +125,12 @@ def run_diffdrr(ct_file: Path, threads: int) -> dict:
 
 
 def _pixel_centres(geometry) -> np.ndarray:
-    rows, cols = np.meshgrid(np.arange(geometry.pixels), np.arange(geometry.pixels),
-                             indexing='ij')  # fmt: skip
-    return (geometry.first_pixel + cols.reshape(-1, 1) * geometry.column_step
-            + rows.reshape(-1, 1) * geometry.row_step)  # fmt: skip
+    rows, cols = np.meshgrid(np.arange(geometry.pixels), np.arange(geometry.pixels), indexing='ij')
+    return (
+        geometry.first_pixel
+        + cols.reshape(-1, 1) * geometry.column_step
+        + rows.reshape(-1, 1) * geometry.row_step
+    )
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,8 +147,12 @@ def in_child(function, *args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--ct', type=Path, help='CT in HU (default: DiffDRR example chest CT)')
-    parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)),
-                        help='torch threads for both tools')  # fmt: skip
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help='torch threads for both tools',
+    )
     opts = parser.parse_args()
     reference_ct = diffdrr_ct()
     fallback_ct = SHARED_DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz'
@@ -157,8 +165,10 @@ def main() -> None:
     else:
         theirs = in_child(run_diffdrr, ct_file, opts.threads)
 
-    print(f'{"detector":>9} {"views":>5} {"mrctprep rays/s":>16} {"DiffDRR rays/s":>15} '
-          f'{"speed-up":>8} {"NCC":>8}')  # fmt: skip
+    print(
+        f'{"detector":>9} {"views":>5} {"mrctprep rays/s":>16} {"DiffDRR rays/s":>15} '
+        f'{"speed-up":>8} {"NCC":>8}'
+    )
     for pixels in SIZES:
         for views in (1, len(BATCH_VIEWS)):
             rays = views * pixels**2
@@ -166,8 +176,10 @@ def main() -> None:
             line = f'{pixels:>5}x{pixels:<3} {views:>5} {rays / seconds:>16,.0f}'
             if theirs:
                 their_seconds, their_image = theirs[pixels, views]
-                line += (f' {rays / their_seconds:>15,.0f} {their_seconds / seconds:>7.1f}x'
-                         f' {ncc(image, their_image):>8.5f}')  # fmt: skip
+                line += (
+                    f' {rays / their_seconds:>15,.0f} {their_seconds / seconds:>7.1f}x'
+                    f' {ncc(image, their_image):>8.5f}'
+                )
             print(line)
     peaks = f'mrctprep {ours["peak_mb"]:,.0f} MB'
     if theirs:

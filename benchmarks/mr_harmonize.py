@@ -49,8 +49,16 @@ def mr_preproc_outputs(scratch: Path) -> Path:
         subprocess.run([sys.executable, '-m', 'mrctprep', *map(str, args)], check=True)
 
     cli('demo', scratch / 'bids')
-    cli(scratch / 'bids', scratch / 'out', 'participant', '-w', scratch / 'work',
-        '--pipelines', 'mr-preproc', '-q')  # fmt: skip
+    cli(
+        scratch / 'bids',
+        scratch / 'out',
+        'participant',
+        '-w',
+        scratch / 'work',
+        '--pipelines',
+        'mr-preproc',
+        '-q',
+    )
     return scratch / 'out'
 
 
@@ -62,8 +70,9 @@ def train_from_scratch(norm, sites, opts, device):
     )
 
     images = [TrainingImage(path=norm[s], site=site) for s, site in sites.items()]
-    settings = IguaneTrainingSettings(steps=opts.steps, patch_size=(opts.patch,) * 3,
-                                      device=device)  # fmt: skip
+    settings = IguaneTrainingSettings(
+        steps=opts.steps, patch_size=(opts.patch,) * 3, device=device
+    )
     training = IguaneTraining(
         [i for i in images if i.site == 'siteA'],
         {'siteB': [i for i in images if i.site == 'siteB']},
@@ -74,10 +83,12 @@ def train_from_scratch(norm, sites, opts, device):
     for _ in range(opts.steps - 1):
         losses = training.train_step()
     train_seconds = time.perf_counter() - start
-    print(f'training ({device}, {opts.threads} threads, crops {opts.patch}^3, one source '
-          f'site): {(opts.steps - 1) / train_seconds:.3f} steps/s '
-          f'({train_seconds / (opts.steps - 1):.2f} s/step); last losses '
-          + ', '.join(f'{k} {v:.3g}' for k, v in losses.items()))  # fmt: skip
+    print(
+        f'training ({device}, {opts.threads} threads, crops {opts.patch}^3, one source '
+        f'site): {(opts.steps - 1) / train_seconds:.3f} steps/s '
+        f'({train_seconds / (opts.steps - 1):.2f} s/step); last losses '
+        + ', '.join(f'{k} {v:.3g}' for k, v in losses.items())
+    )
     return training.generator.eval(), settings.patch_size
 
 
@@ -86,8 +97,11 @@ def matched_histogram(source, reference):
     quantiles = np.linspace(0, 100, 1001)
     brain = source > 0
     matched = np.zeros_like(source)
-    matched[brain] = np.interp(source[brain], np.percentile(source[brain], quantiles),
-                               np.percentile(reference[reference > 0], quantiles))  # fmt: skip
+    matched[brain] = np.interp(
+        source[brain],
+        np.percentile(source[brain], quantiles),
+        np.percentile(reference[reference > 0], quantiles),
+    )
     return matched
 
 
@@ -103,8 +117,9 @@ def compare_pairs(label, inputs, outputs):
         brain = (inputs[site_a] > 0) & (inputs[site_b] > 0)
         before = np.abs(inputs[site_a] - inputs[site_b])[brain].mean()
         after = np.abs(outputs[site_a] - outputs[site_b])[brain].mean()
-        similarity = [structural_similarity(outputs[s], inputs[s], inputs[s] > 0)
-                      for s in (site_a, site_b)]  # fmt: skip
+        similarity = [
+            structural_similarity(outputs[s], inputs[s], inputs[s] > 0) for s in (site_a, site_b)
+        ]
         print(
             f'{label} sub-{site_a}/sub-{site_b}: mean |siteA - siteB| in the brain {before:.1f} '
             f'-> {after:.1f} ({100 * (1 - after / before):.1f} % less; target >= 30 %); SSIM '
@@ -119,13 +134,17 @@ def main() -> None:
     parser.add_argument('--patch', type=int, default=32, help='training crop size')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--weights', type=Path, help='iguane weights (.pt and card) to evaluate '
-                        'instead of training')  # fmt: skip
+    parser.add_argument(
+        '--weights',
+        type=Path,
+        help='iguane weights (.pt and card) to evaluate instead of training',
+    )
     opts = parser.parse_args()
 
     import nibabel as nb
     import pandas as pd
 
+    from mrctprep.core.devices import resolve_device, set_torch_threads
     from mrctprep.group.harmonization import (
         ModelInput,
         combat_harmonize,
@@ -133,7 +152,6 @@ def main() -> None:
         summarize_site_effects,
     )
     from mrctprep.group.sites import ParticipantInfo
-    from mrctprep.core.devices import resolve_device, set_torch_threads
     from mrctprep.models.iguane import harmonize_volume, load_generator
     from mrctprep.models.weights import resolve_weights
 
@@ -148,8 +166,10 @@ def main() -> None:
             generator = load_generator(str(weights.path), weights.sha256, device)
             tile = weights.trained_patch_size
             trained = weights.card.get('trained', {})
-            print(f'weights {weights.path}: trained {trained.get("Steps")} steps, crops '
-                  f'{trained.get("PatchSize")}, on {trained.get("Device")}')  # fmt: skip
+            print(
+                f'weights {weights.path}: trained {trained.get("Steps")} steps, crops '
+                f'{trained.get("PatchSize")}, on {trained.get("Device")}'
+            )
         else:
             generator, tile = train_from_scratch(norm, sites, opts, device)
         inputs, outputs, seconds = {}, {}, []

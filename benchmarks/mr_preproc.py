@@ -64,13 +64,15 @@ def plain_functions(t1w: Path, method: str, threads: int, scratch: Path) -> None
     ras, _ = step('reorient', reorient_to_ras, img)
     mask = step('skull strip', brain_mask, ras, SkullStripSettings(method, threads=threads))
     bias = step('n4', n4_bias_correct, ras, mask, threads=threads)
-    brain = nb.Nifti1Image(bias.corrected.get_fdata(dtype=np.float32) * mask.get_fdata(),
-                           ras.affine)  # fmt: skip
+    brain = nb.Nifti1Image(
+        bias.corrected.get_fdata(dtype=np.float32) * mask.get_fdata(), ras.affine
+    )
     transform = step('register', rigid_register, brain, mni152_brain_template())
     grid = fsl_mni152_grid()
     mni_t1w = step('resample t1w', resample_to_grid, bias.corrected, grid, transform)
-    mni_mask = step('resample mask', resample_to_grid, mask, grid, transform,
-                    interpolation='nearest')  # fmt: skip
+    mni_mask = step(
+        'resample mask', resample_to_grid, mask, grid, transform, interpolation='nearest'
+    )
     normalised, _ = step('normalise', median_normalise, mni_t1w, mni_mask)
     model_input = step('crop', lambda n: crop(n, iguane_crop_box(n.get_fdata())), normalised)
 
@@ -79,14 +81,16 @@ def plain_functions(t1w: Path, method: str, threads: int, scratch: Path) -> None
         edges = template_edges(
             resample_to_grid(mni152_brain_template(), normalised, RigidTransform(np.eye(4)))
         )
-        plot_contour_overlay(normalised, edges, scratch / 'registration.svg', title='reg',
-                             level=0.6)  # fmt: skip
+        plot_contour_overlay(
+            normalised, edges, scratch / 'registration.svg', title='reg', level=0.6
+        )
 
     step('figures', figures)
 
     def write_outputs():
-        for index, image in enumerate([bias.corrected, mask, bias.field, mni_t1w, mni_mask,
-                                       model_input, ras]):  # fmt: skip
+        for index, image in enumerate(
+            [bias.corrected, mask, bias.field, mni_t1w, mni_mask, model_input, ras]
+        ):
             image.to_filename(scratch / f'output_{index}.nii.gz')
         transform.to_itk(scratch / 'fwd.txt')
         transform.inverse().to_itk(scratch / 'inv.txt')
@@ -97,10 +101,23 @@ def plain_functions(t1w: Path, method: str, threads: int, scratch: Path) -> None
 
 def run_plain(t1w: Path, method: str, threads: int, scratch: Path) -> dict:
     output = subprocess.run(
-        [sys.executable, __file__, '--plain-only', '--t1w', str(t1w), '--skull-strip', method,
-         '--nprocs', str(threads), '--scratch', str(scratch)],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            '--plain-only',
+            '--t1w',
+            str(t1w),
+            '--skull-strip',
+            method,
+            '--nprocs',
+            str(threads),
+            '--scratch',
+            str(scratch),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -120,12 +137,32 @@ def pipeline(bids: Path, out: Path, subjects: list[str], nprocs: int, omp: int, 
     """Wall seconds of ``mrctprep ... participant --pipelines mr-preproc``."""
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, '-m', 'mrctprep', str(bids), str(out), 'participant',
-         '--pipelines', 'mr-preproc', '-w', str(out) + '_work', '--nprocs', str(nprocs),
-         '--omp-nthreads', str(omp), '--skull-strip', method, '--device', 'cpu',
-         '--participant-label', *subjects],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            '-m',
+            'mrctprep',
+            str(bids),
+            str(out),
+            'participant',
+            '--pipelines',
+            'mr-preproc',
+            '-w',
+            str(out) + '_work',
+            '--nprocs',
+            str(nprocs),
+            '--omp-nthreads',
+            str(omp),
+            '--skull-strip',
+            method,
+            '--device',
+            'cpu',
+            '--participant-label',
+            *subjects,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -143,8 +180,7 @@ def main() -> None:
         plain_functions(opts.t1w, opts.skull_strip, omp, opts.scratch)
         return
     root = Path(tempfile.mkdtemp(prefix='mrctprep-bench-mr-'))
-    print(f'{opts.t1w.name}, {opts.skull_strip}, {omp} thread(s) per step, '
-          f'best of {opts.repeats}')  # fmt: skip
+    print(f'{opts.t1w.name}, {opts.skull_strip}, {omp} thread(s) per step, best of {opts.repeats}')
 
     runs = [run_plain(opts.t1w, opts.skull_strip, omp, root) for _ in range(opts.repeats)]
     plain = min(runs, key=lambda run: sum(run['steps'].values()))
@@ -159,16 +195,26 @@ def main() -> None:
 
     def best(subjects, nprocs, threads):
         return min(
-            pipeline(bids, root / f'run{i}_{"".join(subjects)}', subjects, nprocs, threads,
-                     opts.skull_strip)
+            pipeline(
+                bids,
+                root / f'run{i}_{"".join(subjects)}',
+                subjects,
+                nprocs,
+                threads,
+                opts.skull_strip,
+            )
             for i in range(opts.repeats)
-        )  # fmt: skip
+        )
 
     one = best(['a'], opts.nprocs, omp)
-    print(f'pipeline, one subject: {one:6.1f} s   peak {peak_mb(resource.RUSAGE_CHILDREN):6.0f} '
-          'MB (largest process)')  # fmt: skip
-    print(f'  ratio to the plain steps {one / steps:.2f}; to the plain steps + imports '
-          f'{one / (steps + plain["imports"]):.2f}')  # fmt: skip
+    print(
+        f'pipeline, one subject: {one:6.1f} s   peak {peak_mb(resource.RUSAGE_CHILDREN):6.0f} '
+        'MB (largest process)'
+    )
+    print(
+        f'  ratio to the plain steps {one / steps:.2f}; to the plain steps + imports '
+        f'{one / (steps + plain["imports"]):.2f}'
+    )
     other = best(['b'], opts.nprocs, omp)
     together = best(['a', 'b'], opts.nprocs, max(1, opts.nprocs // 2))
     print(

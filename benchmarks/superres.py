@@ -24,12 +24,19 @@ from pathlib import Path
 SHARED_HEAD = Path(__file__).resolve().parents[2] / 'shared/data/mr/colin27_t1_head.nii.gz'
 #: The reference UniRes (CPU, these 2 cores) as reported in the issue.
 REFERENCE = {
-    'single': {'seconds_per_iteration': '20-25', 'gram_seconds': '4.2', 'peak_mb': '2400',
-               'total': 'not given'},
-    'three': {'seconds_per_iteration': 'not given', 'gram_seconds': 'not given',
-              'peak_mb': 'not given',
-              'total': 'an estimated 60-75 min, plus 13 min of co-registration on a block'},
-}  # fmt: skip
+    'single': {
+        'seconds_per_iteration': '20-25',
+        'gram_seconds': '4.2',
+        'peak_mb': '2400',
+        'total': 'not given',
+    },
+    'three': {
+        'seconds_per_iteration': 'not given',
+        'gram_seconds': 'not given',
+        'peak_mb': 'not given',
+        'total': 'an estimated 60-75 min, plus 13 min of co-registration on a block',
+    },
+}
 AXES = {'single': (2,), 'three': (2, 0, 1)}
 
 
@@ -52,12 +59,18 @@ def run_case(case: str, head: Path, threads: int, device: str) -> None:
     truth_img = nb.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine)
     truth = truth_img.get_fdata()
     head_mask = ndimage.binary_fill_holes(truth > 20)
-    scans = [InputScan(thick_slices(truth_img, axis, 5.0), 'T1w', 'mr', f'thick-{axis}')
-             for axis in AXES[case]]  # fmt: skip
+    scans = [
+        InputScan(thick_slices(truth_img, axis, 5.0), 'T1w', 'mr', f'thick-{axis}')
+        for axis in AXES[case]
+    ]
     grid = OutputGrid(truth.shape, truth_img.affine)
 
-    projection = Projection(ScanGeometry(scans[0].img.shape, scans[0].img.affine),
-                            grid.shape, grid.affine, device=device)  # fmt: skip
+    projection = Projection(
+        ScanGeometry(scans[0].img.shape, scans[0].img.affine),
+        grid.shape,
+        grid.affine,
+        device=device,
+    )
     volume = torch.rand(grid.shape, device=device)
     projection.gram(volume)
     start = time.perf_counter()
@@ -73,21 +86,27 @@ def run_case(case: str, head: Path, threads: int, device: str) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ours = result.image.get_fdata()
     cubic = np.mean([spline_upsample(s.img, truth.shape, truth_img.affine) for s in scans], 0)
-    linear = np.mean([spline_upsample(s.img, truth.shape, truth_img.affine, order=1)
-                      for s in scans], 0)  # fmt: skip
-    print(json.dumps({
-        'iterations': result.metadata['Iterations'],
-        'converged': result.metadata['Converged'],
-        'cg_mean': result.metadata['ConjugateGradientIterationsMean'],
-        'total': total,
-        'fit_seconds': result.metadata['Seconds'] - result.metadata['CoregistrationSeconds'],
-        'registration_seconds': result.metadata['CoregistrationSeconds'],
-        'gram_seconds': gram_seconds,
-        'separable': [n['SeparableOperator'] for n in result.metadata['Noise']],
-        'peak_mb': peak_mb,
-        'psnr': [psnr(x, truth, head_mask) for x in (ours, cubic, linear)],
-        'ssim': [ssim(x, truth, head_mask) for x in (ours, cubic, linear)],
-    }))  # fmt: skip
+    linear = np.mean(
+        [spline_upsample(s.img, truth.shape, truth_img.affine, order=1) for s in scans], 0
+    )
+    print(
+        json.dumps(
+            {
+                'iterations': result.metadata['Iterations'],
+                'converged': result.metadata['Converged'],
+                'cg_mean': result.metadata['ConjugateGradientIterationsMean'],
+                'total': total,
+                'fit_seconds': result.metadata['Seconds']
+                - result.metadata['CoregistrationSeconds'],
+                'registration_seconds': result.metadata['CoregistrationSeconds'],
+                'gram_seconds': gram_seconds,
+                'separable': [n['SeparableOperator'] for n in result.metadata['Noise']],
+                'peak_mb': peak_mb,
+                'psnr': [psnr(x, truth, head_mask) for x in (ours, cubic, linear)],
+                'ssim': [ssim(x, truth, head_mask) for x in (ours, cubic, linear)],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -100,16 +119,32 @@ def main() -> None:
     if opts.case:
         run_case(opts.case, opts.head, opts.threads, opts.device)
         return
-    print(f'{opts.head.name}: thick slices 5 mm (Gaussian profile), reconstructed at 1 mm; '
-          f'{opts.threads} torch thread(s), {opts.device}')  # fmt: skip
-    cases = (('single', 'one axial 1x1x5 mm scan'),
-             ('three', 'three orthogonal 5 mm scans (runs, co-registered)'))  # fmt: skip
+    print(
+        f'{opts.head.name}: thick slices 5 mm (Gaussian profile), reconstructed at 1 mm; '
+        f'{opts.threads} torch thread(s), {opts.device}'
+    )
+    cases = (
+        ('single', 'one axial 1x1x5 mm scan'),
+        ('three', 'three orthogonal 5 mm scans (runs, co-registered)'),
+    )
     for case, label in cases:
         output = subprocess.run(
-            [sys.executable, __file__, '--case', case, '--head', str(opts.head),
-             '--threads', str(opts.threads), '--device', opts.device],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                '--case',
+                case,
+                '--head',
+                str(opts.head),
+                '--threads',
+                str(opts.threads),
+                '--device',
+                opts.device,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         figures = json.loads(output.strip().splitlines()[-1])
         reference = REFERENCE[case]
         per_iteration = figures['fit_seconds'] / figures['iterations']
@@ -117,23 +152,37 @@ def main() -> None:
         ours_ssim, cubic_ssim, linear_ssim = figures['ssim']
         baseline = 'cubic' if case == 'single' else 'mean of the cubic upsamplings'
         print(f'\n{label}:')
-        print(f'  ADMM iterations {figures["iterations"]} (converged: {figures["converged"]}), '
-              f'CG iterations per update {figures["cg_mean"]:.1f}; operators separable: '
-              f'{figures["separable"]}')  # fmt: skip
-        print(f'  seconds per iteration {per_iteration:6.2f}   (reference UniRes: '
-              f'{reference["seconds_per_iteration"]})')  # fmt: skip
-        print(f'  A^T A of one scan     {figures["gram_seconds"]:6.3f} s (reference: '
-              f'{reference["gram_seconds"]})')  # fmt: skip
-        print(f'  total                 {figures["total"]:6.1f} s, of which co-registration '
-              f'{figures["registration_seconds"]:.1f} s (reference: '
-              f'{reference["total"]})')  # fmt: skip
-        print(f'  peak memory           {figures["peak_mb"]:6.0f} MB (reference: '
-              f'{reference["peak_mb"]})')  # fmt: skip
-        print(f'  PSNR inside the head  ours {ours_psnr:.2f} dB, {baseline} {cubic_psnr:.2f}, '
-              f'trilinear {linear_psnr:.2f}: ours - {baseline} = '
-              f'{ours_psnr - cubic_psnr:+.2f} dB')  # fmt: skip
-        print(f'  SSIM inside the head  ours {ours_ssim:.3f}, {baseline} {cubic_ssim:.3f}, '
-              f'trilinear {linear_ssim:.3f}')  # fmt: skip
+        print(
+            f'  ADMM iterations {figures["iterations"]} (converged: {figures["converged"]}), '
+            f'CG iterations per update {figures["cg_mean"]:.1f}; operators separable: '
+            f'{figures["separable"]}'
+        )
+        print(
+            f'  seconds per iteration {per_iteration:6.2f}   (reference UniRes: '
+            f'{reference["seconds_per_iteration"]})'
+        )
+        print(
+            f'  A^T A of one scan     {figures["gram_seconds"]:6.3f} s (reference: '
+            f'{reference["gram_seconds"]})'
+        )
+        print(
+            f'  total                 {figures["total"]:6.1f} s, of which co-registration '
+            f'{figures["registration_seconds"]:.1f} s (reference: '
+            f'{reference["total"]})'
+        )
+        print(
+            f'  peak memory           {figures["peak_mb"]:6.0f} MB (reference: '
+            f'{reference["peak_mb"]})'
+        )
+        print(
+            f'  PSNR inside the head  ours {ours_psnr:.2f} dB, {baseline} {cubic_psnr:.2f}, '
+            f'trilinear {linear_psnr:.2f}: ours - {baseline} = '
+            f'{ours_psnr - cubic_psnr:+.2f} dB'
+        )
+        print(
+            f'  SSIM inside the head  ours {ours_ssim:.3f}, {baseline} {cubic_ssim:.3f}, '
+            f'trilinear {linear_ssim:.3f}'
+        )
     print(
         '\nReference UniRes on a Colin27 block (1x1x5 mm, noise-free), from the issue: single '
         'view 25.04 dB vs cubic 24.47 (+0.57); three views 36.36 vs 28.12 (+8.2).'

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, run_cli, write_bids
-from mrctprep.cli.run_options import build_parser, parse_memory_gb
 from mrctprep.cli.main import run
+from mrctprep.cli.run_options import build_parser, parse_memory_gb
 from mrctprep.workflows.pipelines import PIPELINES
 
 
@@ -23,19 +23,43 @@ def _one_error_line(result) -> str:
 
 @pytest.mark.parametrize(
     ('text', 'gigabytes'),
-    [('16G', 16.0), ('16GB', 16.0), ('8000M', 7.8125), ('8000MB', 7.8125), ('2048', 2.0),
-     ('1T', 1024.0), ('512k', 512 / 1024**2)],
-)  # fmt: skip
+    [
+        ('16G', 16.0),
+        ('16GB', 16.0),
+        ('8000M', 7.8125),
+        ('8000MB', 7.8125),
+        ('2048', 2.0),
+        ('1T', 1024.0),
+        ('512k', 512 / 1024**2),
+    ],
+)
 def test_memory_units(text, gigabytes):
     assert parse_memory_gb(text) == pytest.approx(gigabytes)
 
 
 def test_options_parse_to_their_meaning(tmp_path):
     opts = build_parser().parse_args(
-        [str(tmp_path), str(tmp_path / 'out'), 'participant', '--participant_label', 'sub-01',
-         '02', '--n_cpus', '3', '--omp-nthreads', '2', '--mem-mb', '4G', '--device', 'cuda:1',
-         '--skip_bids_validator', '--pipelines', 'reorient', '-vv']
-    )  # fmt: skip
+        [
+            str(tmp_path),
+            str(tmp_path / 'out'),
+            'participant',
+            '--participant_label',
+            'sub-01',
+            '02',
+            '--n_cpus',
+            '3',
+            '--omp-nthreads',
+            '2',
+            '--mem-mb',
+            '4G',
+            '--device',
+            'cuda:1',
+            '--skip_bids_validator',
+            '--pipelines',
+            'reorient',
+            '-vv',
+        ]
+    )
     assert opts.participant_label == ['sub-01', '02']
     assert (opts.nprocs, opts.omp_nthreads, opts.mem_gb) == (3, 2, 4.0)
     assert opts.device == 'cuda:1' and opts.skip_bids_validation and opts.verbose == 2
@@ -43,9 +67,14 @@ def test_options_parse_to_their_meaning(tmp_path):
 
 @pytest.mark.parametrize(
     'bad',
-    [['--nprocs', '0'], ['--device', 'gpu'], ['--mem', 'lots'], ['--pipelines', 'nope'],
-     ['--no-such-option']],
-)  # fmt: skip
+    [
+        ['--nprocs', '0'],
+        ['--device', 'gpu'],
+        ['--mem', 'lots'],
+        ['--pipelines', 'nope'],
+        ['--no-such-option'],
+    ],
+)
 def test_bad_options_exit_2(tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run([str(tmp_path), str(tmp_path / 'out'), 'participant', *bad])
@@ -78,9 +107,12 @@ def test_no_dataset_description(tmp_path):
 
 @pytest.mark.parametrize(
     ('output', 'work', 'message'),
-    [('.', 'w', 'must differ'), ('out', 'w', 'lies inside BIDS_DIR'),
-     ('../out', 'w', 'work directory')],
-)  # fmt: skip
+    [
+        ('.', 'w', 'must differ'),
+        ('out', 'w', 'lies inside BIDS_DIR'),
+        ('../out', 'w', 'work directory'),
+    ],
+)
 def test_outputs_inside_input_are_refused(mini_bids, tmp_path, output, work, message):
     work_dir = mini_bids / work if message == 'work directory' else tmp_path / work
     result = run_cli(mini_bids, mini_bids / output, 'participant', '-w', work_dir)
@@ -89,8 +121,17 @@ def test_outputs_inside_input_are_refused(mini_bids, tmp_path, output, work, mes
 
 
 def test_unknown_participants_are_named_with_those_found(mini_bids, tmp_path):
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
-                     '--participant-label', '01', 'sub-07', '99')  # fmt: skip
+    result = run_cli(
+        mini_bids,
+        tmp_path / 'out',
+        'participant',
+        '-w',
+        tmp_path / 'w',
+        '--participant-label',
+        '01',
+        'sub-07',
+        '99',
+    )
     assert result.returncode == 2
     line = _one_error_line(result)
     assert 'sub-07, sub-99' in line and 'found: sub-01, sub-02, sub-03' in line
@@ -106,10 +147,12 @@ def test_verbose_errors_show_the_traceback(tmp_path):
 def test_invalid_bids_names_are_refused_unless_skipped(tmp_path):
     bids = write_bids(
         tmp_path / 'bids',
-        {'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
-         'sub-01/anat/T1_copy.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz'},
+        {
+            'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
+            'sub-01/anat/T1_copy.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
+        },
         participants=['01'],
-    )  # fmt: skip
+    )
     args = (bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w', '--dry-run')
     refused = run_cli(*args)
     assert refused.returncode == 2
@@ -119,14 +162,24 @@ def test_invalid_bids_names_are_refused_unless_skipped(tmp_path):
 
 @pytest.mark.parametrize(
     ('content', 'message'),
-    [('{"t1w": {"acquisition": "fast"}, "bold": {}}', 'unknown query name(s) bold'),
-     ('[1, 2]', 'maps query names'), ('{not json', 'cannot read the BIDS filter file')],
-)  # fmt: skip
+    [
+        ('{"t1w": {"acquisition": "fast"}, "bold": {}}', 'unknown query name(s) bold'),
+        ('[1, 2]', 'maps query names'),
+        ('{not json', 'cannot read the BIDS filter file'),
+    ],
+)
 def test_bad_filter_files(mini_bids, tmp_path, content, message):
     filter_file = tmp_path / 'filter.json'
     filter_file.write_text(content)
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
-                     '--bids-filter-file', filter_file)  # fmt: skip
+    result = run_cli(
+        mini_bids,
+        tmp_path / 'out',
+        'participant',
+        '-w',
+        tmp_path / 'w',
+        '--bids-filter-file',
+        filter_file,
+    )
     assert result.returncode == 2
     assert message in _one_error_line(result)
 
@@ -134,8 +187,15 @@ def test_bad_filter_files(mini_bids, tmp_path, content, message):
 def test_unknown_plugin_is_refused(mini_bids, tmp_path):
     plugin_file = tmp_path / 'plugin.yml'
     plugin_file.write_text('plugin: Slurmish\nplugin_args: {}\n')
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
-                     '--use-plugin', plugin_file)  # fmt: skip
+    result = run_cli(
+        mini_bids,
+        tmp_path / 'out',
+        'participant',
+        '-w',
+        tmp_path / 'w',
+        '--use-plugin',
+        plugin_file,
+    )
     assert result.returncode == 2
     line = _one_error_line(result)
     assert "unknown nipype plugin 'Slurmish'" in line and 'SLURM' in line
@@ -145,8 +205,9 @@ def test_requested_gpu_that_is_absent_exits_126(mini_bids, tmp_path):
     torch = pytest.importorskip('torch')
     if torch.cuda.is_available():
         pytest.skip('a GPU is present; this checks the CPU-only refusal')
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w',
-                     '--device', 'cuda')  # fmt: skip
+    result = run_cli(
+        mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w', '--device', 'cuda'
+    )
     assert result.returncode == 126
     assert 'sees no usable CUDA GPU' in _one_error_line(result)
 
@@ -154,10 +215,12 @@ def test_requested_gpu_that_is_absent_exits_126(mini_bids, tmp_path):
 def test_a_subject_without_inputs_is_skipped_with_a_warning(tmp_path):
     bids = write_bids(
         tmp_path / 'bids',
-        {'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
-         'sub-02/anat/sub-02_T1w.json': json.dumps({'EchoTime': 0.003}).encode()},
+        {
+            'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
+            'sub-02/anat/sub-02_T1w.json': json.dumps({'EchoTime': 0.003}).encode(),
+        },
         participants=['01', '02'],
-    )  # fmt: skip
+    )
     result = run_cli(bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'w', '--dry-run')
     assert result.returncode == 0, result.stderr
     assert 'sub-02: skipping pipeline mr-preproc: no input' in result.stderr
@@ -175,7 +238,16 @@ def test_a_workflow_that_cannot_be_built_exits_70(mini_bids, tmp_path, monkeypat
 
     broken = replace(pipelines.PIPELINES['reorient'], factory=broken_factory)
     monkeypatch.setitem(pipelines.PIPELINES, 'reorient', broken)
-    code = run([str(mini_bids), str(tmp_path / 'out'), 'participant', '-w', str(tmp_path / 'w'),
-                '--pipelines', 'reorient'])  # fmt: skip
+    code = run(
+        [
+            str(mini_bids),
+            str(tmp_path / 'out'),
+            'participant',
+            '-w',
+            str(tmp_path / 'w'),
+            '--pipelines',
+            'reorient',
+        ]
+    )
     assert code == 70
     assert "could not be built: KeyError('template MNI152NLin2009aSym')" in capsys.readouterr().err

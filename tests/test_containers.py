@@ -19,7 +19,7 @@ def _docker() -> dict[str, object]:
         'base': re.search(r'^FROM\s+(\S+)', text, re.MULTILINE).group(1),
         'install': re.findall(
             r'^RUN\s+(sh /tmp/mrctprep-src/container/install\.sh.*)$', text, re.MULTILINE
-        ),  # fmt: skip
+        ),
         'entry': re.search(r'^ENTRYPOINT\s+\["(\S+)"\]', text, re.MULTILINE).group(1),
         'user': re.search(r'^USER\s+(\S+)', text, re.MULTILINE).group(1),
         'env': dict(re.findall(r'(\w+)=(\S+)', text.split('ENV', 1)[1].split('USER')[0])),

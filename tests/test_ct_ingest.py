@@ -16,11 +16,11 @@ from nibabel.orientations import aff2axcodes, io_orientation
 
 from conftest import SHARED_DATA, run_cli, write_bids
 from mrctprep.core.errors import InputError
-from mrctprep.importing.ct import plan_import
 from mrctprep.imaging.dicom import LPS_FROM_RAS
 from mrctprep.imaging.hounsfield import NotHounsfieldError, check_hounsfield, conform_ct
 from mrctprep.imaging.io import ImageReadError
 from mrctprep.imaging.nrrd import load_nrrd
+from mrctprep.importing.ct import plan_import
 
 MR = SHARED_DATA / 'mr'
 CT = SHARED_DATA / 'ct'
@@ -232,8 +232,9 @@ def test_a_source_without_images_is_refused(tmp_path):
 def test_import_format_option_and_existing_subjects(case_folders, imported, tmp_path):
     nrrd_only = plan_import(case_folders, 'nrrd')
     assert [(p.subject, p.source.format) for p in nrrd_only] == [
-        ('case3', 'nrrd'), ('case4', 'nrrd'),
-    ]  # fmt: skip
+        ('case3', 'nrrd'),
+        ('case4', 'nrrd'),
+    ]
     auto = {p.subject: p.source.format for p in plan_import(case_folders)}
     assert auto['case3'] == 'dcm'
 
@@ -336,8 +337,9 @@ def test_a_truncated_last_slice_is_skipped_with_a_warning(demo_bids, tmp_path):
 
 def test_ct_ingest_pipeline_conforms_every_imported_ct(imported, tmp_path):
     out = tmp_path / 'out'
-    result = run_cli(imported, out, 'participant', '--pipelines', 'ct-ingest',
-                     '-w', tmp_path / 'work')  # fmt: skip
+    result = run_cli(
+        imported, out, 'participant', '--pipelines', 'ct-ingest', '-w', tmp_path / 'work'
+    )
     assert result.returncode == 0, result.stderr
     for n in range(1, 7):
         subject = f'sub-case{n}'
@@ -370,8 +372,9 @@ def test_ct_ingest_refuses_a_ct_that_is_not_in_hu(tmp_path):
     bids = write_bids(
         tmp_path / 'bids', {'sub-01/anat/sub-01_ct.nii.gz': MR / 't1_head_2mm.nii.gz'}, ['01']
     )
-    result = run_cli(bids, tmp_path / 'out', 'participant', '--pipelines', 'ct-ingest',
-                     '-w', tmp_path / 'work')  # fmt: skip
+    result = run_cli(
+        bids, tmp_path / 'out', 'participant', '--pipelines', 'ct-ingest', '-w', tmp_path / 'work'
+    )
     assert result.returncode == 1
     assert 'sub-01_ct.nii.gz: values are not Hounsfield units' in result.stderr
     assert not list((tmp_path / 'out').glob('sub-01/anat/*'))

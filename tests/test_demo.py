@@ -18,9 +18,9 @@ from nibabel.orientations import axcodes2ornt, ornt_transform
 from nibabel.processing import resample_from_to
 from scipy import ndimage as ndi
 
+from mrctprep.core.templates import mni152_template_file
 from mrctprep.demo import dataset as demo
 from mrctprep.imaging.dicom import LPS_FROM_RAS, write_ct_dicom_series
-from mrctprep.core.templates import mni152_template_file
 from mrctprep.imaging.synthetic_head import head_pose, load_mni152_tissues
 
 SUBJECTS = ('01', '02', '03', '04')

@@ -29,9 +29,11 @@ def test_every_subject_finishes_with_the_default_pipelines(demo_run):
         ):
             assert (anat / f'sub-{subject}_{name}.nii.gz').is_file(), name
         figures = sorted(p.name for p in (out / f'sub-{subject}' / 'figures').iterdir())
-        assert figures == [f'sub-{subject}_desc-brainmask_T1w.svg',
-                           f'sub-{subject}_desc-preproc_ct.svg',
-                           f'sub-{subject}_space-MNI152NLin2009aSym_T1w.svg']  # fmt: skip
+        assert figures == [
+            f'sub-{subject}_desc-brainmask_T1w.svg',
+            f'sub-{subject}_desc-preproc_ct.svg',
+            f'sub-{subject}_space-MNI152NLin2009aSym_T1w.svg',
+        ]
 
 
 @pytest.mark.parametrize('subject', ['01', '02', '03', '04'])
@@ -53,8 +55,9 @@ def test_native_t1w_is_ras_with_every_voxel_in_place(demo_run, demo_bids, subjec
     # N4 removes the site's bias field: the corrected image equals raw / field everywhere.
     field = nb.load(out / f'sub-{subject}/anat/sub-{subject}_desc-biasfield_T1w.nii.gz')
     raw_ras = nb.as_closest_canonical(raw).get_fdata()
-    np.testing.assert_allclose(derived.get_fdata() * field.get_fdata(), raw_ras, rtol=1e-4,
-                               atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        derived.get_fdata() * field.get_fdata(), raw_ras, rtol=1e-4, atol=1e-3
+    )
 
 
 def test_travelling_heads_agree_in_mni_space(demo_run, demo_bids):

@@ -17,20 +17,49 @@ from mrctprep.core.derivatives import (
 @pytest.mark.parametrize(
     ('entities', 'suffix', 'extension', 'datatype', 'expected'),
     [
-        ({'subject': '01', 'session': 'A', 'acquisition': 'mprage', 'run': 1,
-          'desc': 'preproc'}, 'T1w', '.nii.gz', 'anat',
-         'sub-01/ses-A/anat/sub-01_ses-A_acq-mprage_run-1_desc-preproc_T1w.nii.gz'),
-        ({'sub': '01', 'space': 'MNI152NLin2009aSym', 'res': '1', 'desc': 'brain'}, 'mask',
-         '.nii.gz', 'anat',
-         'sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-1_desc-brain_mask.nii.gz'),
-        ({'sub': '01', 'from': 'T1w', 'to': 'MNI152NLin2009aSym', 'mode': 'image'}, 'xfm', '.h5',
-         'anat', 'sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5'),
-        ({'sub': '01', 'label': 'liver', 'seg': 'organs'}, 'probseg', '.nii.gz', 'anat',
-         'sub-01/anat/sub-01_seg-organs_label-liver_probseg.nii.gz'),
-        ({'sub': '01', 'ses': 'A', 'desc': 'reorient'}, 'T1w', '.svg', 'figures',
-         'sub-01/figures/sub-01_ses-A_desc-reorient_T1w.svg'),
+        (
+            {
+                'subject': '01',
+                'session': 'A',
+                'acquisition': 'mprage',
+                'run': 1,
+                'desc': 'preproc',
+            },
+            'T1w',
+            '.nii.gz',
+            'anat',
+            'sub-01/ses-A/anat/sub-01_ses-A_acq-mprage_run-1_desc-preproc_T1w.nii.gz',
+        ),
+        (
+            {'sub': '01', 'space': 'MNI152NLin2009aSym', 'res': '1', 'desc': 'brain'},
+            'mask',
+            '.nii.gz',
+            'anat',
+            'sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-1_desc-brain_mask.nii.gz',
+        ),
+        (
+            {'sub': '01', 'from': 'T1w', 'to': 'MNI152NLin2009aSym', 'mode': 'image'},
+            'xfm',
+            '.h5',
+            'anat',
+            'sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5',
+        ),
+        (
+            {'sub': '01', 'label': 'liver', 'seg': 'organs'},
+            'probseg',
+            '.nii.gz',
+            'anat',
+            'sub-01/anat/sub-01_seg-organs_label-liver_probseg.nii.gz',
+        ),
+        (
+            {'sub': '01', 'ses': 'A', 'desc': 'reorient'},
+            'T1w',
+            '.svg',
+            'figures',
+            'sub-01/figures/sub-01_ses-A_desc-reorient_T1w.svg',
+        ),
     ],
-)  # fmt: skip
+)
 def test_names_follow_the_bids_entity_order(entities, suffix, extension, datatype, expected):
     path = build_derivative_path(entities, suffix=suffix, extension=extension, datatype=datatype)
     assert path == PurePosixPath(expected)

@@ -41,8 +41,10 @@ def run_dcm2niix(folder: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [dcm2niix.bin, '-z', 'y', '-b', 'n', '-f', 'ref', '-o', out_dir, folder],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return sorted(out_dir.glob('ref*.nii.gz'))
 
 

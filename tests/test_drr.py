@@ -60,8 +60,13 @@ def _partial_volume_hu(signed_distance_mm: np.ndarray, voxel_mm: float) -> np.nd
 
 
 def _line_integral_settings(views, placement=HEAD_FIRST_SUPINE, pixels=48, pixel_size=8.0):
-    settings = resolve_drr_settings('deepdrr', angles=views, output='line-integral',
-                                    detector_pixels=pixels, pixel_size_mm=pixel_size)  # fmt: skip
+    settings = resolve_drr_settings(
+        'deepdrr',
+        angles=views,
+        output='line-integral',
+        detector_pixels=pixels,
+        pixel_size_mm=pixel_size,
+    )
     return replace(settings, placement=placement)
 
 
@@ -145,8 +150,11 @@ def _ray_box_length(source, direction, low, high):
 def _pixel_rays(geometry):
     pixels = geometry.pixels
     rows, cols = np.meshgrid(np.arange(pixels), np.arange(pixels), indexing='ij')
-    targets = (geometry.first_pixel + cols[..., None] * geometry.column_step
-               + rows[..., None] * geometry.row_step)  # fmt: skip
+    targets = (
+        geometry.first_pixel
+        + cols[..., None] * geometry.column_step
+        + rows[..., None] * geometry.row_step
+    )
     directions = targets - geometry.source
     return directions / np.linalg.norm(directions, axis=-1, keepdims=True)
 
@@ -237,12 +245,19 @@ def test_opposite_angles_give_mirror_images():
     affine = _centred_affine(shape, (voxel,) * 3)
     world = _world_grid(shape, affine)
     hu = np.full(shape, -1000.0, dtype=np.float32)
-    for centre, radius in [((40, 0, 30), 18), ((-40, 0, 30), 18), ((40, 0, -30), 18),
-                           ((-40, 0, -30), 18), ((0, 35, 0), 22)]:  # fmt: skip
-        hu = np.maximum(hu, _partial_volume_hu(np.linalg.norm(world - centre, axis=-1) - radius,
-                                               voxel))  # fmt: skip
-    settings = _line_integral_settings([(10.0, 5.0), (-10.0, 5.0), (10.0, -5.0)], pixels=64,
-                                       pixel_size=4.0)  # fmt: skip
+    for centre, radius in [
+        ((40, 0, 30), 18),
+        ((-40, 0, 30), 18),
+        ((40, 0, -30), 18),
+        ((-40, 0, -30), 18),
+        ((0, 35, 0), 22),
+    ]:
+        hu = np.maximum(
+            hu, _partial_volume_hu(np.linalg.norm(world - centre, axis=-1) - radius, voxel)
+        )
+    settings = _line_integral_settings(
+        [(10.0, 5.0), (-10.0, 5.0), (10.0, -5.0)], pixels=64, pixel_size=4.0
+    )
     base, orbital_mirror, angulation_mirror = (
         view.image for view in simulate_drr(nb.Nifti1Image(hu, affine), settings)
     )
@@ -267,8 +282,13 @@ def test_view_names_presets_and_grids():
     assert geometry.source == pytest.approx([0.0, -carm.source_to_isocentre_mm, 0.0])
     # The isocentre always projects onto the detector's centre.
     for orbital, angulation in [(0, 0), (33, -12), (-120, 40)]:
-        geometry = view_geometry(CArm(1000, 600, 101, 1.0), FEET_FIRST_PRONE,
-                                 np.array([5.0, 6.0, 7.0]), orbital, angulation)  # fmt: skip
+        geometry = view_geometry(
+            CArm(1000, 600, 101, 1.0),
+            FEET_FIRST_PRONE,
+            np.array([5.0, 6.0, 7.0]),
+            orbital,
+            angulation,
+        )
         centre = project_points(geometry.projection_matrix, np.array([5.0, 6.0, 7.0]))
         assert centre == pytest.approx([50.0, 50.0])
 
@@ -296,8 +316,12 @@ def test_abdominal_ct_ap_view_is_left_right_correct_with_the_spine_in_the_middle
     assert column > middle + 20  # the patient's left on the image's right
     assert row < middle - 10  # the head at the top
     # In the PA view (seen from behind) the same marker is on the left.
-    assert np.argmax((pa.image - simulate_drr(nb.Nifti1Image(hu, ct.affine), settings)[1].image)
-                     .max(axis=0)) < middle - 20  # fmt: skip
+    assert (
+        np.argmax(
+            (pa.image - simulate_drr(nb.Nifti1Image(hu, ct.affine), settings)[1].image).max(axis=0)
+        )
+        < middle - 20
+    )
 
     # Bone alone: the lumbar spine is the densest column in the upper half of the AP view.
     bone_only = np.where(hu > 350, hu, -1000.0).astype(np.float32)
@@ -310,8 +334,15 @@ def test_abdominal_ct_ap_view_is_left_right_correct_with_the_spine_in_the_middle
 def test_cuda_and_cpu_agree():
     ct = nb.load(ABDOMEN_CT)
     volume = torch.as_tensor(np.asanyarray(ct.dataobj, dtype=np.float32))[None] + 1000
-    geometry = [view_geometry(CArm(1020, 530, 96, 3.0), HEAD_FIRST_SUPINE,
-                              isocentre_in_world(ct, PRESETS['deepdrr']), 15.0, -5.0)]  # fmt: skip
+    geometry = [
+        view_geometry(
+            CArm(1020, 530, 96, 3.0),
+            HEAD_FIRST_SUPINE,
+            isocentre_in_world(ct, PRESETS['deepdrr']),
+            15.0,
+            -5.0,
+        )
+    ]
     on_cpu = Projector(volume, ct.affine).integrate(geometry)
     on_gpu = Projector(volume.cuda(), ct.affine).integrate(geometry).cpu()
     assert torch.allclose(on_cpu, on_gpu, rtol=1e-4, atol=1e-2)
@@ -322,11 +353,19 @@ def test_cuda_and_cpu_agree():
 
 @pytest.mark.parametrize(
     'bad',
-    [['--drr-angles', '10;5'], ['--drr-angles', 'a,b'], ['--drr-view-grid', '10:-10:5'],
-     ['--drr-view-grid', '0:10'], ['--drr-kvp', '100'], ['--drr-detector', '0'],
-     ['--drr-sdd', '-5'], ['--drr-output', 'png'], ['--drr-angles', '180,0;-180,0'],
-     ['--drr-angles', '0,0', '--drr-view-grid', '0:10:5']],
-)  # fmt: skip
+    [
+        ['--drr-angles', '10;5'],
+        ['--drr-angles', 'a,b'],
+        ['--drr-view-grid', '10:-10:5'],
+        ['--drr-view-grid', '0:10'],
+        ['--drr-kvp', '100'],
+        ['--drr-detector', '0'],
+        ['--drr-sdd', '-5'],
+        ['--drr-output', 'png'],
+        ['--drr-angles', '180,0;-180,0'],
+        ['--drr-angles', '0,0', '--drr-view-grid', '0:10:5'],
+    ],
+)
 def test_bad_drr_options_are_usage_errors(tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args([str(tmp_path), str(tmp_path / 'out'), 'participant', *bad])
@@ -337,9 +376,25 @@ def test_bad_drr_options_are_usage_errors(tmp_path, bad, capsys):
 def test_drr_pipeline_end_to_end(tmp_path):
     bids = write_bids(tmp_path / 'bids', {'sub-01/anat/sub-01_ct.nii.gz': ABDOMEN_CT}, ['01'])
     out = tmp_path / 'out'
-    result = run_cli(bids, out, 'participant', '-w', tmp_path / 'work', '--pipelines', 'drr',
-                     '--drr-detector', '96', '--drr-pixel-size', '4', '--drr-angles', '0,0;10,5',
-                     '--nprocs', '1', '--omp-nthreads', '1')  # fmt: skip
+    result = run_cli(
+        bids,
+        out,
+        'participant',
+        '-w',
+        tmp_path / 'work',
+        '--pipelines',
+        'drr',
+        '--drr-detector',
+        '96',
+        '--drr-pixel-size',
+        '4',
+        '--drr-angles',
+        '0,0;10,5',
+        '--nprocs',
+        '1',
+        '--omp-nthreads',
+        '1',
+    )
     assert result.returncode == 0, result.stderr
     anat = out / 'sub-01' / 'anat'
     ct = nb.load(ABDOMEN_CT)

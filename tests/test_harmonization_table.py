@@ -58,9 +58,11 @@ def test_sites_come_from_participants_tsv_then_from_the_t1w_sidecars(tmp_path):
     root = bids_with(
         tmp_path,
         'participant_id\tsite\tage\nsub-01\tA\t34\nsub-02\tn/a\t89+\nsub-03\tB\tn/a\n',
-        {'sub-02/ses-1/anat/sub-02_ses-1_T1w.json': SIGNA,
-         'sub-02/ses-2/anat/sub-02_ses-2_T1w.json': SIGNA},
-    )  # fmt: skip
+        {
+            'sub-02/ses-1/anat/sub-02_ses-1_T1w.json': SIGNA,
+            'sub-02/ses-2/anat/sub-02_ses-2_T1w.json': SIGNA,
+        },
+    )
     assert read_participant_sites(root, ['01', 'sub-02', '03']) == {
         '01': ParticipantInfo('01', 'A', 34.0),
         '02': ParticipantInfo('02', 'GE_Signa_HDxt_1p5T', None),
@@ -87,9 +89,11 @@ def test_sidecars_naming_two_scanners_are_refused(tmp_path):
     root = bids_with(
         tmp_path,
         'participant_id\nsub-01\n',
-        {'sub-01/ses-1/anat/sub-01_ses-1_T1w.json': PRISMA,
-         'sub-01/ses-2/anat/sub-01_ses-2_T1w.json': SIGNA},
-    )  # fmt: skip
+        {
+            'sub-01/ses-1/anat/sub-01_ses-1_T1w.json': PRISMA,
+            'sub-01/ses-2/anat/sub-01_ses-2_T1w.json': SIGNA,
+        },
+    )
     with pytest.raises(InputError, match='different scanners.*GE_Signa_HDxt_1p5T, Siemens_Pri'):
         read_participant_sites(root, ['01'])
 
@@ -147,8 +151,13 @@ def make_cohort(tmp_path, atlas, sites: dict[str, str], *, harmonized=(), seed=0
             # A perfect harmonization (for the table's sake): site B brought back to A's scale.
             undone = values / (1.3 if site == 'B' else 1.0)
             nb.save(painted(atlas, undone), f'{stem}_desc-harmonized_T1w.nii.gz')
-    config = RunConfig(bids_dir=tmp_path / 'bids', output_dir=out, analysis_level='group',
-                       work_dir=tmp_path / 'work', pipelines=['mr-preproc'])  # fmt: skip
+    config = RunConfig(
+        bids_dir=tmp_path / 'bids',
+        output_dir=out,
+        analysis_level='group',
+        work_dir=tmp_path / 'work',
+        pipelines=['mr-preproc'],
+    )
     return config
 
 
@@ -157,8 +166,9 @@ def read_tables(config):
     missing = {column: ['n/a'] for column in ('raw', 'combat', 'iguane', 'site_effect')}
     read = {'sep': '\t', 'na_values': missing, 'keep_default_na': False}
     table = pd.read_csv(config.output_dir / 'group_harmonization.tsv', **read)
-    summary = pd.read_csv(config.output_dir / 'group_harmonization_summary.tsv', **read,
-                          index_col='method')  # fmt: skip
+    summary = pd.read_csv(
+        config.output_dir / 'group_harmonization_summary.tsv', **read, index_col='method'
+    )
     return table, summary
 
 
@@ -190,8 +200,12 @@ def test_table_columns_and_na_rules(tmp_path, atlas, caplog):
     site_of = {'01': 'A', '02': 'A', '03': 'B', '04': 'B', '05': 'B'}
     config = make_cohort(tmp_path, atlas, site_of, harmonized={'01', '02', '03', '04'})
     assert [(i.subject, i.harmonized is not None) for i in find_model_inputs(config)] == [
-        ('01', True), ('02', True), ('03', True), ('04', True), ('05', False),
-    ]  # fmt: skip
+        ('01', True),
+        ('02', True),
+        ('03', True),
+        ('04', True),
+        ('05', False),
+    ]
     # Age is given but constant within each site: it cannot be told apart from the site.
     ages = {'A': 30.0, 'B': 60.0}
     sites = {s: ParticipantInfo(s, site, ages[site]) for s, site in site_of.items()}

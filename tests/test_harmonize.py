@@ -98,8 +98,9 @@ def test_harmonized_images_come_back_to_the_native_grid_with_their_provenance(
         np.testing.assert_allclose(native.affine, preproc.affine, atol=1e-5)
         data = native.get_fdata()
         assert np.all(data[~mask] == 0) and (data[mask] > 0).mean() > 0.95
-        box = json.loads((out / f'sub-{subject}/anat/sub-{subject}_{SPACE}_desc-norm_T1w.json')
-                         .read_text())['CropBox']  # fmt: skip
+        box = json.loads(
+            (out / f'sub-{subject}/anat/sub-{subject}_{SPACE}_desc-norm_T1w.json').read_text()
+        )['CropBox']
         transform = (
             out
             / f'sub-{subject}/anat/sub-{subject}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.txt'
@@ -114,8 +115,9 @@ def test_harmonized_images_come_back_to_the_native_grid_with_their_provenance(
             * mask
         )
         np.testing.assert_allclose(data, expected, atol=1e-3)  # inverse crop + inverse rigid
-        sidecar = json.loads((out / f'sub-{subject}/anat/sub-{subject}_desc-harmonized_T1w'
-                              '.json').read_text())  # fmt: skip
+        sidecar = json.loads(
+            (out / f'sub-{subject}/anat/sub-{subject}_desc-harmonized_T1w.json').read_text()
+        )
         assert sidecar['ModelWeightsSHA256'] == weights_sha256
         assert sidecar['Sources'][0].endswith(f'sub-{subject}_T1w.nii.gz')
         assert (out / f'sub-{subject}/figures/sub-{subject}_desc-harmonized_T1w.svg').is_file()
@@ -127,6 +129,8 @@ def test_group_table_puts_raw_combat_and_iguane_side_by_side(harmonized_demo):
     rows = list(csv.DictReader((out / 'group_harmonization.tsv').open(), delimiter='\t'))
     assert {row['participant_id'] for row in rows} == {'sub-01', 'sub-02', 'sub-03', 'sub-04'}
     assert all(row['iguane'] != 'n/a' and row['raw'] != 'n/a' for row in rows)
-    summary = {row['method']: row for row in csv.DictReader(
-        (out / 'group_harmonization_summary.tsv').open(), delimiter='\t')}  # fmt: skip
+    summary = {
+        row['method']: row
+        for row in csv.DictReader((out / 'group_harmonization_summary.tsv').open(), delimiter='\t')
+    }
     assert set(summary) >= {'raw', 'combat', 'iguane'}

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from conftest import run_cli
-from mrctprep.core.errors import ResourceError
 from mrctprep.cli.main import run
+from mrctprep.core.errors import ResourceError
 from mrctprep.models.iguane import IguaneGenerator
 from mrctprep.models.keras_import import keras_generator_state_dict, read_keras_weights
 from mrctprep.models.weights import resolve_weights

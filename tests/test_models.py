@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from conftest import run_cli
-from mrctprep.core.errors import EXIT_RESOURCE, ResourceError
 from mrctprep.cli.run_options import parse_args
 from mrctprep.core.devices import fast_precision
+from mrctprep.core.errors import EXIT_RESOURCE, ResourceError
 from mrctprep.models.iguane import (
     IguaneDiscriminator,
     IguaneGenerator,
@@ -54,8 +54,9 @@ def isolated_weights(tmp_path, monkeypatch):
 
 def _small_generator_weights(path, seed=0):
     torch.manual_seed(seed)
-    return save_weights(IguaneGenerator().state_dict(), path, name='iguane',
-                        provenance={'trained': {'Steps': 0}})  # fmt: skip
+    return save_weights(
+        IguaneGenerator().state_dict(), path, name='iguane', provenance={'trained': {'Steps': 0}}
+    )
 
 
 # --- weights -----------------------------------------------------------------------------
@@ -84,8 +85,12 @@ def test_saved_weights_carry_the_bundled_card_and_their_sha256(isolated_weights)
 )
 def test_weights_know_the_crop_size_they_were_trained_on(isolated_weights, trained, patch_size):
     torch.manual_seed(0)
-    weights = save_weights(IguaneGenerator().state_dict(), isolated_weights / 'iguane.pt',
-                           name='iguane', provenance={'trained': trained})  # fmt: skip
+    weights = save_weights(
+        IguaneGenerator().state_dict(),
+        isolated_weights / 'iguane.pt',
+        name='iguane',
+        provenance={'trained': trained},
+    )
     assert resolve_weights('iguane', explicit=weights.path).trained_patch_size == patch_size
 
 
@@ -128,9 +133,16 @@ def test_corrupt_or_card_less_weights_are_refused(isolated_weights):
 
 
 def test_mr_harmonize_without_weights_exits_126_before_running(mini_bids, isolated_weights):
-    result = run_cli(mini_bids, isolated_weights / 'out', 'participant', '-w',
-                     isolated_weights / 'work', '--pipelines', 'mr-harmonize',
-                     env={'XDG_CACHE_HOME': str(isolated_weights / 'cache')})  # fmt: skip
+    result = run_cli(
+        mini_bids,
+        isolated_weights / 'out',
+        'participant',
+        '-w',
+        isolated_weights / 'work',
+        '--pipelines',
+        'mr-harmonize',
+        env={'XDG_CACHE_HOME': str(isolated_weights / 'cache')},
+    )
     assert result.returncode == 126, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if 'error' in line]
     assert len(error_lines) == 1 and 'group --train iguane' in error_lines[0]
@@ -308,8 +320,11 @@ def _synthetic_sites(tmp_path):
     images = []
     for site, power in (('A', 1.0), ('B', 1.4)):
         for head in range(2):
-            inside = ((grid[0] - 16) ** 2 / 14**2 + (grid[1] - 24) ** 2 / 21**2
-                      + (grid[2] - 16) ** 2 / 14**2) < 1  # fmt: skip
+            inside = (
+                (grid[0] - 16) ** 2 / 14**2
+                + (grid[1] - 24) ** 2 / 21**2
+                + (grid[2] - 16) ** 2 / 14**2
+            ) < 1
             tissue = 1 + 0.4 * np.sin(grid[0] / (3 + head)) * np.cos(grid[1] / 4)
             data = np.where(inside, 500 * tissue**power + rng.normal(0, 5, grid.shape[1:]), 0)
             path = tmp_path / f'{site}{head}.nii.gz'
@@ -352,8 +367,9 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     checkpoint = tmp_path / 'checkpoint.pt'
     run_training(_training(tmp_path, 1), TrainingSettings('iguane', 1, checkpoint, 1, False, 'a'))
     with pytest.raises(Exception, match='other data or settings'):
-        run_training(_training(tmp_path, 2),
-                     TrainingSettings('iguane', 2, checkpoint, 1, True, 'b'))  # fmt: skip
+        run_training(
+            _training(tmp_path, 2), TrainingSettings('iguane', 2, checkpoint, 1, True, 'b')
+        )
 
 
 @pytest.mark.parametrize(

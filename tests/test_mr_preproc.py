@@ -42,17 +42,25 @@ def preprocess(img: nb.Nifti1Image) -> dict[str, nb.Nifti1Image | RigidTransform
     ras, _ = reorient_to_ras(img)
     mask = brain_mask(ras, HDBET)
     corrected = n4_bias_correct(ras, mask, threads=2).corrected
-    brain = nb.Nifti1Image(corrected.get_fdata(dtype=np.float32) * (mask.get_fdata() > 0),
-                           ras.affine)  # fmt: skip
+    brain = nb.Nifti1Image(
+        corrected.get_fdata(dtype=np.float32) * (mask.get_fdata() > 0), ras.affine
+    )
     transform = rigid_register(brain, mni152_brain_template())
     grid = fsl_mni152_grid()
     mni_t1w = resample_to_grid(corrected, grid, transform)
     mni_mask = resample_to_grid(mask, grid, transform, interpolation='nearest')
     normalised, scale = median_normalise(mni_t1w, mni_mask)
     box = iguane_crop_box(normalised.get_fdata())
-    return {'ras': ras, 'mask': mask, 'transform': transform, 'mni_mask': mni_mask,
-            'normalised': normalised, 'model_input': crop(normalised, box), 'box': box,
-            'scale': scale}  # fmt: skip
+    return {
+        'ras': ras,
+        'mask': mask,
+        'transform': transform,
+        'mni_mask': mni_mask,
+        'normalised': normalised,
+        'model_input': crop(normalised, box),
+        'box': box,
+        'scale': scale,
+    }
 
 
 @pytest.fixture(scope='module')
@@ -117,8 +125,13 @@ def test_model_input_is_normalised_and_cropped(colin):
 
 
 def test_inverse_crop_and_transform_return_to_the_native_grid(colin):
-    native = cropped_mni_to_native(colin['model_input'], colin['box'], colin['transform'],
-                                   colin['ras'], interpolation='nearest')  # fmt: skip
+    native = cropped_mni_to_native(
+        colin['model_input'],
+        colin['box'],
+        colin['transform'],
+        colin['ras'],
+        interpolation='nearest',
+    )
     np.testing.assert_allclose(native.affine, colin['ras'].affine)
     back, mask = native.get_fdata() > 0, colin['mask'].get_fdata() > 0
     zooms = np.array(colin['ras'].header.get_zooms()[:3])
@@ -167,8 +180,12 @@ def test_an_oblique_copy_gives_the_same_mni_output(colin):
     rotation = _rigid(np.radians([15, -10, 5]), [0, 0, 0])
     oblique_affine = rotation @ original.affine
     source_from_oblique = np.linalg.inv(original.affine) @ oblique_affine
-    data = ndimage.affine_transform(original.get_fdata(dtype=np.float32), source_from_oblique,
-                                    order=1, output_shape=original.shape)  # fmt: skip
+    data = ndimage.affine_transform(
+        original.get_fdata(dtype=np.float32),
+        source_from_oblique,
+        order=1,
+        output_shape=original.shape,
+    )
     oblique = preprocess(nb.Nifti1Image(data, oblique_affine))
     a, b = oblique['normalised'].get_fdata(), colin['normalised'].get_fdata()
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
@@ -177,9 +194,11 @@ def test_an_oblique_copy_gives_the_same_mni_output(colin):
 def _rigid(angles: np.ndarray, shift) -> np.ndarray:
     rx, ry, rz = angles
     cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
-    rotation = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-                @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-                @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))  # fmt: skip
+    rotation = (
+        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    )
     matrix = np.eye(4)
     matrix[:3, :3], matrix[:3, 3] = rotation, shift
     return matrix
@@ -236,17 +255,30 @@ def test_pipeline_outputs_and_bad_subjects(tmp_path):
     nb.Nifti1Image(thick_img.get_fdata(dtype=np.float32), thick_img.affine).to_filename(thick)
     bids = write_bids(
         tmp_path / 'bids',
-        {'sub-good/anat/sub-good_T1w.nii.gz': MR / 'colin27_t1_head.nii.gz',
-         'sub-coarse/anat/sub-coarse_T1w.nii.gz': MR / 't1_head_2mm.nii.gz',
-         'sub-thick/anat/sub-thick_T1w.nii.gz': thick,
-         'sub-nan/anat/sub-nan_T1w.nii.gz': nan_file,
-         'sub-noaffine/anat/sub-noaffine_T1w.nii.gz': no_affine_file},
+        {
+            'sub-good/anat/sub-good_T1w.nii.gz': MR / 'colin27_t1_head.nii.gz',
+            'sub-coarse/anat/sub-coarse_T1w.nii.gz': MR / 't1_head_2mm.nii.gz',
+            'sub-thick/anat/sub-thick_T1w.nii.gz': thick,
+            'sub-nan/anat/sub-nan_T1w.nii.gz': nan_file,
+            'sub-noaffine/anat/sub-noaffine_T1w.nii.gz': no_affine_file,
+        },
         participants=['good', 'coarse', 'thick', 'nan', 'noaffine'],
-    )  # fmt: skip
+    )
     make_read_only(bids)
     out = tmp_path / 'out'
-    result = run_cli(bids, out, 'participant', '-w', tmp_path / 'work', '--pipelines',
-                     'mr-preproc', '--nprocs', '2', '--omp-nthreads', '2')  # fmt: skip
+    result = run_cli(
+        bids,
+        out,
+        'participant',
+        '-w',
+        tmp_path / 'work',
+        '--pipelines',
+        'mr-preproc',
+        '--nprocs',
+        '2',
+        '--omp-nthreads',
+        '2',
+    )
     assert result.returncode == 1
     failures = [line for line in result.stderr.splitlines() if 'crash file:' in line]
     assert len(failures) == 2
@@ -259,13 +291,16 @@ def test_pipeline_outputs_and_bad_subjects(tmp_path):
     anat = out / 'sub-good' / 'anat'
     space = 'space-MNI152NLin2009aSym_res-1'
     expected = [
-        'desc-preproc_T1w.nii.gz', 'desc-brain_mask.nii.gz', 'desc-biasfield_T1w.nii.gz',
+        'desc-preproc_T1w.nii.gz',
+        'desc-brain_mask.nii.gz',
+        'desc-biasfield_T1w.nii.gz',
         'from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.txt',
         'from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.txt',
         'from-T1w_to-MNI152NLin2009aSym_mode-image_desc-flirt_xfm.mat',
-        f'{space}_desc-preproc_T1w.nii.gz', f'{space}_desc-brain_mask.nii.gz',
+        f'{space}_desc-preproc_T1w.nii.gz',
+        f'{space}_desc-brain_mask.nii.gz',
         f'{space}_desc-norm_T1w.nii.gz',
-    ]  # fmt: skip
+    ]
     for name in expected:
         assert (anat / f'sub-good_{name}').is_file(), name
     for subject in ('good', 'coarse', 'thick'):

@@ -47,8 +47,9 @@ def test_reorientation_keeps_every_voxel_at_its_world_position(relative, tmp_pat
     np.testing.assert_allclose(values_after, values, rtol=1e-6)
     # Whole-image checks: same voxels, same world box.
     assert sorted(saved.shape) == sorted(original.shape)
-    np.testing.assert_allclose(np.sort(saved.get_fdata(), axis=None),
-                               np.sort(original.get_fdata(), axis=None), rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        np.sort(saved.get_fdata(), axis=None), np.sort(original.get_fdata(), axis=None), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize('relative', REAL_IMAGES)

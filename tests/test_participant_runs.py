@@ -32,8 +32,19 @@ def mini_run(mini_bids, tmp_path_factory):
     """One participant run over the mini dataset (read-only input), shared by the checks."""
     root = tmp_path_factory.mktemp('mini_run')
     before = _tree_digest(mini_bids)
-    result = run_cli(mini_bids, root / 'out', 'participant', '-w', root / 'work', '--nprocs',
-                     '2', '--omp-nthreads', '1', '--pipelines', 'reorient')  # fmt: skip
+    result = run_cli(
+        mini_bids,
+        root / 'out',
+        'participant',
+        '-w',
+        root / 'work',
+        '--nprocs',
+        '2',
+        '--omp-nthreads',
+        '1',
+        '--pipelines',
+        'reorient',
+    )
     return result, root / 'out', root / 'work', before
 
 
@@ -47,15 +58,20 @@ def test_run_succeeds_and_leaves_the_input_untouched(mini_run, mini_bids):
 def test_outputs_are_the_reoriented_images_with_sidecars(mini_run, mini_bids):
     _, out, _, _ = mini_run
     written = sorted(str(p.relative_to(out)) for p in out.glob('sub-*/**/anat/*'))
-    assert written == sorted([
-        'sub-01/anat/sub-01_desc-reorient_PDw.json', 'sub-01/anat/sub-01_desc-reorient_PDw.nii.gz',
-        'sub-01/anat/sub-01_desc-reorient_T1w.json', 'sub-01/anat/sub-01_desc-reorient_T1w.nii.gz',
-        'sub-02/anat/sub-02_desc-reorient_ct.json', 'sub-02/anat/sub-02_desc-reorient_ct.nii.gz',
-        'sub-03/ses-1/anat/sub-03_ses-1_desc-reorient_T1w.json',
-        'sub-03/ses-1/anat/sub-03_ses-1_desc-reorient_T1w.nii.gz',
-        'sub-03/ses-2/anat/sub-03_ses-2_run-1_desc-reorient_T1w.json',
-        'sub-03/ses-2/anat/sub-03_ses-2_run-1_desc-reorient_T1w.nii.gz',
-    ])  # fmt: skip
+    assert written == sorted(
+        [
+            'sub-01/anat/sub-01_desc-reorient_PDw.json',
+            'sub-01/anat/sub-01_desc-reorient_PDw.nii.gz',
+            'sub-01/anat/sub-01_desc-reorient_T1w.json',
+            'sub-01/anat/sub-01_desc-reorient_T1w.nii.gz',
+            'sub-02/anat/sub-02_desc-reorient_ct.json',
+            'sub-02/anat/sub-02_desc-reorient_ct.nii.gz',
+            'sub-03/ses-1/anat/sub-03_ses-1_desc-reorient_T1w.json',
+            'sub-03/ses-1/anat/sub-03_ses-1_desc-reorient_T1w.nii.gz',
+            'sub-03/ses-2/anat/sub-03_ses-2_run-1_desc-reorient_T1w.json',
+            'sub-03/ses-2/anat/sub-03_ses-2_run-1_desc-reorient_T1w.nii.gz',
+        ]
+    )
     ct_out = nb.load(out / 'sub-02/anat/sub-02_desc-reorient_ct.nii.gz')
     ct_in = nb.load(mini_bids / 'sub-02/anat/sub-02_ct.nii.gz')
     assert nb.aff2axcodes(ct_out.affine) == ('R', 'A', 'S')
@@ -75,11 +91,15 @@ def test_outputs_are_the_reoriented_images_with_sidecars(mini_run, mini_bids):
 def test_figures_logs_and_dataset_files(mini_run, mini_bids):
     _, out, _, _ = mini_run
     figures = sorted(p.name for p in out.glob('sub-*/figures/*.svg'))
-    assert figures == sorted([
-        'sub-01_desc-reorient_PDw.svg', 'sub-01_desc-reorient_T1w.svg',
-        'sub-02_desc-reorient_ct.svg', 'sub-03_ses-1_desc-reorient_T1w.svg',
-        'sub-03_ses-2_run-1_desc-reorient_T1w.svg',
-    ])  # fmt: skip
+    assert figures == sorted(
+        [
+            'sub-01_desc-reorient_PDw.svg',
+            'sub-01_desc-reorient_T1w.svg',
+            'sub-02_desc-reorient_ct.svg',
+            'sub-03_ses-1_desc-reorient_T1w.svg',
+            'sub-03_ses-2_run-1_desc-reorient_T1w.svg',
+        ]
+    )
     assert '<svg' in (out / 'sub-02/figures/sub-02_desc-reorient_ct.svg').read_text()
     description = json.loads((out / 'dataset_description.json').read_text())
     assert description['DatasetType'] == 'derivative'
@@ -95,10 +115,24 @@ def test_figures_logs_and_dataset_files(mini_run, mini_bids):
 def test_filters_and_session_labels_select_inputs(mini_bids, tmp_path):
     filters = tmp_path / 'filters.json'
     filters.write_text(json.dumps({'t1w': {'run': None}}))
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
-                     '--participant-label', 'sub-03', '--session-label', '2', '1',
-                     '--bids-filter-file', filters, '--dry-run', '--write-graph',
-                     '--pipelines', 'reorient')  # fmt: skip
+    result = run_cli(
+        mini_bids,
+        tmp_path / 'out',
+        'participant',
+        '-w',
+        tmp_path / 'work',
+        '--participant-label',
+        'sub-03',
+        '--session-label',
+        '2',
+        '1',
+        '--bids-filter-file',
+        filters,
+        '--dry-run',
+        '--write-graph',
+        '--pipelines',
+        'reorient',
+    )
     assert result.returncode == 0, result.stderr
     dot = next((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot')).read_text()
     assert 'sub_03_ses_1_wf' in dot and 'sub_01_wf' not in dot
@@ -109,14 +143,17 @@ def test_a_truncated_image_fails_its_subject_only(tmp_path):
     truncated = (SHARED_DATA / 'mr' / 'colin27_t1_head.nii.gz').read_bytes()[:300_000]
     bids = write_bids(
         tmp_path / 'bids',
-        {'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
-         'sub-02/anat/sub-02_T1w.nii.gz': truncated,
-         'sub-03/anat/sub-03_ct.nii.gz': SHARED_DATA / 'ct' / 'totalseg_example_ct_sm.nii.gz'},
+        {
+            'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
+            'sub-02/anat/sub-02_T1w.nii.gz': truncated,
+            'sub-03/anat/sub-03_ct.nii.gz': SHARED_DATA / 'ct' / 'totalseg_example_ct_sm.nii.gz',
+        },
         participants=['01', '02', '03'],
-    )  # fmt: skip
+    )
     make_read_only(bids)
-    result = run_cli(bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
-                     '--pipelines', 'reorient')  # fmt: skip
+    result = run_cli(
+        bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work', '--pipelines', 'reorient'
+    )
     assert result.returncode == 1
     failure_lines = [line for line in result.stderr.splitlines() if 'crash file:' in line]
     assert len(failure_lines) == 1
@@ -126,9 +163,11 @@ def test_a_truncated_image_fails_its_subject_only(tmp_path):
     crash_file = Path(line.rsplit('crash file: ', 1)[1].rstrip(')'))
     assert crash_file.is_file() and crash_file.parts[-4] == 'sub-02'
     assert 'Subjects that finished: sub-01, sub-03' in result.stderr
-    for done in ('sub-01/anat/sub-01_desc-reorient_T1w.nii.gz',
-                 'sub-03/anat/sub-03_desc-reorient_ct.nii.gz',
-                 'sub-03/figures/sub-03_desc-reorient_ct.svg'):  # fmt: skip
+    for done in (
+        'sub-01/anat/sub-01_desc-reorient_T1w.nii.gz',
+        'sub-03/anat/sub-03_desc-reorient_ct.nii.gz',
+        'sub-03/figures/sub-03_desc-reorient_ct.svg',
+    ):
         assert (tmp_path / 'out' / done).is_file()
     assert not list((tmp_path / 'out').glob('sub-02/anat/*'))
     assert 'Traceback' not in result.stderr
@@ -138,12 +177,24 @@ def test_killed_run_resumes_without_recomputing_finished_nodes(mini_bids, tmp_pa
     """SIGKILL a sequential run after its first node, rerun with the same -w."""
     plugin = tmp_path / 'linear.yml'
     plugin.write_text('plugin: Linear\nplugin_args: {}\n')
-    args = [sys.executable, '-m', 'mrctprep', str(mini_bids), str(tmp_path / 'out'),
-            'participant', '-w', str(tmp_path / 'work'), '--use-plugin', str(plugin),
-            '--pipelines', 'reorient']  # fmt: skip
+    args = [
+        sys.executable,
+        '-m',
+        'mrctprep',
+        str(mini_bids),
+        str(tmp_path / 'out'),
+        'participant',
+        '-w',
+        str(tmp_path / 'work'),
+        '--use-plugin',
+        str(plugin),
+        '--pipelines',
+        'reorient',
+    ]
     results = tmp_path / 'work' / 'mrctprep_0_1_wf'
-    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not list(results.glob('**/result_reorient.pklz')) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -156,8 +207,16 @@ def test_killed_run_resumes_without_recomputing_finished_nodes(mini_bids, tmp_pa
     )
     assert len(outputs_before) < 5, 'the run was killed before it finished'
 
-    resumed = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work', '-v',
-                      '--pipelines', 'reorient')  # fmt: skip
+    resumed = run_cli(
+        mini_bids,
+        tmp_path / 'out',
+        'participant',
+        '-w',
+        tmp_path / 'work',
+        '-v',
+        '--pipelines',
+        'reorient',
+    )
     assert resumed.returncode == 0, resumed.stderr
     for result_file, mtime in finished.items():
         assert result_file.stat().st_mtime_ns == mtime, f'{result_file} was recomputed'
@@ -173,9 +232,10 @@ def test_group_level_tabulates_participant_outputs(mini_run, mini_bids, tmp_path
     with open(out / 'group_T1w.tsv') as table:
         t1w = list(csv.DictReader(table, delimiter='\t'))
     assert [(r['participant_id'], r['session_id'], r['desc']) for r in t1w] == [
-        ('sub-01', 'n/a', 'reorient'), ('sub-03', 'ses-1', 'reorient'),
+        ('sub-01', 'n/a', 'reorient'),
+        ('sub-03', 'ses-1', 'reorient'),
         ('sub-03', 'ses-2', 'reorient'),
-    ]  # fmt: skip
+    ]
     assert (t1w[0]['original_shape'], t1w[0]['voxel_size_mm']) == ('83x105x80', '2x2x2')
     with open(out / 'group_ct.tsv') as table:
         ct = list(csv.DictReader(table, delimiter='\t'))

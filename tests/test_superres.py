@@ -78,12 +78,17 @@ def test_slice_profiles_follow_uniress_supports_and_sum_to_one():
 
 @pytest.mark.parametrize(
     'affine, shape, separable',
-    [(np.diag([1.0, 1.0, 5.0, 1.0]), (30, 34, 7), True),
-     (np.array([[0, 0, -4.0, 40.3], [1, 0, 0, 0.4], [0, 1.0, 0, -0.2], [0, 0, 0, 1]]),
-      (34, 28, 10), True),
-     (np.diag([0.86, 0.86, 2.4, 1.0]), (35, 40, 12), True),
-     (_rotation([8, 4, -3]) @ np.diag([0.9, 0.9, 3.0, 1.0]), (32, 36, 10), False)],
-)  # fmt: skip
+    [
+        (np.diag([1.0, 1.0, 5.0, 1.0]), (30, 34, 7), True),
+        (
+            np.array([[0, 0, -4.0, 40.3], [1, 0, 0, 0.4], [0, 1.0, 0, -0.2], [0, 0, 0, 1]]),
+            (34, 28, 10),
+            True,
+        ),
+        (np.diag([0.86, 0.86, 2.4, 1.0]), (35, 40, 12), True),
+        (_rotation([8, 4, -3]) @ np.diag([0.9, 0.9, 3.0, 1.0]), (32, 36, 10), False),
+    ],
+)
 def test_adjoint_and_gram_are_exact(affine, shape, separable):
     output_shape = (32, 36, 30)
     projection = Projection(ScanGeometry(shape, affine, slice_gap=0.1), output_shape, np.eye(4))
@@ -189,8 +194,11 @@ def test_single_scan_beats_cubic_spline_by_half_a_db(colin_block):
     truth = colin_block.get_fdata()
     mask = truth > 20
     scan = thick_slices(colin_block, 2, 5.0)
-    [result] = super_resolve([InputScan(scan, 'T1w', 'mr', 'axial')],
-                             SuperResSettings(max_iter=40), grid=_grid(colin_block))  # fmt: skip
+    [result] = super_resolve(
+        [InputScan(scan, 'T1w', 'mr', 'axial')],
+        SuperResSettings(max_iter=40),
+        grid=_grid(colin_block),
+    )
     ours = _score(result.image.get_fdata(), truth, mask)
     cubic = _score(spline_upsample(scan, truth.shape, colin_block.affine), truth, mask)
     print(f'single scan: ours {ours}, cubic {cubic}')
@@ -203,8 +211,10 @@ def test_single_scan_beats_cubic_spline_by_half_a_db(colin_block):
 def test_three_orthogonal_runs_beat_their_mean_cubic_by_6_db(colin_block):
     truth = colin_block.get_fdata()
     mask = truth > 20
-    scans = [InputScan(thick_slices(colin_block, axis, 5.0), 'T1w', 'mr', f'run-{axis}')
-             for axis in (2, 0, 1)]  # fmt: skip
+    scans = [
+        InputScan(thick_slices(colin_block, axis, 5.0), 'T1w', 'mr', f'run-{axis}')
+        for axis in (2, 0, 1)
+    ]
     [result] = super_resolve(scans, SuperResSettings(max_iter=60), grid=_grid(colin_block))
     ours = _score(result.image.get_fdata(), truth, mask)
     cubic = np.mean([spline_upsample(s.img, truth.shape, colin_block.affine) for s in scans], 0)
@@ -218,10 +228,14 @@ def test_three_orthogonal_runs_beat_their_mean_cubic_by_6_db(colin_block):
 
 def test_joint_prior_beats_fitting_each_contrast_alone():
     start = (24, 40, 32)
-    truths = {name: _block(MR / f'stroke_{name}_brain.nii.gz', start, size=72)
-              for name in ('t1', 't2', 'flair')}  # fmt: skip
-    scans = [InputScan(thick_slices(truths[name], axis, 5.0), name, 'mr', name)
-             for name, axis in (('t1', 2), ('t2', 0), ('flair', 1))]  # fmt: skip
+    truths = {
+        name: _block(MR / f'stroke_{name}_brain.nii.gz', start, size=72)
+        for name in ('t1', 't2', 'flair')
+    }
+    scans = [
+        InputScan(thick_slices(truths[name], axis, 5.0), name, 'mr', name)
+        for name, axis in (('t1', 2), ('t2', 0), ('flair', 1))
+    ]
     grid = _grid(truths['t1'])
     settings = SuperResSettings(max_iter=40, coregister=False)
     joint = super_resolve(scans, settings, grid=grid)
@@ -239,14 +253,17 @@ def test_joint_prior_beats_fitting_each_contrast_alone():
 
 def test_ct_keeps_hounsfield_units_and_beats_cubic_spline():
     ct = nb.load(CT)
-    truth_img = nb.Nifti1Image(ct.get_fdata(dtype=np.float32)[10:106, 4:100, 8:104],
-                               ct.affine @ np.array([[1, 0, 0, 10], [0, 1, 0, 4], [0, 0, 1, 8],
-                                                     [0, 0, 0, 1.0]]))  # fmt: skip
+    truth_img = nb.Nifti1Image(
+        ct.get_fdata(dtype=np.float32)[10:106, 4:100, 8:104],
+        ct.affine @ np.array([[1, 0, 0, 10], [0, 1, 0, 4], [0, 0, 1, 8], [0, 0, 0, 1.0]]),
+    )
     truth = truth_img.get_fdata()
     scan = thick_slices(truth_img, 2, 6.0)
-    [result] = super_resolve([InputScan(scan, 'ct', 'ct', 'ct')],
-                             SuperResSettings(max_iter=40, voxel_size=1.5),
-                             grid=_grid(truth_img))  # fmt: skip
+    [result] = super_resolve(
+        [InputScan(scan, 'ct', 'ct', 'ct')],
+        SuperResSettings(max_iter=40, voxel_size=1.5),
+        grid=_grid(truth_img),
+    )
     ours = result.image.get_fdata()
     # Scored where the scan sees: up to half a slice beyond its last slice centre.
     body = truth > -900
@@ -280,10 +297,11 @@ def test_interleaved_slice_correction_finds_the_scale_and_removes_the_stripes(co
     noisy = nb.Nifti1Image(_rician(striped.get_fdata(), 5.0), striped.affine)
     scan = InputScan(noisy, 'T1w', 'mr', 'interleaved')
     results = {
-        interleaved: super_resolve([scan], SuperResSettings(max_iter=40, interleaved=interleaved),
-                                   grid=_grid(colin_block))[0]
+        interleaved: super_resolve(
+            [scan], SuperResSettings(max_iter=40, interleaved=interleaved), grid=_grid(colin_block)
+        )[0]
         for interleaved in (False, True)
-    }  # fmt: skip
+    }
     scale = results[True].metadata['Noise'][0]['InterleaveScale']
     without, corrected = (psnr(results[k].image.get_fdata(), truth, mask) for k in (False, True))
     print(f'interleaved: s {scale:.4f}, PSNR without {without:.2f}, with {corrected:.2f}')
@@ -297,9 +315,12 @@ def test_interleaved_slice_correction_finds_the_scale_and_removes_the_stripes(co
 def test_interleaved_slice_correction_leaves_ct_alone():
     truth_img = _block(CT, (10, 4, 8), size=64)
     scan = InputScan(_interleaved(thick_slices(truth_img, 2, 6.0), 0.15), 'ct', 'ct', 'ct')
-    results = [super_resolve([scan], SuperResSettings(max_iter=5, interleaved=interleaved),
-                             grid=_grid(truth_img))[0]
-               for interleaved in (False, True)]  # fmt: skip
+    results = [
+        super_resolve(
+            [scan], SuperResSettings(max_iter=5, interleaved=interleaved), grid=_grid(truth_img)
+        )[0]
+        for interleaved in (False, True)
+    ]
     assert 'InterleaveScale' not in results[1].metadata['Noise'][0]
     assert np.array_equal(results[0].image.get_fdata(), results[1].image.get_fdata())
 
@@ -310,8 +331,11 @@ def test_a_crop_without_air_is_not_over_smoothed():
     truth = truth_img.get_fdata()
     assert truth.min() > 20
     scan = thick_slices(truth_img, 2, 5.0)
-    [result] = super_resolve([InputScan(scan, 'T1w', 'mr', 'crop')],
-                             SuperResSettings(max_iter=40), grid=_grid(truth_img))  # fmt: skip
+    [result] = super_resolve(
+        [InputScan(scan, 'T1w', 'mr', 'crop')],
+        SuperResSettings(max_iter=40),
+        grid=_grid(truth_img),
+    )
     mask = np.ones(truth.shape, bool)
     ours = psnr(result.image.get_fdata(), truth, mask)
     linear = psnr(spline_upsample(scan, truth.shape, truth_img.affine, order=1), truth, mask)
@@ -348,12 +372,16 @@ def test_common_grid_has_cnn_friendly_sizes_around_the_template():
 
 def test_linear_method_is_the_averaged_trilinear_reslice(colin_block):
     truth = colin_block.get_fdata()
-    scans = [InputScan(thick_slices(colin_block, axis, 4.0), 'T1w', 'mr', f'run-{axis}')
-             for axis in (2, 0)]  # fmt: skip
-    [result] = super_resolve(scans, SuperResSettings(method='linear', coregister=False),
-                             grid=_grid(colin_block))  # fmt: skip
-    expected = np.mean([spline_upsample(s.img, truth.shape, colin_block.affine, order=1)
-                        for s in scans], axis=0)  # fmt: skip
+    scans = [
+        InputScan(thick_slices(colin_block, axis, 4.0), 'T1w', 'mr', f'run-{axis}')
+        for axis in (2, 0)
+    ]
+    [result] = super_resolve(
+        scans, SuperResSettings(method='linear', coregister=False), grid=_grid(colin_block)
+    )
+    expected = np.mean(
+        [spline_upsample(s.img, truth.shape, colin_block.affine, order=1) for s in scans], axis=0
+    )
     inner = (slice(3, -3),) * 3
     assert np.abs(result.image.get_fdata() - expected)[inner].max() < 1e-3
     assert 'Iterations' not in result.metadata
@@ -363,10 +391,11 @@ def test_linear_method_is_the_averaged_trilinear_reslice(colin_block):
 def test_cuda_gives_the_cpu_result(colin_block):
     scan = InputScan(thick_slices(colin_block, 2, 5.0), 'T1w', 'mr', 'axial')
     results = {
-        device: super_resolve([scan], SuperResSettings(max_iter=10, device=device),
-                              grid=_grid(colin_block))[0].image.get_fdata()
+        device: super_resolve(
+            [scan], SuperResSettings(max_iter=10, device=device), grid=_grid(colin_block)
+        )[0].image.get_fdata()
         for device in ('cpu', 'cuda')
-    }  # fmt: skip
+    }
     assert np.abs(results['cpu'] - results['cuda']).max() < 0.05 * np.abs(results['cpu']).max()
 
 
@@ -409,16 +438,34 @@ def test_cli_super_resolves_two_runs_and_a_second_contrast(tmp_path):
         files[relative] = path
     bids = write_bids(tmp_path / 'bids', files, participants=['01'])
     out = tmp_path / 'out'
-    result = run_cli(bids, out, 'participant', '--pipelines', 'superres', '-w',
-                     tmp_path / 'work', '--superres-voxel-size', '2', '--superres-max-iter',
-                     '12', '--device', 'cpu', '--nprocs', '1', '--omp-nthreads', '1')  # fmt: skip
+    result = run_cli(
+        bids,
+        out,
+        'participant',
+        '--pipelines',
+        'superres',
+        '-w',
+        tmp_path / 'work',
+        '--superres-voxel-size',
+        '2',
+        '--superres-max-iter',
+        '12',
+        '--device',
+        'cpu',
+        '--nprocs',
+        '1',
+        '--omp-nthreads',
+        '1',
+    )
     assert result.returncode == 0, result.stderr
     anat = out / 'sub-01' / 'anat'
     written = sorted(p.name for p in anat.iterdir())
     assert written == [
-        'sub-01_res-2_desc-superres_T1w.json', 'sub-01_res-2_desc-superres_T1w.nii.gz',
-        'sub-01_res-2_desc-superres_T2w.json', 'sub-01_res-2_desc-superres_T2w.nii.gz',
-    ]  # fmt: skip
+        'sub-01_res-2_desc-superres_T1w.json',
+        'sub-01_res-2_desc-superres_T1w.nii.gz',
+        'sub-01_res-2_desc-superres_T2w.json',
+        'sub-01_res-2_desc-superres_T2w.nii.gz',
+    ]
     assert (out / 'sub-01' / 'figures' / 'sub-01_desc-superres_T1w.svg').is_file()
     t1_out = nb.load(anat / 'sub-01_res-2_desc-superres_T1w.nii.gz')
     t2_out = nb.load(anat / 'sub-01_res-2_desc-superres_T2w.nii.gz')
@@ -432,8 +479,10 @@ def test_cli_super_resolves_two_runs_and_a_second_contrast(tmp_path):
     assert np.all(in_grid[:3] > -0.01) and np.all(in_grid[:3] < np.array(t1_out.shape) - 0.99)
     sidecar = json.loads((anat / 'sub-01_res-2_desc-superres_T1w.json').read_text())
     assert sidecar['Resolution'].startswith('2 mm isotropic')
-    assert sidecar['Sources'] == ['bids:raw:sub-01/anat/sub-01_run-1_T1w.nii.gz',
-                                  'bids:raw:sub-01/anat/sub-01_run-2_T1w.nii.gz']  # fmt: skip
+    assert sidecar['Sources'] == [
+        'bids:raw:sub-01/anat/sub-01_run-1_T1w.nii.gz',
+        'bids:raw:sub-01/anat/sub-01_run-2_T1w.nii.gz',
+    ]
     assert len(sidecar['Noise']) == 2 and sidecar['Lambda'] > 0
     assert sidecar['Iterations'] == 12 and sidecar['Converged'] is False
     assert sidecar['Channels'] == ['T1w', 'T2w'] and len(sidecar['Coregistration']) == 2

@@ -19,9 +19,12 @@ from mrctprep.workflows.pipelines import PIPELINES
 
 def _config(tmp_path: Path, pipelines: list[str]) -> RunConfig:
     return RunConfig(
-        bids_dir=tmp_path / 'bids', output_dir=tmp_path / 'out', analysis_level='participant',
-        work_dir=tmp_path / 'work', pipelines=pipelines,
-    )  # fmt: skip
+        bids_dir=tmp_path / 'bids',
+        output_dir=tmp_path / 'out',
+        analysis_level='participant',
+        work_dir=tmp_path / 'work',
+        pipelines=pipelines,
+    )
 
 
 def _subject(tmp_path: Path, subject: str, session: str | None = None) -> SubjectData:
@@ -56,16 +59,20 @@ def test_every_pipeline_builds_an_expandable_graph(tmp_path, pipeline):
 
 
 def test_reorient_graph_has_one_branch_per_image_and_sinks_every_output(tmp_path):
-    workflow = init_mrctprep_wf(subjects=[_subject(tmp_path, '01')],
-                                config=_config(tmp_path, ['reorient']))  # fmt: skip
+    workflow = init_mrctprep_wf(
+        subjects=[_subject(tmp_path, '01')], config=_config(tmp_path, ['reorient'])
+    )
     flat = workflow._create_flat_graph()
     names = {node.fullname.removeprefix('mrctprep_0_1_wf.sub_01_wf.reorient_wf.') for node in flat}
     for image in ('run_1_T1w', 'run_2_T1w', 'FLAIR', 'ct'):
         for node in ('reorient', 'plot_reorient', 'ds_reorient', 'ds_report_reorient'):
             assert f'reorient_{image}_wf.{node}' in names
     edges = {(a.name, b.name) for a, b in flat.edges()}
-    assert {('reorient', 'ds_reorient'), ('reorient', 'plot_reorient'),
-            ('plot_reorient', 'ds_report_reorient')} <= edges  # fmt: skip
+    assert {
+        ('reorient', 'ds_reorient'),
+        ('reorient', 'plot_reorient'),
+        ('plot_reorient', 'ds_report_reorient'),
+    } <= edges
     crash_dirs = {node.config['execution']['crashdump_dir'] for node in flat}
     assert crash_dirs == {str(tmp_path / 'out' / 'sub-01' / 'log' / _config_run_uuid(flat))}
     ct_plot = next(n for n in flat if n.fullname.endswith('reorient_ct_wf.plot_reorient'))
@@ -77,8 +84,17 @@ def _config_run_uuid(flat) -> str:
 
 
 def test_dry_run_draws_the_graph_and_runs_nothing(mini_bids, tmp_path):
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
-                     '--write-graph', '--dry-run', '--pipelines', 'reorient')  # fmt: skip
+    result = run_cli(
+        mini_bids,
+        tmp_path / 'out',
+        'participant',
+        '-w',
+        tmp_path / 'work',
+        '--write-graph',
+        '--dry-run',
+        '--pipelines',
+        'reorient',
+    )
     assert result.returncode == 0, result.stderr
     dot_files = list((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot'))
     assert len(dot_files) == 1
@@ -93,12 +109,21 @@ def test_dry_run_draws_the_graph_and_runs_nothing(mini_bids, tmp_path):
 
 def test_without_graphviz_the_dot_file_is_written_with_a_warning(mini_bids, tmp_path):
     path_without_dot = os.pathsep.join(
-        folder for folder in os.environ['PATH'].split(os.pathsep)
+        folder
+        for folder in os.environ['PATH'].split(os.pathsep)
         if not os.path.exists(os.path.join(folder, 'dot'))
-    )  # fmt: skip
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
-                     '--dry-run', '--pipelines', 'reorient',
-                     env={'PATH': path_without_dot})  # fmt: skip
+    )
+    result = run_cli(
+        mini_bids,
+        tmp_path / 'out',
+        'participant',
+        '-w',
+        tmp_path / 'work',
+        '--dry-run',
+        '--pipelines',
+        'reorient',
+        env={'PATH': path_without_dot},
+    )
     assert result.returncode == 0, result.stderr
     assert "graphviz's `dot` is not installed" in result.stderr
     assert list((tmp_path / 'out' / 'logs').glob('*/workflow_graph.dot'))
@@ -106,8 +131,9 @@ def test_without_graphviz_the_dot_file_is_written_with_a_warning(mini_bids, tmp_
 
 
 def test_boilerplate_only_writes_the_methods_text(mini_bids, tmp_path):
-    result = run_cli(mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work',
-                     '--boilerplate-only')  # fmt: skip
+    result = run_cli(
+        mini_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work', '--boilerplate-only'
+    )
     assert result.returncode == 0, result.stderr
     citation = (tmp_path / 'out' / 'logs' / 'CITATION.md').read_text()
     # Default pipelines; each paragraph once although three subjects use it.
@@ -128,8 +154,15 @@ def test_mr_harmonize_extends_mr_preproc_under_its_name_so_its_cache_is_shared(t
     harmonize = names[('mr-harmonize',)]
     assert preproc < harmonize  # every mr-preproc node, same name: cached results are reused
     assert names[('mr-preproc', 'mr-harmonize')] == harmonize  # built once, not twice
-    added = {'harmonize', 'harmonized_to_native', 'model_input_to_native', 'plot_harmonized',
-             'ds_harmonized_mni', 'ds_harmonized', 'ds_report_harmonized'}  # fmt: skip
+    added = {
+        'harmonize',
+        'harmonized_to_native',
+        'model_input_to_native',
+        'plot_harmonized',
+        'ds_harmonized_mni',
+        'ds_harmonized',
+        'ds_report_harmonized',
+    }
     prefix = 'mrctprep_0_1_wf.sub_01_wf.mr_preproc_wf.mr_preproc_{}_wf.{}'
     assert harmonize - preproc == {
         prefix.format(image, node) for image in ('run_1_T1w', 'run_2_T1w') for node in added

@@ -106,8 +106,9 @@ def run_workflow(workflow, config: RunConfig) -> None:
     plugin, plugin_args = plugin_settings(config)
     total = count_nodes(workflow)
     plugin_args = {**plugin_args, 'status_callback': _Progress(total)}
-    LOGGER.info('Running %d nodes with the %s plugin (work directory %s)',
-                total, plugin, config.work_dir)  # fmt: skip
+    LOGGER.info(
+        'Running %d nodes with the %s plugin (work directory %s)', total, plugin, config.work_dir
+    )
     workflow.run(plugin=plugin, plugin_args=plugin_args)
 
 

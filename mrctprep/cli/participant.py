@@ -51,8 +51,10 @@ def plan_subjects(config: RunConfig) -> Plan:
                 if pipeline.name not in runnable:
                     LOGGER.warning(
                         '%s: skipping pipeline %s: no input (needs any of: %s)',
-                        subject_data.label, pipeline.name, ', '.join(pipeline.inputs),
-                    )  # fmt: skip
+                        subject_data.label,
+                        pipeline.name,
+                        ', '.join(pipeline.inputs),
+                    )
             if runnable:
                 subjects.append(subject_data)
                 pipelines[subject_data.label] = runnable

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 from mrctprep import __version__
+from mrctprep.core.devices import DEVICE_PATTERN
 from mrctprep.core.errors import InputError
 from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.imaging.skullstrip import SKULL_STRIP_METHODS
-from mrctprep.core.devices import DEVICE_PATTERN
 from mrctprep.models.weights import WEIGHTS_DIR_ENV, model_names, user_cache_dir
 
 
@@ -97,8 +97,9 @@ def _weights_option(value: str) -> tuple[str, Path]:
     if not separator or not path:
         raise argparse.ArgumentTypeError(f'{value!r}: expected NAME=FILE')
     if name not in model_names():
-        raise argparse.ArgumentTypeError(f'{name!r}: unknown model; models: '
-                                         f'{", ".join(model_names())}')  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f'{name!r}: unknown model; models: {", ".join(model_names())}'
+        )
     return name, Path(path)
 
 
@@ -141,198 +142,299 @@ def build_parser() -> argparse.ArgumentParser:
 
     bids = parser.add_argument_group('BIDS input')
     bids.add_argument(
-        '--participant-label', '--participant_label', nargs='+', default=[], metavar='LABEL',
+        '--participant-label',
+        '--participant_label',
+        nargs='+',
+        default=[],
+        metavar='LABEL',
         help='subjects to process (with or without "sub-"); default: all',
-    )  # fmt: skip
+    )
     bids.add_argument(
-        '--session-label', '--session_label', '--session-id', nargs='+', default=[],
-        metavar='LABEL', help='sessions to process (with or without "ses-"); default: all',
-    )  # fmt: skip
+        '--session-label',
+        '--session_label',
+        '--session-id',
+        nargs='+',
+        default=[],
+        metavar='LABEL',
+        help='sessions to process (with or without "ses-"); default: all',
+    )
     bids.add_argument(
-        '--bids-filter-file', type=_existing_file, metavar='FILE',
+        '--bids-filter-file',
+        type=_existing_file,
+        metavar='FILE',
         help='JSON {query: {entity: value}} refining the queries t1w, t2w, flair, pdw, ct '
         '(null = entity absent, "*" = any)',
-    )  # fmt: skip
+    )
     bids.add_argument(
-        '--bids-database-dir', type=Path, metavar='DIR',
+        '--bids-database-dir',
+        type=Path,
+        metavar='DIR',
         help='keep the pybids index here and reuse it (default: a fresh one per run, in the '
         'work directory)',
-    )  # fmt: skip
+    )
     bids.add_argument(
-        '--skip-bids-validation', '--skip_bids_validation', '--skip_bids_validator',
-        action='store_true', help='do not check that file names are BIDS',
-    )  # fmt: skip
+        '--skip-bids-validation',
+        '--skip_bids_validation',
+        '--skip_bids_validator',
+        action='store_true',
+        help='do not check that file names are BIDS',
+    )
 
     perf = parser.add_argument_group('Resources')
     cpus = available_cpus()
     perf.add_argument(
-        '--nprocs', '--nthreads', '--n_cpus', '--n-cpus', type=_positive_int, default=cpus,
+        '--nprocs',
+        '--nthreads',
+        '--n_cpus',
+        '--n-cpus',
+        type=_positive_int,
+        default=cpus,
         help='CPU slots for the MultiProc plugin',
-    )  # fmt: skip
+    )
     perf.add_argument(
-        '--omp-nthreads', type=_positive_int, default=None,
+        '--omp-nthreads',
+        type=_positive_int,
+        default=None,
         help='threads per process (torch, ITK); default: min(nprocs - 1, 8), at least 1',
-    )  # fmt: skip
+    )
     perf.add_argument(
-        '--mem', '--mem-mb', '--mem_mb', type=parse_memory_gb, dest='mem_gb', metavar='SIZE',
+        '--mem',
+        '--mem-mb',
+        '--mem_mb',
+        type=parse_memory_gb,
+        dest='mem_gb',
+        metavar='SIZE',
         help='memory limit for scheduling, e.g. 16G or 16000M (a bare number is MB)',
-    )  # fmt: skip
+    )
     perf.add_argument(
-        '--use-plugin', type=_existing_file, metavar='FILE',
+        '--use-plugin',
+        type=_existing_file,
+        metavar='FILE',
         help='YAML {plugin: MultiProc|Linear|SLURM|SGE|PBS|…, plugin_args: {…}}',
-    )  # fmt: skip
+    )
     perf.add_argument(
-        '--device', type=_device, default='auto',
+        '--device',
+        type=_device,
+        default='auto',
         help='torch device for model nodes: auto, cpu, cuda or cuda:N',
-    )  # fmt: skip
+    )
 
     mr = parser.add_argument_group('MR preprocessing (mr-preproc)')
     mr.add_argument(
-        '--skull-strip', choices=SKULL_STRIP_METHODS, default='hdbet',
+        '--skull-strip',
+        choices=SKULL_STRIP_METHODS,
+        default='hdbet',
         help='hdbet: HD-BET, 1 network on CPU, 5 networks with mirroring on a GPU; '
         'hdbet-accurate: 5 networks with mirroring anywhere; deepbet: faster on CPU; '
         'none: the input is already skull-stripped',
-    )  # fmt: skip
+    )
     mr.add_argument(
-        '--template', type=_existing_file, metavar='FILE',
+        '--template',
+        type=_existing_file,
+        metavar='FILE',
         help="brain template to register to (default: nilearn's MNI152 ICBM 2009a symmetric "
         '1 mm brain); its file name becomes the space- label',
-    )  # fmt: skip
+    )
 
     from mrctprep.imaging.drr.presets import OUTPUTS, PRESETS
     from mrctprep.imaging.drr.tables import SPECTRA
 
     drr = parser.add_argument_group('DRR (drr)')
     drr.add_argument(
-        '--drr-preset', choices=sorted(PRESETS), default='deepdrr',
+        '--drr-preset',
+        choices=sorted(PRESETS),
+        default='deepdrr',
         help="deepdrr: DeepDRR's default C-arm (SDD 1020 mm, source-isocentre 530 mm, 1536 px "
         'of 0.194 mm, one PA view); gensyn-center: the GENSYN thesis centre view (2500 px of '
         '0.2 mm, isocentre 750 mm below the CT centre); gensyn-angled: its 20 angled views '
         '(SDD = source-isocentre = 2000 mm, 2500 px of 0.18 mm)',
-    )  # fmt: skip
+    )
     views = drr.add_mutually_exclusive_group()
     views.add_argument(
-        '--drr-angles', type=_drr_angles, metavar='"A,B;A,B;..."',
+        '--drr-angles',
+        type=_drr_angles,
+        metavar='"A,B;A,B;..."',
         help='views as (orbital LAO/RAO, angulation CRA/CAU) pairs in degrees about the '
         "isocentre; unset: the preset's views",
-    )  # fmt: skip
+    )
     views.add_argument(
-        '--drr-view-grid', type=_drr_view_grid, metavar='START:STOP:STEP',
+        '--drr-view-grid',
+        type=_drr_view_grid,
+        metavar='START:STOP:STEP',
         help='views at every (orbital, angulation) pair of START..STOP by STEP degrees',
-    )  # fmt: skip
-    drr.add_argument('--drr-kvp', type=int, choices=sorted(SPECTRA),
-                     help="tube voltage of the spectrum; unset: the preset's (90)")  # fmt: skip
+    )
     drr.add_argument(
-        '--drr-output', choices=OUTPUTS,
+        '--drr-kvp',
+        type=int,
+        choices=sorted(SPECTRA),
+        help="tube voltage of the spectrum; unset: the preset's (90)",
+    )
+    drr.add_argument(
+        '--drr-output',
+        choices=OUTPUTS,
         help="neglog: DeepDRR's normalised -log image (the presets' choice); line-integral: "
         'the line integral of attenuation; intensity: energy reaching each pixel (keV per '
         "photon); unset: the preset's",
-    )  # fmt: skip
-    drr.add_argument('--drr-detector', type=_positive_int, metavar='N',
-                     help="detector of N x N pixels; unset: the preset's")  # fmt: skip
-    drr.add_argument('--drr-pixel-size', type=_positive_float, metavar='MM',
-                     help="detector pixel spacing; unset: the preset's")  # fmt: skip
-    drr.add_argument('--drr-sdd', type=_positive_float, metavar='MM',
-                     help="source-to-detector distance; unset: the preset's")  # fmt: skip
-    drr.add_argument('--drr-sid', type=_positive_float, metavar='MM',
-                     help="source-to-isocentre distance; unset: the preset's")  # fmt: skip
+    )
     drr.add_argument(
-        '--drr-noise', type=_positive_int, metavar='PHOTONS',
+        '--drr-detector',
+        type=_positive_int,
+        metavar='N',
+        help="detector of N x N pixels; unset: the preset's",
+    )
+    drr.add_argument(
+        '--drr-pixel-size',
+        type=_positive_float,
+        metavar='MM',
+        help="detector pixel spacing; unset: the preset's",
+    )
+    drr.add_argument(
+        '--drr-sdd',
+        type=_positive_float,
+        metavar='MM',
+        help="source-to-detector distance; unset: the preset's",
+    )
+    drr.add_argument(
+        '--drr-sid',
+        type=_positive_float,
+        metavar='MM',
+        help="source-to-isocentre distance; unset: the preset's",
+    )
+    drr.add_argument(
+        '--drr-noise',
+        type=_positive_int,
+        metavar='PHOTONS',
         help='Poisson noise for PHOTONS photons per pixel; unset: no noise',
-    )  # fmt: skip
+    )
 
     superres = parser.add_argument_group('Super-resolution (superres)')
     superres.add_argument(
-        '--superres-voxel-size', type=_positive_float, default=1.0, metavar='MM',
+        '--superres-voxel-size',
+        type=_positive_float,
+        default=1.0,
+        metavar='MM',
         help='isotropic voxel size of the super-resolved images (default 1.0)',
-    )  # fmt: skip
+    )
     superres.add_argument(
-        '--superres-method', choices=('unires', 'linear'), default='unires',
+        '--superres-method',
+        choices=('unires', 'linear'),
+        default='unires',
         help="unires: UniRes's model (joint total variation, ADMM); linear: co-register and "
         "reslice trilinearly only (UniRes's --linear)",
-    )  # fmt: skip
+    )
     superres.add_argument(
-        '--superres-common-grid', action='store_true',
+        '--superres-common-grid',
+        action='store_true',
         help="UniRes's --common_output: the template's field of view after rigid alignment to "
         'it, sizes 2*2^n or 3*2^n (at most 256), the same grid for every subject',
-    )  # fmt: skip
+    )
     superres.add_argument(
-        '--superres-max-iter', type=_positive_int, metavar='N',
+        '--superres-max-iter',
+        type=_positive_int,
+        metavar='N',
         help='cap on ADMM iterations (default 512; the run usually stops earlier, converged)',
-    )  # fmt: skip
+    )
     superres.add_argument(
-        '--superres-interleaved', action='store_true',
+        '--superres-interleaved',
+        action='store_true',
         help="UniRes's --scale: per-scan correction of interleaved-acquisition intensity "
         'differences between odd and even slices; MR only',
-    )  # fmt: skip
+    )
 
     models = parser.add_argument_group('Models (mr-harmonize; training at the group level)')
     models.add_argument(
-        '--weights', action='append', type=_weights_option, metavar='NAME=FILE',
+        '--weights',
+        action='append',
+        type=_weights_option,
+        metavar='NAME=FILE',
         help=f'weights of model NAME ({", ".join(model_names())}): a .pt with its .json card '
         f'beside it. Default: OUTPUT_DIR/models/NAME/NAME.pt, then ${WEIGHTS_DIR_ENV}/NAME.pt, '
         f'then {user_cache_dir()}/NAME.pt',
-    )  # fmt: skip
+    )
     models.add_argument(
-        '--train', choices=model_names(), metavar='NAME',
+        '--train',
+        choices=model_names(),
+        metavar='NAME',
         help='group level: train model NAME on the participant outputs (iguane: on mr-preproc '
         "outputs, sites from participants.tsv's site column or the sidecars' scanner); writes "
         'OUTPUT_DIR/models/NAME/',
-    )  # fmt: skip
+    )
     models.add_argument(
-        '--steps', type=_positive_int, metavar='N',
+        '--steps',
+        type=_positive_int,
+        metavar='N',
         help='training steps (iguane: each step visits every source site; default 20000 = '
         "IGUANe's 100 epochs x 200 steps)",
-    )  # fmt: skip
+    )
     models.add_argument(
-        '--train-patch-size', type=_positive_int, nargs='+', metavar='N',
+        '--train-patch-size',
+        type=_positive_int,
+        nargs='+',
+        metavar='N',
         help='train on random crops of N (or NX NY NZ) voxels, multiples of 16, instead of '
         'whole volumes: the networks are fully convolutional; 64 makes CPU training practical',
-    )  # fmt: skip
+    )
     models.add_argument(
-        '--checkpoint-every', type=_positive_int, default=200, metavar='N',
+        '--checkpoint-every',
+        type=_positive_int,
+        default=200,
+        metavar='N',
         help='save a checkpoint (in the work directory) every N steps (default 200)',
-    )  # fmt: skip
+    )
     models.add_argument(
-        '--resume', action='store_true',
+        '--resume',
+        action='store_true',
         help='continue the last training from its checkpoint (same -w, data and settings), '
         'exactly as if it had not stopped',
-    )  # fmt: skip
+    )
     models.add_argument(
-        '--reference-site', metavar='SITE',
+        '--reference-site',
+        metavar='SITE',
         help='harmonization target site (default: the site with the most participants)',
-    )  # fmt: skip
+    )
 
     flow = parser.add_argument_group('Workflow')
     flow.add_argument(
-        '--pipelines', nargs='+', choices=sorted(PIPELINES), default=DEFAULT_PIPELINES,
-        metavar='NAME', help=f'pipelines to run ({", ".join(sorted(PIPELINES))}); '
-        'see --list-pipelines',
-    )  # fmt: skip
+        '--pipelines',
+        nargs='+',
+        choices=sorted(PIPELINES),
+        default=DEFAULT_PIPELINES,
+        metavar='NAME',
+        help=f'pipelines to run ({", ".join(sorted(PIPELINES))}); see --list-pipelines',
+    )
     flow.add_argument(
-        '-w', '--work-dir', type=Path, default=Path('work'),
+        '-w',
+        '--work-dir',
+        type=Path,
+        default=Path('work'),
         help='cache of intermediate results; rerun with the same one to resume',
-    )  # fmt: skip
+    )
     flow.add_argument('--write-graph', action='store_true', help='draw the workflow (.dot/.svg)')
     flow.add_argument(
         '--dry-run', action='store_true', help='build and draw the workflow, run nothing'
     )
     flow.add_argument(
-        '--stop-on-first-crash', action='store_true',
+        '--stop-on-first-crash',
+        action='store_true',
         help='stop at the first failing node (default: finish the rest, report every failure)',
-    )  # fmt: skip
+    )
     flow.add_argument(
-        '--boilerplate-only', '--boilerplate_only', action='store_true',
+        '--boilerplate-only',
+        '--boilerplate_only',
+        action='store_true',
         help='write the methods text (logs/CITATION.md) and exit',
-    )  # fmt: skip
+    )
     flow.add_argument('--random-seed', type=int, default=0, help='seed for every random step')
     flow.add_argument('--notrack', action='store_true', help='accepted; mrctprep sends nothing')
 
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument(
-        '-v', '--verbose', action='count', default=0,
+        '-v',
+        '--verbose',
+        action='count',
+        default=0,
         help='more output (-vv: debug); errors then show their traceback',
-    )  # fmt: skip
+    )
     verbosity.add_argument('-q', '--quiet', action='count', default=0, help='less output')
     return parser
 
@@ -353,14 +455,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
     if opts.train and opts.analysis_level != 'group':
-        parser.error('--train runs at the group level: mrctprep BIDS_DIR OUTPUT_DIR group --train '
-                     f'{opts.train}')  # fmt: skip
+        parser.error(
+            '--train runs at the group level: mrctprep BIDS_DIR OUTPUT_DIR group --train '
+            f'{opts.train}'
+        )
     if (opts.resume or opts.steps or opts.train_patch_size) and not opts.train:
         parser.error('--resume, --steps and --train-patch-size go with --train NAME')
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
-        parser.error(f'--train-patch-size {" ".join(map(str, patch))}: one or three sizes, '
-                     f'each a multiple of {SIZE_MULTIPLE}')  # fmt: skip
+        parser.error(
+            f'--train-patch-size {" ".join(map(str, patch))}: one or three sizes, '
+            f'each a multiple of {SIZE_MULTIPLE}'
+        )
 
 
 def _check_drr_views(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:

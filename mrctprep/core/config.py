@@ -1,7 +1,11 @@
-"""The settings of one run, built once from the command line and saved as TOML.
+"""The settings of one run: built once from the command line, frozen, saved as TOML.
 
-The config is a plain dataclass with no side effects on import, so that workflow factories,
-tests and child processes can all rebuild it from the TOML file that a run leaves behind.
+A :class:`RunConfig` has one section per concern: where the data are (:class:`InputOptions`),
+how the run executes (:class:`ExecutionOptions`) and one section per pipeline family. Each
+section is filled from the parsed options by name (:meth:`RunConfig.from_options`), so that
+an option reaches the code that uses it without being copied by hand, and each workflow
+factory receives only the sections it reads. Nothing here has side effects on import, so that
+tests and child processes can rebuild a run's settings from the TOML file it leaves behind.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ import dataclasses
 import json
 import tomllib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import tomli_w
 
@@ -26,55 +31,43 @@ def new_run_uuid() -> str:
     return f'{stamp}_{uuid.uuid4()}'
 
 
-@dataclass
-class RunConfig:
-    """Everything that decides what a run does; paths are absolute."""
+@dataclass(frozen=True)
+class InputOptions:
+    """The dataset read, what of it is selected, and where the derivatives go."""
+
+    OPTION_PREFIX: ClassVar[str] = ''
 
     bids_dir: Path
     output_dir: Path
-    analysis_level: str
-    work_dir: Path
-    pipelines: list[str]
-    participant_label: list[str] = field(default_factory=list)
-    session_label: list[str] = field(default_factory=list)
-    bids_filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    analysis_level: str = 'participant'
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    #: ``{query: {entity: value}}``; ``None`` means 'entity absent' (JSON's null).
+    bids_filters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     bids_database_dir: Path | None = None
     skip_bids_validation: bool = False
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How the run executes: pipelines, scheduler, resources, device and what to keep."""
+
+    OPTION_PREFIX: ClassVar[str] = ''
+
+    work_dir: Path
+    pipelines: tuple[str, ...] = ()
     nprocs: int = 1
     omp_nthreads: int = 1
     mem_gb: float | None = None
     plugin: str = 'MultiProc'
-    plugin_args: dict[str, Any] = field(default_factory=dict)
-    device: str = 'auto'
-    skull_strip: str = 'hdbet'
-    template: Path | None = None
-    drr_preset: str = 'deepdrr'
-    drr_angles: list[list[float]] = field(default_factory=list)
-    drr_view_grid: list[float] = field(default_factory=list)
-    drr_kvp: int | None = None
-    drr_output: str | None = None
-    drr_detector: int | None = None
-    drr_pixel_size: float | None = None
-    drr_sdd: float | None = None
-    drr_sid: float | None = None
-    drr_noise: int | None = None
-    weights: dict[str, str] = field(default_factory=dict)
-    train: str | None = None
-    train_steps: int | None = None
-    train_patch_size: list[int] = field(default_factory=list)
-    checkpoint_every: int = 200
-    resume: bool = False
-    reference_site: str | None = None
-    superres_voxel_size: float = 1.0
-    superres_method: str = 'unires'
-    superres_common_grid: bool = False
-    superres_max_iter: int | None = None
-    superres_interleaved: bool = False
+    plugin_args: Mapping[str, Any] = field(default_factory=dict)
+    #: a resolved torch device (``cpu``, ``cuda``, ``cuda:N``), never ``auto``
+    device: str = 'cpu'
+    random_seed: int = 0
     write_graph: bool = False
     dry_run: bool = False
     stop_on_first_crash: bool = False
     boilerplate_only: bool = False
-    random_seed: int = 0
     verbosity: int = 0
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__
@@ -90,29 +83,148 @@ class RunConfig:
         """Per-run scratch (config, pybids index): parallel runs never share it."""
         return self.work_dir / self.run_uuid
 
+
+@dataclass(frozen=True)
+class MROptions:
+    """mr-preproc (and mr-harmonize, which extends it)."""
+
+    OPTION_PREFIX: ClassVar[str] = ''
+
+    skull_strip: str = 'hdbet'
+    #: the brain template registered to; None: nilearn's MNI152 2009a
+    template: Path | None = None
+
+
+@dataclass(frozen=True)
+class DRROptions:
+    """drr: the C-arm preset and what overrides it; None/empty: the preset's value.
+
+    Field names are the keyword arguments of
+    :func:`mrctprep.imaging.drr.presets.resolve_drr_settings`.
+    """
+
+    OPTION_PREFIX: ClassVar[str] = 'drr_'
+
+    preset: str = 'deepdrr'
+    angles: tuple[tuple[float, float], ...] = ()
+    grid: tuple[float, ...] = ()
+    kvp: int | None = None
+    output: str | None = None
+    detector_pixels: int | None = None
+    pixel_size_mm: float | None = None
+    source_to_detector_mm: float | None = None
+    source_to_isocentre_mm: float | None = None
+    noise_photons: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields that were set, as keyword arguments of ``resolve_drr_settings``."""
+        values = dataclasses.asdict(self)
+        return {name: value for name, value in values.items() if value not in (None, ())}
+
+
+@dataclass(frozen=True)
+class SuperresOptions:
+    """superres: the output grid and the model."""
+
+    OPTION_PREFIX: ClassVar[str] = 'superres_'
+
+    voxel_size: float = 1.0
+    method: str = 'unires'
+    common_grid: bool = False
+    #: None: the solver's own cap
+    max_iter: int | None = None
+    interleaved: bool = False
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Learned models: which weights to use, and group-level training."""
+
+    OPTION_PREFIX: ClassVar[str] = ''
+
+    #: model name -> weights file named by the user
+    weights: Mapping[str, str] = field(default_factory=dict)
+    train: str | None = None
+    steps: int | None = None
+    train_patch_size: tuple[int, ...] = ()
+    checkpoint_every: int = 200
+    resume: bool = False
+    reference_site: str | None = None
+
+
+Section = TypeVar('Section')
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a run does; paths are absolute."""
+
+    inputs: InputOptions
+    execution: ExecutionOptions
+    mr: MROptions = field(default_factory=MROptions)
+    drr: DRROptions = field(default_factory=DRROptions)
+    superres: SuperresOptions = field(default_factory=SuperresOptions)
+    models: ModelOptions = field(default_factory=ModelOptions)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RunConfig:
+        """Each section from the options named ``<its prefix><field>``; absent ones default."""
+        sections = {
+            section.name: _section_from_options(section.type, options)
+            for section in dataclasses.fields(cls)
+        }
+        return cls(**sections)
+
     def subject_log_dir(self, subject: str) -> Path:
-        return self.output_dir / f'sub-{subject}' / 'log' / self.run_uuid
+        """Where a subject's crash files and settings of this run go (NiPreps layout)."""
+        return self.inputs.output_dir / f'sub-{subject}' / 'log' / self.execution.run_uuid
 
     def to_toml(self) -> str:
-        """TOML text: paths as strings, unset values left out (TOML has no null).
-
-        BIDS filters use JSON's ``null`` for 'entity absent', so they are kept as JSON text.
-        """
-        values = {}
-        for key, value in dataclasses.asdict(self).items():
-            if value is None:
-                continue
-            values[key] = str(value) if isinstance(value, Path) else value
-        values['bids_filters'] = json.dumps(self.bids_filters, sort_keys=True)
-        return tomli_w.dumps(values)
+        """TOML text, one table per section: paths as strings, unset values left out (TOML
+        has no null). BIDS filters use JSON's ``null`` for 'entity absent', so they are kept
+        as JSON text."""
+        tables = {}
+        for section in dataclasses.fields(self):
+            values = dataclasses.asdict(getattr(self, section.name))
+            tables[section.name] = {
+                key: str(value) if isinstance(value, Path) else value
+                for key, value in values.items()
+                if value is not None
+            }
+        tables['inputs']['bids_filters'] = json.dumps(self.inputs.bids_filters, sort_keys=True)
+        return tomli_w.dumps(tables)
 
     @classmethod
     def from_toml(cls, text: str) -> RunConfig:
-        values = tomllib.loads(text)
-        for key in _PATH_FIELDS & values.keys():
-            values[key] = Path(values[key])
-        values['bids_filters'] = json.loads(values.get('bids_filters', '{}'))
-        return cls(**values)
+        tables = tomllib.loads(text)
+        tables['inputs']['bids_filters'] = json.loads(tables['inputs'].get('bids_filters', '{}'))
+        return cls(
+            **{
+                section.name: _section_from_options(section.type, tables.get(section.name, {}), '')
+                for section in dataclasses.fields(cls)
+            }
+        )
 
 
-_PATH_FIELDS = {'bids_dir', 'output_dir', 'work_dir', 'bids_database_dir', 'template'}
+def _section_from_options(
+    section: Any, options: Mapping[str, Any], prefix: str | None = None
+) -> Any:
+    """``section(**values)`` for the options it has fields for; lists become tuples and paths
+    are restored, so that a section is the same whether built from argparse or from TOML."""
+    if isinstance(section, str):  # a postponed annotation (``from __future__ import annotations``)
+        section = globals()[section]
+    prefix = section.OPTION_PREFIX if prefix is None else prefix
+    values = {}
+    for item in dataclasses.fields(section):
+        key = prefix + item.name
+        if key in options and options[key] is not None:
+            values[item.name] = _restore(item.type, options[key])
+    return section(**values)
+
+
+def _restore(annotation: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_restore('', item) for item in value)
+    if 'Path' in annotation and isinstance(value, str):
+        return Path(value)
+    return value

@@ -15,16 +15,41 @@ from mrctprep import __version__
 
 #: BIDS entity order (spec appendix "Entity table"), with NiPreps' BEP014 ``from/to/mode``.
 ENTITY_ORDER = (
-    'sub', 'ses', 'task', 'acq', 'ce', 'rec', 'dir', 'run', 'echo', 'part', 'from', 'to',
-    'mode', 'hemi', 'space', 'seg', 'res', 'den', 'label', 'desc',
-)  # fmt: skip
+    'sub',
+    'ses',
+    'task',
+    'acq',
+    'ce',
+    'rec',
+    'dir',
+    'run',
+    'echo',
+    'part',
+    'from',
+    'to',
+    'mode',
+    'hemi',
+    'space',
+    'seg',
+    'res',
+    'den',
+    'label',
+    'desc',
+)
 
 #: pybids' long entity names, so that entities parsed from a source file can be passed on.
 _SHORT_NAMES = {
-    'subject': 'sub', 'session': 'ses', 'acquisition': 'acq', 'ceagent': 'ce',
-    'reconstruction': 'rec', 'direction': 'dir', 'resolution': 'res', 'density': 'den',
-    'description': 'desc', 'segmentation': 'seg',
-}  # fmt: skip
+    'subject': 'sub',
+    'session': 'ses',
+    'acquisition': 'acq',
+    'ceagent': 'ce',
+    'reconstruction': 'rec',
+    'direction': 'dir',
+    'resolution': 'res',
+    'density': 'den',
+    'description': 'desc',
+    'segmentation': 'seg',
+}
 
 #: Every ``desc-`` label the suite writes, with the text that goes into descriptions.tsv.
 DESCRIPTIONS = {
@@ -55,10 +80,16 @@ DESCRIPTIONS = {
 
 #: Rewritten each run (as fMRIPrep does): outputs that the BIDS schema does not cover yet.
 BIDSIGNORE = [
-    '*_ct.*', '*_drr.*', '*_uncertainty.*', '*_qc.json', '*_xfm.*', 'figures/', 'logs/',
+    '*_ct.*',
+    '*_drr.*',
+    '*_uncertainty.*',
+    '*_qc.json',
+    '*_xfm.*',
+    'figures/',
+    'logs/',
     'models/',
     '*.html',
-]  # fmt: skip
+]
 
 SOFTWARE = ('nipype', 'pybids', 'nibabel', 'numpy', 'SimpleITK', 'torch')
 

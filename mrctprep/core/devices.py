@@ -6,9 +6,9 @@ import logging
 import os
 import re
 
-from mrctprep.core.errors import ResourceError
+from mrctprep.core.errors import DeviceUnavailableError
 
-LOGGER = logging.getLogger('mrctprep.models')
+LOGGER = logging.getLogger(__name__)
 
 DEVICE_PATTERN = re.compile(r'auto|cpu|cuda(:\d+)?')
 
@@ -16,8 +16,8 @@ DEVICE_PATTERN = re.compile(r'auto|cpu|cuda(:\d+)?')
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` when a usable GPU is visible, else ``cpu`` with a warning.
 
-    An explicit ``cuda``/``cuda:N`` that cannot be used is an error (exit 126), not a
-    silent fallback: a user who asked for a GPU wants to know it is not there.
+    An explicit ``cuda``/``cuda:N`` that cannot be used is an error, not a silent fallback:
+    a user who asked for a GPU wants to know it is not there.
     """
     if requested == 'cpu':
         return 'cpu'
@@ -30,23 +30,22 @@ def resolve_device(requested: str) -> str:
     if requested == 'auto':
         if available:
             return 'cuda'
-        LOGGER.warning('--device auto: no usable CUDA GPU found; models run on the CPU')
+        LOGGER.warning('device auto: no usable CUDA GPU found; models run on the CPU')
         return 'cpu'
     if not available:
-        raise ResourceError(
-            f'--device {requested}: torch {torch.__version__} sees no usable CUDA GPU '
-            '(check CUDA_VISIBLE_DEVICES, `--nv` for Singularity, `--gpus all` for Docker)'
+        raise DeviceUnavailableError(
+            requested, f'torch {torch.__version__} sees no usable CUDA GPU'
         )
     index = int(requested.partition(':')[2] or 0)
     if index >= torch.cuda.device_count():
-        raise ResourceError(
-            f'--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible'
+        raise DeviceUnavailableError(
+            requested, f'only {torch.cuda.device_count()} CUDA device(s) visible'
         )
     return requested
 
 
 def set_torch_threads(threads: int) -> None:
-    """Cap torch's CPU threads at ``--omp-nthreads``, not the machine's CPU count."""
+    """Cap torch's CPU threads at the run's threads per process, not the machine's CPUs."""
     import torch
 
     if torch.get_num_threads() != threads:

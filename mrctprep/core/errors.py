@@ -1,43 +1,82 @@
-"""Errors that end a run with a one-line message and a documented exit code.
+"""The errors that mrctprep raises for problems a user can fix.
 
-Exit codes follow the NiPreps convention (see README, "Exit codes").
+Each error states what went wrong in one line and carries the facts as attributes. It names no
+command-line option: the command line (:mod:`mrctprep.cli.errors`) chooses the exit code and
+adds the option that fixes it, so the library reads the same from Python, a notebook or a CLI.
 """
 
-import os
+from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_NODE_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_BUILDABLE = os.EX_SOFTWARE  # 70
-EXIT_RESOURCE = 126
-EXIT_MISSING_BINARY = 127
+from collections.abc import Sequence
+from pathlib import Path
 
 
 class MrctprepError(Exception):
     """A problem the user can fix; shown as one line, without a traceback unless ``-v``."""
 
-    exit_code = EXIT_USAGE
-
 
 class InputError(MrctprepError):
     """The BIDS input, labels, filters or output locations are unusable."""
-
-    exit_code = EXIT_USAGE
 
 
 class WorkflowBuildError(MrctprepError):
     """The workflow could not be built from the selected pipelines and inputs."""
 
-    exit_code = EXIT_NOT_BUILDABLE
-
 
 class ResourceError(MrctprepError):
     """A required resource (model weights, template, device) is missing or unusable."""
 
-    exit_code = EXIT_RESOURCE
+
+class DeviceUnavailableError(ResourceError):
+    """A torch device that was asked for by name cannot be used."""
+
+    def __init__(self, requested: str, reason: str):
+        self.requested, self.reason = requested, reason
+        super().__init__(f'device {requested}: {reason}')
 
 
-def first_few(items: list[str], shown: int = 3) -> str:
+class WeightsNotFoundError(ResourceError):
+    """No weights file for a model: not at the path given, nor anywhere on the search path."""
+
+    def __init__(self, model: str, searched: Sequence[Path], given: Path | None = None):
+        self.model, self.searched, self.given = model, list(searched), given
+        if given is not None:
+            message = f'no weights file {given} for model {model!r}'
+        else:
+            places = ', '.join(str(path) for path in self.searched)
+            message = f'no weights for model {model!r} (looked for {places})'
+        super().__init__(message)
+
+
+class CheckpointError(InputError):
+    """A training checkpoint to resume from is missing or belongs to another training."""
+
+    def __init__(self, checkpoint: Path, reason: str):
+        self.checkpoint, self.reason = checkpoint, reason
+        super().__init__(f'{checkpoint}: {reason}')
+
+
+class NoModelInputsError(InputError):
+    """Group-level training found none of the participant outputs it trains on."""
+
+    def __init__(self, model: str, output_dir: Path, pattern: str):
+        self.model, self.output_dir, self.pattern = model, output_dir, pattern
+        super().__init__(f'{model}: no model inputs ({pattern}) in {output_dir}')
+
+
+class ImplausibleBrainMaskError(MrctprepError, ValueError):
+    """A brain extraction returned a mask whose volume no human brain has."""
+
+    def __init__(self, method: str, volume_ml: float, plausible_ml: tuple[float, float]):
+        self.method, self.volume_ml, self.plausible_ml = method, volume_ml, plausible_ml
+        low, high = plausible_ml
+        super().__init__(
+            f'the {method} brain mask is {volume_ml:.0f} ml, not a plausible human brain '
+            f'({low:g}-{high:g} ml)'
+        )
+
+
+def first_few(items: Sequence[str], shown: int = 3) -> str:
     """Items for a one-line message: ``a, b, c (and 4 more)``.
 
     >>> first_few(['a', 'b', 'c', 'd', 'e'])

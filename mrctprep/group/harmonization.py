@@ -40,8 +40,15 @@ from mrctprep.imaging.regions import REGIONS, regional_means
 LOGGER = logging.getLogger('mrctprep')
 
 TABLE_COLUMNS = (
-    'participant_id', 'session_id', 'image', 'site', 'region', 'raw', 'combat', 'iguane',
-)  # fmt: skip
+    'participant_id',
+    'session_id',
+    'image',
+    'site',
+    'region',
+    'raw',
+    'combat',
+    'iguane',
+)
 METHODS = ('raw', 'combat', 'iguane')
 SUMMARY_COLUMNS = ('method', 'images', 'sites', 'site_effect')
 
@@ -104,9 +111,11 @@ def write_harmonization_tables(
     text = summary.to_csv(sep='\t', index=False, na_rep='n/a', float_format='%.4f')
     paths.append(write_text_atomically(out / 'group_harmonization_summary.tsv', text))
     effects = ', '.join(
-        f'{row.method} {row.site_effect:.3f}' if math.isfinite(row.site_effect) else
-        f'{row.method} n/a' for row in summary.itertuples()
-    )  # fmt: skip
+        f'{row.method} {row.site_effect:.3f}'
+        if math.isfinite(row.site_effect)
+        else f'{row.method} n/a'
+        for row in summary.itertuples()
+    )
     LOGGER.info('Site effect (mean share of variance explained by site; 0 = none): %s', effects)
     LOGGER.info('%s: %d image(s) x %d regions', paths[0], len(images), len(REGIONS))
     return paths
@@ -121,16 +130,18 @@ def regional_table(
         raw = regional_means(nb.load(image.norm))
         iguane = regional_means(nb.load(image.harmonized)) if image.harmonized else {}
         for region in REGIONS:
-            rows.append({
-                'participant_id': f'sub-{image.subject}',
-                'session_id': f'ses-{image.session}' if image.session else 'n/a',
-                'image': image.norm.relative_to(output_dir).as_posix(),
-                'site': sites[image.subject].site,
-                'region': region,
-                'raw': raw[region],
-                'combat': math.nan,
-                'iguane': iguane.get(region, math.nan),
-            })  # fmt: skip
+            rows.append(
+                {
+                    'participant_id': f'sub-{image.subject}',
+                    'session_id': f'ses-{image.session}' if image.session else 'n/a',
+                    'image': image.norm.relative_to(output_dir).as_posix(),
+                    'site': sites[image.subject].site,
+                    'region': region,
+                    'raw': raw[region],
+                    'combat': math.nan,
+                    'iguane': iguane.get(region, math.nan),
+                }
+            )
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
@@ -146,13 +157,18 @@ def combat_harmonize(
     not_run = pd.Series(math.nan, index=table.index)
     participants = table.groupby('site')['participant_id'].nunique()
     if len(participants) < 2:
-        LOGGER.info('ComBat not run: it needs at least 2 sites, the participants were '
-                    'scanned at %s only', first_few(list(participants.index)))  # fmt: skip
+        LOGGER.info(
+            'ComBat not run: it needs at least 2 sites, the participants were scanned at %s only',
+            first_few(list(participants.index)),
+        )
         return not_run
     small = participants[participants < 2]
     if len(small):
-        LOGGER.info('ComBat not run: it needs at least 2 participants per site to estimate a '
-                    'site effect; only 1 at %s', first_few(list(small.index)))  # fmt: skip
+        LOGGER.info(
+            'ComBat not run: it needs at least 2 participants per site to estimate a '
+            'site effect; only 1 at %s',
+            first_few(list(small.index)),
+        )
         return not_run
     if reference_site is not None and reference_site not in participants.index:
         raise InputError(
@@ -163,8 +179,11 @@ def combat_harmonize(
     wide = table.pivot(index='image', columns='region', values='raw')
     incomplete = wide.columns[wide.isna().any()]
     if len(incomplete):
-        LOGGER.info('ComBat leaves out %d region(s) missing from some image: %s',
-                    len(incomplete), first_few(list(incomplete)))  # fmt: skip
+        LOGGER.info(
+            'ComBat leaves out %d region(s) missing from some image: %s',
+            len(incomplete),
+            first_few(list(incomplete)),
+        )
         wide = wide.drop(columns=incomplete)
     if wide.empty:
         LOGGER.info('ComBat not run: no region has a value in every image')
@@ -211,12 +230,14 @@ def summarize_site_effects(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method in METHODS:
         values = table.dropna(subset=[method])
-        rows.append({
-            'method': method,
-            'images': values['image'].nunique(),
-            'sites': values['site'].nunique(),
-            'site_effect': site_effect(values, method),
-        })  # fmt: skip
+        rows.append(
+            {
+                'method': method,
+                'images': values['image'].nunique(),
+                'sites': values['site'].nunique(),
+                'site_effect': site_effect(values, method),
+            }
+        )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 

@@ -65,16 +65,22 @@ def choose_reference_site(sites: Mapping[str, str], requested: str | None) -> st
                 f'reference site {requested!r} not found; the participants were scanned at: '
                 f'{", ".join(sorted(counts))}'
             )
-        LOGGER.info('Reference site: %s (as requested; %d participant(s))', requested,
-                    counts[requested])  # fmt: skip
+        LOGGER.info(
+            'Reference site: %s (as requested; %d participant(s))', requested, counts[requested]
+        )
         return requested
     if not counts:
         raise InputError('no participants to choose a reference site from')
     reference = min(counts, key=lambda site: (-counts[site], site))
     tied = sorted(site for site, n in counts.items() if n == counts[reference])
     why = f'tied with {", ".join(tied[1:])}, first alphabetically' if len(tied) > 1 else 'most'
-    LOGGER.info('Reference site: %s (%d of %d participants; %s)', reference, counts[reference],
-                sum(counts.values()), why)  # fmt: skip
+    LOGGER.info(
+        'Reference site: %s (%d of %d participants; %s)',
+        reference,
+        counts[reference],
+        sum(counts.values()),
+        why,
+    )
     return reference
 
 

@@ -19,9 +19,14 @@ from mrctprep.core.errors import InputError
 LOGGER = logging.getLogger('mrctprep')
 
 GROUP_COLUMNS = (
-    'participant_id', 'session_id', 'desc', 'source', 'original_orientation', 'original_shape',
+    'participant_id',
+    'session_id',
+    'desc',
+    'source',
+    'original_orientation',
+    'original_shape',
     'voxel_size_mm',
-)  # fmt: skip
+)
 
 
 def write_group_tables(config: RunConfig) -> list[Path]:
@@ -40,15 +45,17 @@ def write_group_tables(config: RunConfig) -> list[Path]:
         if 'OriginalOrientation' not in metadata or not image_file.is_file():
             continue
         image = nb.load(image_file)
-        rows[entities['suffix']].append({
-            'participant_id': f'sub-{entities["subject"]}',
-            'session_id': f'ses-{entities["session"]}' if 'session' in entities else 'n/a',
-            'desc': entities.get('desc', 'n/a'),
-            'source': ' '.join(metadata['Sources']),
-            'original_orientation': metadata['OriginalOrientation'],
-            'original_shape': 'x'.join(map(str, metadata['OriginalShape'])),
-            'voxel_size_mm': 'x'.join(f'{z:.3g}' for z in image.header.get_zooms()[:3]),
-        })  # fmt: skip
+        rows[entities['suffix']].append(
+            {
+                'participant_id': f'sub-{entities["subject"]}',
+                'session_id': f'ses-{entities["session"]}' if 'session' in entities else 'n/a',
+                'desc': entities.get('desc', 'n/a'),
+                'source': ' '.join(metadata['Sources']),
+                'original_orientation': metadata['OriginalOrientation'],
+                'original_shape': 'x'.join(map(str, metadata['OriginalShape'])),
+                'voxel_size_mm': 'x'.join(f'{z:.3g}' for z in image.header.get_zooms()[:3]),
+            }
+        )
     if not rows:
         raise InputError(
             f'no participant-level outputs in {config.output_dir}: run the participant level first'

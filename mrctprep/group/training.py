@@ -51,7 +51,7 @@ def train_harmonizer(
     counts = Counter(image.site for image in images)
     if len(counts) < 2:
         raise InputError(
-            f'--train {config.train}: harmonization needs images from two sites or more; found '
+            f'{config.train}: harmonization needs images from two sites or more; found '
             f'{", ".join(f"{site} ({n})" for site, n in counts.items())}'
         )
     reference = [image for image in images if image.site == reference_site]
@@ -67,20 +67,27 @@ def train_harmonizer(
     )
     LOGGER.info(
         'training iguane: reference site %s (%d images), source sites %s; %d steps on %s, %s',
-        reference_site, len(reference), ', '.join(f'{s} ({len(v)})' for s, v in sources.items()),
-        settings.steps, settings.device,
+        reference_site,
+        len(reference),
+        ', '.join(f'{s} ({len(v)})' for s, v in sources.items()),
+        settings.steps,
+        settings.device,
         f'patches {settings.patch_size}' if patch else 'whole volumes',
-    )  # fmt: skip
+    )
     set_torch_threads(config.omp_nthreads)
     seed_everything(config.random_seed)
     task = IguaneTraining(reference, sources, settings)
-    fingerprint = hashlib.sha256(json.dumps({
-        'images': [[str(i.path), i.site, i.age] for i in images],
-        'reference_site': reference_site,
-        'patch_size': settings.patch_size,
-        'seed': settings.seed,
-        'steps': settings.steps,
-    }).encode()).hexdigest()  # fmt: skip
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                'images': [[str(i.path), i.site, i.age] for i in images],
+                'reference_site': reference_site,
+                'patch_size': settings.patch_size,
+                'seed': settings.seed,
+                'steps': settings.steps,
+            }
+        ).encode()
+    ).hexdigest()
     history = run_training(
         task,
         TrainingSettings(
@@ -93,8 +100,11 @@ def train_harmonizer(
         ),
     )
     weights_file = trained_weights_file(config.output_dir, 'iguane')
-    write_training_log(history, weights_file.with_name('training_log.tsv'),
-                       weights_file.with_name('training_loss.png'))  # fmt: skip
+    write_training_log(
+        history,
+        weights_file.with_name('training_log.tsv'),
+        weights_file.with_name('training_loss.png'),
+    )
     weights = save_weights(
         {key: value.cpu() for key, value in task.generator.state_dict().items()},
         weights_file,
@@ -103,8 +113,9 @@ def train_harmonizer(
             'trained': {
                 'Dataset': str(config.bids_dir),
                 'ReferenceSite': reference_site,
-                'Sites': {site: len(v) for site, v in [(reference_site, reference),
-                                                       *sources.items()]},
+                'Sites': {
+                    site: len(v) for site, v in [(reference_site, reference), *sources.items()]
+                },
                 'Steps': settings.steps,
                 'PatchSize': list(settings.patch_size) if settings.patch_size else 'whole volume',
                 'RandomSeed': settings.seed,
@@ -114,8 +125,13 @@ def train_harmonizer(
                 'Date': datetime.now(UTC).isoformat(timespec='seconds'),
             }
         },
-    )  # fmt: skip
-    LOGGER.info('iguane weights written to %s (SHA-256 %s); harmonize with: mrctprep %s %s '
-                'participant --pipelines mr-harmonize', weights.path, weights.sha256[:12],
-                config.bids_dir, config.output_dir)  # fmt: skip
+    )
+    LOGGER.info(
+        'iguane weights written to %s (SHA-256 %s); harmonize with: mrctprep %s %s '
+        'participant --pipelines mr-harmonize',
+        weights.path,
+        weights.sha256[:12],
+        config.bids_dir,
+        config.output_dir,
+    )
     return weights

@@ -37,10 +37,19 @@ DICOM_SUFFIXES = ('.dcm', '.dicom', '.ima')
 #: DICOM attributes copied into the BIDS sidecar: the acquisition facts that CT
 #: harmonization needs. Nothing that identifies the patient is among them.
 ACQUISITION_KEYS = (
-    'Manufacturer', 'ManufacturerModelName', 'ConvolutionKernel', 'KVP', 'XRayTubeCurrent',
-    'ExposureTime', 'Exposure', 'CTDIvol', 'SliceThickness', 'SpacingBetweenSlices',
-    'ReconstructionDiameter', 'ContrastBolusAgent',
-)  # fmt: skip
+    'Manufacturer',
+    'ManufacturerModelName',
+    'ConvolutionKernel',
+    'KVP',
+    'XRayTubeCurrent',
+    'ExposureTime',
+    'Exposure',
+    'CTDIvol',
+    'SliceThickness',
+    'SpacingBetweenSlices',
+    'ReconstructionDiameter',
+    'ContrastBolusAgent',
+)
 
 _NATIVE_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 #: Slices whose steps differ by less than this fraction of the step are evenly spaced.
@@ -322,8 +331,9 @@ def convert_series(
             # Interpolating padding into the body's edge would make values that are neither.
             stack[padding] = PADDING_FILL_HU
             conversion['PaddingReplacedBeforeResampling'] = {
-                'PixelPaddingValue': padding_range[0], 'ReplacedWith': PADDING_FILL_HU,
-            }  # fmt: skip
+                'PixelPaddingValue': padding_range[0],
+                'ReplacedWith': PADDING_FILL_HU,
+            }
         elif padding.any():
             padding_value = padding_range[0]
 
@@ -333,9 +343,13 @@ def convert_series(
         conversion['Interpolation'] = 'linear'
         conversion['ResampledSliceSpacing'] = round(spacing.spacing, 6)
         stack, grid_offset = resample_to_orthogonal_grid(
-            stack, distances, in_plane, (row_spacing, col_spacing), spacing.spacing,
+            stack,
+            distances,
+            in_plane,
+            (row_spacing, col_spacing),
+            spacing.spacing,
             fill=PADDING_FILL_HU,
-        )  # fmt: skip
+        )
         slice_spacing = spacing.spacing
     else:
         grid_offset = (0.0, 0.0)

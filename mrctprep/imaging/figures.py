@@ -44,8 +44,15 @@ def _planes(img: nb.Nifti1Image, centre: tuple[int, int, int]) -> list[_Plane]:
 
 def _draw_plane(axis, data: np.ndarray, plane: _Plane, low: float, high: float, title: str):
     """The plane in grey, neurological display (left of the image = patient's left)."""
-    axis.imshow(data[plane.cut].T, cmap='gray', vmin=low, vmax=high, origin='lower',
-                extent=plane.extent_mm, interpolation='nearest')  # fmt: skip
+    axis.imshow(
+        data[plane.cut].T,
+        cmap='gray',
+        vmin=low,
+        vmax=high,
+        origin='lower',
+        extent=plane.extent_mm,
+        interpolation='nearest',
+    )
     axis.set_title(title, color='white', fontsize=9)
     axis.axis('off')
 
@@ -53,8 +60,7 @@ def _draw_plane(axis, data: np.ndarray, plane: _Plane, low: float, high: float, 
 def _label_sides(axis, plane: _Plane) -> None:
     left, right = plane.sides
     axis.text(0.02, 0.5, left, color='yellow', transform=axis.transAxes, va='center')
-    axis.text(0.98, 0.5, right, color='yellow', transform=axis.transAxes, va='center',
-              ha='right')  # fmt: skip
+    axis.text(0.98, 0.5, right, color='yellow', transform=axis.transAxes, va='center', ha='right')
 
 
 def _save_figure(figure, title: str, out_file: str | Path) -> Path:
@@ -151,8 +157,14 @@ def plot_ct_windows(
     )
     for row, (window_name, (level, width)) in zip(axes, windows.items(), strict=True):
         for axis, plane in zip(row, planes, strict=True):
-            _draw_plane(axis, data, plane, level - width / 2, level + width / 2,
-                        f'{plane.name}, {window_name} {level:g}/{width:g}')  # fmt: skip
+            _draw_plane(
+                axis,
+                data,
+                plane,
+                level - width / 2,
+                level + width / 2,
+                f'{plane.name}, {window_name} {level:g}/{width:g}',
+            )
     return _save_figure(figure, title, out_file)
 
 
@@ -185,8 +197,14 @@ def plot_contour_overlay(
         _draw_plane(axis, data, plane, low, high, plane.name)
         outline_plane = outline[plane.cut].T
         if outline_plane.min() < level < outline_plane.max():
-            axis.contour(outline_plane, levels=[level], colors=colour, linewidths=0.8,
-                         origin='lower', extent=plane.extent_mm)  # fmt: skip
+            axis.contour(
+                outline_plane,
+                levels=[level],
+                colors=colour,
+                linewidths=0.8,
+                origin='lower',
+                extent=plane.extent_mm,
+            )
         _label_sides(axis, plane)
     return _save_figure(figure, title, out_file)
 
@@ -212,15 +230,19 @@ def plot_contact_sheet(
     columns = int(np.ceil(np.sqrt(len(images))))
     rows = int(np.ceil(len(images) / columns))
     figure, axes = plt.subplots(
-        rows, columns, figsize=(2.6 * columns, 2.8 * rows + 0.4), facecolor='black',
+        rows,
+        columns,
+        figsize=(2.6 * columns, 2.8 * rows + 0.4),
+        facecolor='black',
         squeeze=False,
-    )  # fmt: skip
+    )
     for axis in axes.flat:
         axis.axis('off')
     for axis, image, label in zip(axes.flat, images, labels, strict=False):
         low, high = np.percentile(image, [1, 99])
-        axis.imshow(image, cmap='gray', vmin=low, vmax=max(high, low + 1e-6),
-                    interpolation='nearest')  # fmt: skip
+        axis.imshow(
+            image, cmap='gray', vmin=low, vmax=max(high, low + 1e-6), interpolation='nearest'
+        )
         axis.set_title(label, color='white', fontsize=9)
     figure.suptitle(title, color='white', fontsize=11)
     figure.tight_layout()

@@ -35,8 +35,9 @@ _CORONAL_CUTS_MM = (-45.0, -5.0)
 _AXIAL_CUT_MM = 10.0
 
 #: Region names; region ``REGIONS[k]`` has label ``k + 1`` in the atlas (0: no region).
-REGIONS = tuple('_'.join(parts) for parts in itertools.product(_TISSUES, _HEMISPHERES,
-                                                               _CORONAL, _AXIAL))  # fmt: skip
+REGIONS = tuple(
+    '_'.join(parts) for parts in itertools.product(_TISSUES, _HEMISPHERES, _CORONAL, _AXIAL)
+)
 
 
 def regional_means(img: nb.Nifti1Image) -> dict[str, float]:
@@ -69,8 +70,9 @@ def _region_atlas(shape: tuple[int, ...], affine: tuple[float, ...]) -> np.ndarr
     # Nearest neighbour keeps the labels; on a 1 mm grid offset by whole millimetres from the
     # template's (FSL's MNI grid is) every voxel centre lands exactly on a template voxel.
     to_template = np.linalg.inv(template_affine) @ target_affine
-    labels = ndi.affine_transform(template_labels, to_template, output_shape=shape, order=0,
-                                  mode='constant', cval=0)  # fmt: skip
+    labels = ndi.affine_transform(
+        template_labels, to_template, output_shape=shape, order=0, mode='constant', cval=0
+    )
     labels.flags.writeable = False  # shared by every caller through the cache
     return labels
 
@@ -80,8 +82,11 @@ def _template_atlas() -> tuple[np.ndarray, np.ndarray]:
     """The region labels on nilearn's ICBM 2009a grid, and that grid's affine."""
     t1, affine = _template_map('t1')
     brain = t1 > 0
-    tissue = np.select([brain & (_template_map('gm')[0] >= 0.5),
-                        brain & (_template_map('wm')[0] >= 0.5)], [1, 2], 0)  # fmt: skip
+    tissue = np.select(
+        [brain & (_template_map('gm')[0] >= 0.5), brain & (_template_map('wm')[0] >= 0.5)],
+        [1, 2],
+        0,
+    )
     world = nb.affines.apply_affine(affine, np.moveaxis(np.indices(t1.shape), 0, -1))
     x, y, z = np.moveaxis(world, -1, 0)
     hemisphere = np.select([x < 0, x > 0], [1, 2], 0)

@@ -21,13 +21,14 @@ from nibabel.orientations import aff2axcodes
 from scipy import ndimage
 
 from mrctprep.core.devices import fast_precision, set_torch_threads
+from mrctprep.core.errors import ImplausibleBrainMaskError
 
 #: HD-BET works at 1.5 mm isotropic.
 HDBET_SPACING = (1.5, 1.5, 1.5)
 HDBET_FOLDS = {'hdbet': 1, 'hdbet-accurate': 5}
 SKULL_STRIP_METHODS = ('hdbet', 'hdbet-accurate', 'deepbet', 'none')
 #: A mask outside this volume (ml) is a failed extraction, not a brain (neonates to adults).
-PLAUSIBLE_BRAIN_ML = (300, 2500)
+PLAUSIBLE_BRAIN_ML = (300.0, 2500.0)
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,7 @@ def brain_mask(img: nb.Nifti1Image, settings: SkullStripSettings) -> nb.Nifti1Im
         raise ValueError(f'unknown skull-strip method {settings.method!r}')
     volume_ml = float(mask.sum() * np.prod(img.header.get_zooms()[:3])) / 1000
     if not PLAUSIBLE_BRAIN_ML[0] <= volume_ml <= PLAUSIBLE_BRAIN_ML[1]:
-        hint = (
-            '; if the image is already skull-stripped, use --skull-strip none'
-            if settings.method != 'none'
-            else ''
-        )
-        raise ValueError(
-            f'the {settings.method} brain mask is {volume_ml:.0f} ml, not a plausible human '
-            f'brain ({PLAUSIBLE_BRAIN_ML[0]}-{PLAUSIBLE_BRAIN_ML[1]} ml){hint}'
-        )
+        raise ImplausibleBrainMaskError(settings.method, volume_ml, PLAUSIBLE_BRAIN_ML)
     out = nb.Nifti1Image(mask.astype(np.uint8), img.affine, img.header)
     out.set_data_dtype(np.uint8)
     out.header.set_slope_inter(1, 0)

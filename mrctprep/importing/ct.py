@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import re
@@ -153,13 +152,20 @@ def plan_import(source: Path, source_format: str = 'auto') -> list[PlannedCT]:
     for case in sorted(cases.values(), key=lambda c: c.name):
         chosen = next((f for f in formats if case.images.get(f)), None)
         if chosen is None:
-            LOGGER.info('%s: no %s image; not imported', case.name,
-                        ' or '.join(_FORMAT_NAMES[f] for f in formats))  # fmt: skip
+            LOGGER.info(
+                '%s: no %s image; not imported',
+                case.name,
+                ' or '.join(_FORMAT_NAMES[f] for f in formats),
+            )
             continue
         ignored = [_FORMAT_NAMES[f] for f in FORMATS if f != chosen and case.images.get(f)]
         if ignored:
-            LOGGER.info('%s: using its %s image(s), not the %s copy', case.name,
-                        _FORMAT_NAMES[chosen], ' or '.join(ignored))  # fmt: skip
+            LOGGER.info(
+                '%s: using its %s image(s), not the %s copy',
+                case.name,
+                _FORMAT_NAMES[chosen],
+                ' or '.join(ignored),
+            )
         if chosen == 'dcm':
             images = _dicom_images(case, source, studies)
         elif chosen == 'nrrd':
@@ -266,8 +272,9 @@ def _dicom_images(
     """The case's CT volumes, one per series; unusable series are reported and skipped."""
     files, unreadable = read_headers(case.images['dcm'])
     for skipped in unreadable:
-        LOGGER.warning('%s: skipped %s: %s', case.name, _relative(skipped.path, source),
-                       skipped.reason)  # fmt: skip
+        LOGGER.warning(
+            '%s: skipped %s: %s', case.name, _relative(skipped.path, source), skipped.reason
+        )
     usable, refused = [], []
     for series in group_series(files):
         reason = series.unusable_reason()
@@ -493,4 +500,3 @@ def _relative(path: Path, source: Path) -> str:
         return path.relative_to(source.parent).as_posix()
     except ValueError:
         return str(path)
-

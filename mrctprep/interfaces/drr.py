@@ -23,14 +23,18 @@ from mrctprep.interfaces.base import TorchInputSpec
 class _RenderDRRInputSpec(TorchInputSpec):
     in_file = File(exists=True, mandatory=True, desc='CT in HU (NIfTI)')
     options = traits.Dict(
-        traits.Str, traits.Any, usedefault=True,
+        traits.Str,
+        traits.Any,
+        usedefault=True,
         desc='keyword arguments of resolve_drr_settings: preset, angles, grid, kvp, output, ...',
-    )  # fmt: skip
+    )
     label_map = File(exists=True, desc='label map on the CT grid that sets materials')
     label_materials = traits.Dict(
-        traits.Int, traits.Enum('air', 'soft tissue', 'bone'), usedefault=True,
+        traits.Int,
+        traits.Enum('air', 'soft tissue', 'bone'),
+        usedefault=True,
         desc='label value -> material; unlisted labels keep the HU thresholds',
-    )  # fmt: skip
+    )
     random_seed = traits.Int(0, usedefault=True, desc='seed of the Poisson noise')
 
 
@@ -64,9 +68,13 @@ class RenderDRR(SimpleInterface):
         if isdefined(self.inputs.label_map):
             label_map = np.asanyarray(nb.load(self.inputs.label_map).dataobj)
         views = simulate_drr(
-            ct, settings, device=self.inputs.device, seed=self.inputs.random_seed,
-            label_map=label_map, label_materials=self.inputs.label_materials,
-        )  # fmt: skip
+            ct,
+            settings,
+            device=self.inputs.device,
+            seed=self.inputs.random_seed,
+            label_map=label_map,
+            label_materials=self.inputs.label_materials,
+        )
         outputs = {'out_files': [], 'png_files': [], 'metadata': [], 'labels': []}
         for view in views:
             nifti = os.path.join(runtime.cwd, f'drr_{view.label}.nii')

@@ -14,10 +14,10 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from mrctprep.core.devices import set_torch_threads
 from mrctprep.imaging.intensity import CropBox
 from mrctprep.imaging.registration import RigidTransform, cropped_mni_to_native
 from mrctprep.interfaces.base import TorchInputSpec, save_image
-from mrctprep.core.devices import set_torch_threads
 from mrctprep.models.iguane import harmonize_volume, load_generator
 
 
@@ -26,9 +26,11 @@ class _HarmonizeInputSpec(TorchInputSpec):
     weights_file = File(exists=True, mandatory=True, desc='verified IGUANe generator weights')
     weights_sha256 = traits.Str(mandatory=True, desc='SHA-256 from the weights card')
     tile = traits.Tuple(
-        traits.Int, traits.Int, traits.Int,
+        traits.Int,
+        traits.Int,
+        traits.Int,
         desc='the crop size the weights were trained on: run in such crops (else whole volume)',
-    )  # fmt: skip
+    )
 
 
 class _HarmonizeOutputSpec(TraitedSpec):
@@ -49,10 +51,14 @@ class Harmonize(SimpleInterface):
         )
         img = nb.load(self.inputs.in_file)
         tile = self.inputs.tile if isdefined(self.inputs.tile) else None
-        inference = 'whole volume' if tile is None else (
-            f'crops of {"x".join(map(str, tile))} voxels as in training, overlapping by half, '
-            'Gaussian-blended'
-        )  # fmt: skip
+        inference = (
+            'whole volume'
+            if tile is None
+            else (
+                f'crops of {"x".join(map(str, tile))} voxels as in training, overlapping by half, '
+                'Gaussian-blended'
+            )
+        )
         harmonized = harmonize_volume(
             img.get_fdata(dtype='float32'), generator, self.inputs.device, tile=tile
         )

@@ -167,9 +167,10 @@ class ResampleToMNI(SimpleInterface):
         )
         if self.inputs.interpolation == 'nearest':
             resampled = nb.Nifti1Image(
-                np.asanyarray(resampled.dataobj).astype(np.uint8), resampled.affine,
+                np.asanyarray(resampled.dataobj).astype(np.uint8),
+                resampled.affine,
                 resampled.header,
-            )  # fmt: skip
+            )
             resampled.set_data_dtype(np.uint8)
         self._results['out_file'] = save_image(resampled, runtime, 'resampled.nii')
         return runtime

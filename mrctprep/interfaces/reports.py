@@ -57,8 +57,9 @@ class _BeforeAfterInputSpec(BaseInterfaceInputSpec):
     before_file = File(exists=True, mandatory=True, desc='image shown in the top row')
     after_file = File(exists=True, mandatory=True, desc='image on the same RAS+ grid, below')
     title = traits.Str(mandatory=True, desc='figure title')
-    labels = traits.Tuple(('before', 'after'), traits.Str, traits.Str, usedefault=True,
-                          desc='row labels')  # fmt: skip
+    labels = traits.Tuple(
+        ('before', 'after'), traits.Str, traits.Str, usedefault=True, desc='row labels'
+    )
 
 
 class BeforeAfterRPT(SimpleInterface):
@@ -70,9 +71,12 @@ class BeforeAfterRPT(SimpleInterface):
     def _run_interface(self, runtime):
         out_report = os.path.join(runtime.cwd, 'before_after.svg')
         plot_before_after(
-            nb.load(self.inputs.before_file), nb.load(self.inputs.after_file), out_report,
-            title=self.inputs.title, labels=tuple(self.inputs.labels),
-        )  # fmt: skip
+            nb.load(self.inputs.before_file),
+            nb.load(self.inputs.after_file),
+            out_report,
+            title=self.inputs.title,
+            labels=tuple(self.inputs.labels),
+        )
         self._results['out_report'] = out_report
         return runtime
 
@@ -111,9 +115,12 @@ class ContourOverlayRPT(SimpleInterface):
     def _run_interface(self, runtime):
         out_report = os.path.join(runtime.cwd, 'contour_overlay.svg')
         plot_contour_overlay(
-            nb.load(self.inputs.in_file), nb.load(self.inputs.contour_file), out_report,
-            title=self.inputs.title, level=self.inputs.level,
-        )  # fmt: skip
+            nb.load(self.inputs.in_file),
+            nb.load(self.inputs.contour_file),
+            out_report,
+            title=self.inputs.title,
+            level=self.inputs.level,
+        )
         self._results['out_report'] = out_report
         return runtime
 
@@ -140,8 +147,9 @@ class RegistrationRPT(SimpleInterface):
         identity = RigidTransform(np.eye(4))
         edges = template_edges(resample_to_grid(template, registered, identity))
         out_report = os.path.join(runtime.cwd, 'registration.svg')
-        plot_contour_overlay(registered, edges, out_report, title=self.inputs.title, level=0.6,
-                             colour='lime')  # fmt: skip
+        plot_contour_overlay(
+            registered, edges, out_report, title=self.inputs.title, level=0.6, colour='lime'
+        )
         self._results['out_report'] = out_report
         return runtime
 
@@ -165,8 +173,10 @@ class ContactSheetRPT(SimpleInterface):
     output_spec = _ContactSheetOutputSpec
 
     def _run_interface(self, runtime):
-        images = [np.asanyarray(nb.load(path).dataobj, dtype=np.float32).T
-                  for path in self.inputs.in_files]  # fmt: skip
+        images = [
+            np.asanyarray(nb.load(path).dataobj, dtype=np.float32).T
+            for path in self.inputs.in_files
+        ]
         out_report = os.path.join(runtime.cwd, 'contact_sheet.png')
         plot_contact_sheet(images, list(self.inputs.labels), out_report, title=self.inputs.title)
         self._results['out_report'] = out_report

@@ -29,17 +29,19 @@ LOGGER = logging.getLogger('mrctprep.superres')
 class _SuperResolutionInputSpec(TorchInputSpec):
     in_files = traits.List(File(exists=True), mandatory=True, desc='every scan of the session')
     channels = traits.List(
-        traits.Str, mandatory=True,
+        traits.Str,
+        mandatory=True,
         desc='the channel (BIDS suffix) of each scan; scans of one channel are repeats',
-    )  # fmt: skip
+    )
     voxel_size = traits.Float(1.0, usedefault=True, desc='isotropic output voxel size (mm)')
     method = traits.Enum(*METHODS, usedefault=True, desc='unires (ADMM) or linear (reslice)')
     common_grid = traits.Bool(False, usedefault=True, desc="UniRes's --common_output grid")
     max_iter = traits.Int(SolverSettings.max_iter, usedefault=True, desc='ADMM iterations cap')
     interleaved = traits.Bool(
-        False, usedefault=True,
+        False,
+        usedefault=True,
         desc="UniRes's --scale: fit a per-scan odd/even slice intensity correction (MR only)",
-    )  # fmt: skip
+    )
     random_seed = traits.Int(0, usedefault=True, desc='seed of the registrations')
 
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from mrctprep.imaging.intensity import MEDIAN_TARGET, SIZE_MULTIPLE
 from mrctprep.core.devices import fast_precision
+from mrctprep.imaging.intensity import MEDIAN_TARGET, SIZE_MULTIPLE
 from mrctprep.models.inference import predict_in_tiles, predict_whole_or_tiled
 
 ENCODER_CHANNELS = (16, 32, 64, 128)
@@ -209,8 +209,9 @@ def harmonize_volume(
         if tile is None:
             output = predict_whole_or_tiled(generator, volume, multiple=SIZE_MULTIPLE)
         else:
-            output = predict_in_tiles(generate_brain, volume, tile=tile, overlap=0.5,
-                                      tiles_per_call=CROPS_PER_CALL)  # fmt: skip
+            output = predict_in_tiles(
+                generate_brain, volume, tile=tile, overlap=0.5, tiles_per_call=CROPS_PER_CALL
+            )
     output = output[(0, 0, *(slice(0, n) for n in data.shape))].float().numpy()
     return from_network_space(output, mask)
 

@@ -21,8 +21,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.core.devices import fast_precision
+from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.models.iguane import IguaneDiscriminator, IguaneGenerator, to_network_space
 
 LOGGER = logging.getLogger('mrctprep.models')
@@ -123,8 +123,10 @@ class PairSampler:
 
     def draw(self, rng: np.random.Generator) -> tuple[TrainingImage, TrainingImage]:
         if self.bins is None:
-            return (self.reference[rng.integers(len(self.reference))],
-                    self.source[rng.integers(len(self.source))])  # fmt: skip
+            return (
+                self.reference[rng.integers(len(self.reference))],
+                self.source[rng.integers(len(self.source))],
+            )
         probabilities, reference_bins, source_bins = self.bins
         chosen = rng.choice(len(probabilities), p=probabilities)
         reference = rng.choice(np.flatnonzero(reference_bins == chosen))
@@ -139,8 +141,9 @@ def augment(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < ROTATION_PROBABILITY:
         plane = [(0, 1), (0, 2), (1, 2)][rng.integers(3)]
         angle = rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)
-        volume = ndimage.rotate(volume, angle, axes=plane, reshape=False, order=3,
-                                mode='constant', cval=BACKGROUND)  # fmt: skip
+        volume = ndimage.rotate(
+            volume, angle, axes=plane, reshape=False, order=3, mode='constant', cval=BACKGROUND
+        )
     shifted = volume
     for axis, shift in enumerate(rng.integers(-MAX_SHIFT_VOXELS, MAX_SHIFT_VOXELS + 1, size=3)):
         if shift == 0:
@@ -194,8 +197,9 @@ class IguaneTraining:
         settings: IguaneTrainingSettings,
     ):
         if settings.patch_size and any(p % SIZE_MULTIPLE for p in settings.patch_size):
-            raise ValueError(f'patch sizes must be multiples of {SIZE_MULTIPLE}: '
-                             f'{settings.patch_size}')  # fmt: skip
+            raise ValueError(
+                f'patch sizes must be multiples of {SIZE_MULTIPLE}: {settings.patch_size}'
+            )
         self.settings = settings
         self.device = torch.device(settings.device)
         self.site_names = sorted(sources)
@@ -219,8 +223,11 @@ class IguaneTraining:
             modules.to(self.device)
         sites = len(self.site_names)
         self.optimisers = {'generator': self._adam(self.generator, settings.steps * sites)}
-        roles = {'backward': self.backward, 'disc_reference': self.disc_reference,
-                 'disc_source': self.disc_source}  # fmt: skip
+        roles = {
+            'backward': self.backward,
+            'disc_reference': self.disc_reference,
+            'disc_source': self.disc_source,
+        }
         for i in self._indices:
             for role, modules in roles.items():
                 self.optimisers[f'{role}{i}'] = self._adam(modules[f'site{i}'], settings.steps)
@@ -232,8 +239,9 @@ class IguaneTraining:
         return range(len(self.site_names))
 
     def _adam(self, module: nn.Module, updates: int):
-        optimiser = torch.optim.Adam(module.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS,
-                                     eps=ADAM_EPSILON)  # fmt: skip
+        optimiser = torch.optim.Adam(
+            module.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS, eps=ADAM_EPSILON
+        )
         decay = 1 - FINAL_LEARNING_RATE / LEARNING_RATE
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda update: 1 - decay * min(update / max(updates, 1), 1.0)
@@ -333,9 +341,14 @@ class IguaneTraining:
         self.scaler.update()
         disc_reference.requires_grad_(True)
         disc_source.requires_grad_(True)
-        return {**losses, 'loss_G': loss_g.item(), 'loss_F': loss_f.item(),
-                'cycle': cycle.item(), 'identity_G': identity_g.item(),
-                'identity_F': identity_f.item()}  # fmt: skip
+        return {
+            **losses,
+            'loss_G': loss_g.item(),
+            'loss_F': loss_f.item(),
+            'cycle': cycle.item(),
+            'identity_G': identity_g.item(),
+            'identity_F': identity_f.item(),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -343,11 +356,13 @@ class IguaneTraining:
             'backward': self.backward.state_dict(),
             'disc_reference': self.disc_reference.state_dict(),
             'disc_source': self.disc_source.state_dict(),
-            'optimisers': {name: (optimiser.state_dict(), schedule.state_dict())
-                           for name, (optimiser, schedule) in self.optimisers.items()},
+            'optimisers': {
+                name: (optimiser.state_dict(), schedule.state_dict())
+                for name, (optimiser, schedule) in self.optimisers.items()
+            },
             'scaler': self.scaler.state_dict(),
             'rng': self.rng.bit_generator.state,
-        }  # fmt: skip
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state['generator'])

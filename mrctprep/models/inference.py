@@ -30,8 +30,11 @@ def predict_whole_or_tiled(
     except RuntimeError as exc:  # torch.OutOfMemoryError included
         if not _is_out_of_memory(exc):
             raise
-        LOGGER.warning('%s: the whole volume %s does not fit in memory; predicting in tiles',
-                       volume.device, tuple(volume.shape[2:]))  # fmt: skip
+        LOGGER.warning(
+            '%s: the whole volume %s does not fit in memory; predicting in tiles',
+            volume.device,
+            tuple(volume.shape[2:]),
+        )
     tile = tuple(volume.shape[2:])
     while max(tile) > min_tile:
         tile = tuple(max(min_tile, _round_up(size // 2, multiple)) for size in tile)

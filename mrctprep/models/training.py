@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mrctprep.core.derivatives import write_atomically, write_text_atomically
-from mrctprep.core.errors import InputError
+from mrctprep.core.errors import CheckpointError
 
 LOGGER = logging.getLogger('mrctprep.models')
 PROGRESS_SECONDS = 10.0
@@ -61,8 +61,13 @@ def run_training(task: TrainingTask, settings: TrainingSettings) -> list[dict[st
     first_step = 0
     if settings.resume:
         first_step, history = _load_checkpoint(task, settings)
-        LOGGER.info('%s: resuming at step %d of %d from %s', settings.name, first_step,
-                    settings.steps, settings.checkpoint_file)  # fmt: skip
+        LOGGER.info(
+            '%s: resuming at step %d of %d from %s',
+            settings.name,
+            first_step,
+            settings.steps,
+            settings.checkpoint_file,
+        )
     progress = _Progress(settings.name, settings.steps, first_step)
     for step in range(first_step + 1, settings.steps + 1):
         losses = task.train_step()
@@ -92,16 +97,14 @@ def _load_checkpoint(
     task: TrainingTask, settings: TrainingSettings
 ) -> tuple[int, list[dict[str, float]]]:
     if not settings.checkpoint_file.is_file():
-        raise InputError(
-            f'--resume: no checkpoint {settings.checkpoint_file} (checkpoints live in the work '
-            'directory: give the same -w as the run to continue, or train without --resume)'
-        )
+        raise CheckpointError(settings.checkpoint_file, 'no checkpoint to resume from')
     # our own file, holding optimiser and random states that the weights-only loader refuses
     state = torch.load(settings.checkpoint_file, map_location='cpu', weights_only=False)
     if state['fingerprint'] != settings.fingerprint:
-        raise InputError(
-            f'--resume: {settings.checkpoint_file} was trained on other data or settings '
-            '(participants, sites, patch size or seed differ); train without --resume'
+        raise CheckpointError(
+            settings.checkpoint_file,
+            'the checkpoint was trained on other data or settings '
+            '(participants, sites, patch size or seed differ)',
         )
     task.load_state_dict(state['task'])
     torch.set_rng_state(state['torch_rng'])
@@ -121,8 +124,10 @@ class _Progress:
 
     def update(self, step: int, losses: dict[str, float]) -> None:
         now = time.monotonic()
-        if now - self.last_report < PROGRESS_SECONDS and step not in (self.first_step + 1,
-                                                                      self.steps):  # fmt: skip
+        if now - self.last_report < PROGRESS_SECONDS and step not in (
+            self.first_step + 1,
+            self.steps,
+        ):
             return
         self.last_report = now
         rate = (step - self.first_step) / max(now - self.start, 1e-9)
@@ -130,8 +135,16 @@ class _Progress:
         bar = '#' * done + '-' * (BAR_WIDTH - done)
         eta = _duration((self.steps - step) / rate)
         shown = '  '.join(f'{key} {value:.3g}' for key, value in losses.items())
-        LOGGER.info('%s [%s] %d/%d steps  %.3g steps/s  ETA %s  %s', self.name, bar, step,
-                    self.steps, rate, eta, shown)  # fmt: skip
+        LOGGER.info(
+            '%s [%s] %d/%d steps  %.3g steps/s  ETA %s  %s',
+            self.name,
+            bar,
+            step,
+            self.steps,
+            rate,
+            eta,
+            shown,
+        )
 
 
 def _duration(seconds: float) -> str:

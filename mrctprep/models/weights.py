@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mrctprep.core.derivatives import write_atomically, write_json_atomically
-from mrctprep.core.errors import ResourceError
+from mrctprep.core.errors import ResourceError, WeightsNotFoundError
 
 WEIGHTS_DIR_ENV = 'MRCTPREP_WEIGHTS_DIR'
 WEIGHTS_SUFFIX = '.pt'
@@ -27,8 +27,9 @@ WEIGHTS_SUFFIX = '.pt'
 def model_names() -> list[str]:
     """The models whose cards ship with mrctprep."""
     cards = resources.files('mrctprep') / 'data' / 'models'
-    return sorted(card.name.removesuffix('.json') for card in cards.iterdir()
-                  if card.name.endswith('.json'))  # fmt: skip
+    return sorted(
+        card.name.removesuffix('.json') for card in cards.iterdir() if card.name.endswith('.json')
+    )
 
 
 def bundled_card(name: str) -> dict[str, Any]:
@@ -58,12 +59,12 @@ def user_cache_dir() -> Path:
 
 
 def trained_weights_file(output_dir: Path, name: str) -> Path:
-    """Where ``group --train <name>`` writes the weights it trained."""
+    """Where group-level training writes the weights it trained."""
     return output_dir / 'models' / name / f'{name}{WEIGHTS_SUFFIX}'
 
 
 def weights_search_path(name: str, output_dir: Path | None = None) -> list[Path]:
-    """Where weights are looked for when ``--weights <name>=FILE`` is not given, in order."""
+    """Where weights are looked for when no file is named, in order."""
     candidates = []
     if output_dir is not None:
         candidates.append(trained_weights_file(output_dir, name))
@@ -101,28 +102,21 @@ class ModelWeights:
 def resolve_weights(
     name: str, *, explicit: Path | None = None, output_dir: Path | None = None
 ) -> ModelWeights:
-    """The weights of model ``name``: ``explicit`` (``--weights``), else the first found on
+    """The weights of model ``name``: ``explicit`` (a file the user named), else the first found on
     :func:`weights_search_path`. Missing, card-less or corrupt weights raise
-    :class:`ResourceError` (exit 126) saying where they were expected and how to get them.
+    :class:`WeightsNotFoundError` saying where they were expected, or :class:`ResourceError`.
     """
     bundled_card(name)
-    how_to_get = (
-        f'give --weights {name}=FILE (a .pt written by mrctprep with its .json card beside it), '
-        f'put {name}{WEIGHTS_SUFFIX} in ${WEIGHTS_DIR_ENV}, or train them: '
-        f'mrctprep BIDS_DIR OUTPUT_DIR group --train {name}'
-    )
     if explicit is not None:
         path = explicit.expanduser().resolve()
         if not path.is_file():
-            raise ResourceError(f'--weights {name}={explicit}: no such file; {how_to_get}')
+            raise WeightsNotFoundError(name, [path], given=explicit)
     else:
         searched = weights_search_path(name, output_dir)
-        path = next((p for p in searched if p.is_file()), None)
-        if path is None:
-            places = ', '.join(str(p) for p in searched)
-            raise ResourceError(
-                f'no weights for model {name!r} (looked for {places}); {how_to_get}'
-            )
+        found = next((p for p in searched if p.is_file()), None)
+        if found is None:
+            raise WeightsNotFoundError(name, searched)
+        path = found
     card_file = card_path(path)
     if not card_file.is_file():
         raise ResourceError(

@@ -82,17 +82,24 @@ def init_drr_image_wf(
     if raw_sidecar.get('PixelPaddingValue') is not None:
         conform.inputs.padding_value = float(raw_sidecar['PixelPaddingValue'])
     render = pe.Node(
-        RenderDRR(options=options, random_seed=config.random_seed, device=config.device,
-                  num_threads=config.omp_nthreads),
-        name='render', n_procs=config.omp_nthreads, mem_gb=3,
-    )  # fmt: skip
+        RenderDRR(
+            options=options,
+            random_seed=config.random_seed,
+            device=config.device,
+            num_threads=config.omp_nthreads,
+        ),
+        name='render',
+        n_procs=config.omp_nthreads,
+        mem_gb=3,
+    )
     plot_views = pe.Node(
         ContactSheetRPT(labels=labels, title=f'{source_file.rsplit("/", 1)[-1]}: DRR views'),
         name='plot_views',
     )
     merge_drr = pe.Node(niu.Merge(len(labels)), name='merge_drr', run_without_submitting=True)
-    ds_report_drr = derivatives_sink('ds_report_drr', output_dir, entities={'desc': 'drr'},
-                                     datatype='figures')  # fmt: skip
+    ds_report_drr = derivatives_sink(
+        'ds_report_drr', output_dir, entities={'desc': 'drr'}, datatype='figures'
+    )
 
     # fmt: off
     workflow.connect([
@@ -107,10 +114,17 @@ def init_drr_image_wf(
     # One sink per view and file type, so that the log names each view as it is written.
     # A view's PNG shares its NIfTI's name and so its sidecar, written with the same content.
     for index, label in enumerate(labels):
-        for kind, output, dtype in (('nii', 'out_files', {'dtype': 'float32'}),
-                                    ('png', 'png_files', {})):  # fmt: skip
-            sink = derivatives_sink(f'ds_drr_{label}_{kind}', output_dir,
-                                    entities={'desc': label}, suffix='drr', **dtype)  # fmt: skip
+        for kind, output, dtype in (
+            ('nii', 'out_files', {'dtype': 'float32'}),
+            ('png', 'png_files', {}),
+        ):
+            sink = derivatives_sink(
+                f'ds_drr_{label}_{kind}',
+                output_dir,
+                entities={'desc': label},
+                suffix='drr',
+                **dtype,
+            )
             # fmt: off
             workflow.connect([
                 (inputnode, sink, [('source_file', 'source_file')]),

@@ -28,10 +28,12 @@ def init_per_image_wf(
     workflow = LiterateWorkflow(name=name)
     for query in queries:
         for source_file in subject_data.files.get(query, []):
-            workflow.add_nodes([
-                init_image_wf(
-                    source_file=source_file,
-                    name=f'{prefix}_{image_id(source_file, subject_data)}_wf',
-                )
-            ])  # fmt: skip
+            workflow.add_nodes(
+                [
+                    init_image_wf(
+                        source_file=source_file,
+                        name=f'{prefix}_{image_id(source_file, subject_data)}_wf',
+                    )
+                ]
+            )
     return workflow

@@ -33,8 +33,9 @@ def init_mr_harmonize_wf(
     The weights are resolved (and their SHA-256 checked) here, before anything runs.
     """
     explicit = config.weights.get(MODEL_NAME)
-    weights = resolve_weights(MODEL_NAME, explicit=explicit and Path(explicit),
-                              output_dir=config.output_dir)  # fmt: skip
+    weights = resolve_weights(
+        MODEL_NAME, explicit=explicit and Path(explicit), output_dir=config.output_dir
+    )
     return init_per_image_wf(
         subject_data=subject_data,
         queries=MR_PREPROC_INPUTS,
@@ -61,45 +62,62 @@ def init_mr_harmonize_image_wf(
     workflow.__desc__ += (
         'The preprocessed T1w was then harmonized with IGUANe (Roca et al., 2025), a 3D '
         'CycleGAN generator ported to PyTorch, '
-        + (f'trained on this dataset with {reference} as the reference site '
-           if reference else 'with the weights given ')
+        + (
+            f'trained on this dataset with {reference} as the reference site '
+            if reference
+            else 'with the weights given '
+        )
         + f'(SHA-256 {weights.sha256[:12]}...); its output was mapped back to the native grid '
         'through the inverse crop and rigid transform (linear interpolation).\n'
-    )  # fmt: skip
+    )
     space = template_space(config.template)
     preproc = workflow.get_node('outputnode')
     inputnode = workflow.get_node('inputnode')
     harmonize = pe.Node(
-        Harmonize(weights_file=str(weights.path), weights_sha256=weights.sha256,
-                  device=config.device, num_threads=config.omp_nthreads),
-        name='harmonize', n_procs=config.omp_nthreads, mem_gb=4,
-    )  # fmt: skip
+        Harmonize(
+            weights_file=str(weights.path),
+            weights_sha256=weights.sha256,
+            device=config.device,
+            num_threads=config.omp_nthreads,
+        ),
+        name='harmonize',
+        n_procs=config.omp_nthreads,
+        mem_gb=4,
+    )
     if weights.trained_patch_size:
         harmonize.inputs.tile = weights.trained_patch_size
     to_native = pe.Node(CroppedMNIToNative(), name='harmonized_to_native', mem_gb=1.5)
     # the model input, mapped back the same way, is the figure's like-for-like 'before'
     input_to_native = pe.Node(CroppedMNIToNative(), name='model_input_to_native', mem_gb=1.5)
     plot_harmonized = pe.Node(
-        BeforeAfterRPT(title='T1w model input and its harmonization (native space)',
-                       labels=('input', 'harmonized')),
+        BeforeAfterRPT(
+            title='T1w model input and its harmonization (native space)',
+            labels=('input', 'harmonized'),
+        ),
         name='plot_harmonized',
-    )  # fmt: skip
+    )
 
     ds_harmonized_mni = derivatives_sink(
-        'ds_harmonized_mni', config.output_dir,
+        'ds_harmonized_mni',
+        config.output_dir,
         entities={'space': space, 'res': '1', 'desc': 'harmonized'},
         static_meta={'SkullStripped': True, **MNI_GRID},
-    )  # fmt: skip
+    )
     ds_harmonized = derivatives_sink(
-        'ds_harmonized', config.output_dir, entities={'desc': 'harmonized'},
+        'ds_harmonized',
+        config.output_dir,
+        entities={'desc': 'harmonized'},
         static_meta={
             'SkullStripped': True,
             'Resolution': 'native grid of the T1w (RAS+), resampled from the model grid',
         },
-    )  # fmt: skip
-    ds_report_harmonized = derivatives_sink('ds_report_harmonized', config.output_dir,
-                                            entities={'desc': 'harmonized'},
-                                            datatype='figures')  # fmt: skip
+    )
+    ds_report_harmonized = derivatives_sink(
+        'ds_report_harmonized',
+        config.output_dir,
+        entities={'desc': 'harmonized'},
+        datatype='figures',
+    )
     # fmt: off
     workflow.connect([
         (preproc, harmonize, [('model_input', 'in_file')]),

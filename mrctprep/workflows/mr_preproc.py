@@ -84,27 +84,42 @@ def init_mr_preproc_image_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_file']), name='inputnode')
     inputnode.inputs.source_file = source_file
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=['t1w_preproc', 'brain_mask', 'transform', 'model_input',
-                                      'model_input_metadata']),
+        niu.IdentityInterface(
+            fields=[
+                't1w_preproc',
+                'brain_mask',
+                'transform',
+                'model_input',
+                'model_input_metadata',
+            ]
+        ),
         name='outputnode',
-    )  # fmt: skip
+    )
     reorient = pe.Node(Reorient(), name='reorient')
     skull_strip = pe.Node(
-        SkullStrip(method=skull_strip_method, test_time_augmentation=tta, device=config.device,
-                   num_threads=threads),
-        name='skull_strip', n_procs=threads, mem_gb=3,
-    )  # fmt: skip
+        SkullStrip(
+            method=skull_strip_method,
+            test_time_augmentation=tta,
+            device=config.device,
+            num_threads=threads,
+        ),
+        name='skull_strip',
+        n_procs=threads,
+        mem_gb=3,
+    )
     n4 = pe.Node(N4BiasCorrection(num_threads=threads), name='n4', n_procs=threads, mem_gb=1.5)
-    register = pe.Node(RigidRegistration(random_seed=config.random_seed), name='register',
-                       mem_gb=1.5)  # fmt: skip
+    register = pe.Node(
+        RigidRegistration(random_seed=config.random_seed), name='register', mem_gb=1.5
+    )
     if config.template:
         register.inputs.template_file = str(config.template)
     resample_t1w = pe.Node(ResampleToMNI(interpolation='linear'), name='resample_t1w')
     resample_mask = pe.Node(ResampleToMNI(interpolation='nearest'), name='resample_mask')
     normalise = pe.Node(MedianNormalise(), name='normalise')
     crop = pe.Node(IguaneCrop(), name='crop')
-    plot_mask = pe.Node(ContourOverlayRPT(title='Brain mask over the T1w (native space)'),
-                        name='plot_mask')  # fmt: skip
+    plot_mask = pe.Node(
+        ContourOverlayRPT(title='Brain mask over the T1w (native space)'), name='plot_mask'
+    )
     plot_registration = pe.Node(
         RegistrationRPT(title=f'T1w brain on the MNI grid, {space} template edges in green'),
         name='plot_registration',
@@ -146,10 +161,20 @@ def init_mr_preproc_image_wf(
         'ds_model_input', {**mni, 'desc': 'norm'}, static_meta={'SkullStripped': True, **MNI_GRID}
     )
     ds_report_mask = sink('ds_report_mask', {'desc': 'brainmask'}, datatype='figures')
-    ds_report_registration = sink('ds_report_registration', {'space': space},
-                                  datatype='figures')  # fmt: skip
-    sinks = [ds_t1w, ds_mask, ds_bias, ds_xfm, ds_xfm_inverse, ds_flirt, ds_mni_t1w,
-             ds_mni_mask, ds_model_input, ds_report_mask, ds_report_registration]  # fmt: skip
+    ds_report_registration = sink('ds_report_registration', {'space': space}, datatype='figures')
+    sinks = [
+        ds_t1w,
+        ds_mask,
+        ds_bias,
+        ds_xfm,
+        ds_xfm_inverse,
+        ds_flirt,
+        ds_mni_t1w,
+        ds_mni_mask,
+        ds_model_input,
+        ds_report_mask,
+        ds_report_registration,
+    ]
 
     # fmt: off
     workflow.connect([

@@ -8,10 +8,10 @@ from nipype.pipeline import engine as pe
 
 from mrctprep.core.bids import SubjectData
 from mrctprep.core.config import RunConfig
+from mrctprep.core.devices import resolve_device
 from mrctprep.imaging.superres.solver import SolverSettings
 from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.interfaces.superres import SuperResolution
-from mrctprep.core.devices import resolve_device
 from mrctprep.workflows.drr import select
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.outputs import derivatives_sink
@@ -42,8 +42,9 @@ def init_superres_wf(
     ``Resolution``, the grid, lambda, the noise estimates, iterations and convergence) and
     ``figures/sub-<l>_desc-superres_<suffix>.svg`` (the first scan above the result).
     """
-    source_files = [path for query in SUPERRES_INPUTS
-                    for path in subject_data.files.get(query, [])]  # fmt: skip
+    source_files = [
+        path for query in SUPERRES_INPUTS for path in subject_data.files.get(query, [])
+    ]
     suffixes = [parse_file_entities(path)['suffix'] for path in source_files]
     channels = list(dict.fromkeys(suffixes))
     max_iter = config.superres_max_iter or SolverSettings.max_iter
@@ -56,16 +57,24 @@ def init_superres_wf(
     inputnode.inputs.source_files = source_files
     outputnode = pe.Node(niu.IdentityInterface(fields=['superres_files']), name='outputnode')
     superres = pe.Node(
-        SuperResolution(channels=suffixes, voxel_size=config.superres_voxel_size,
-                        method=config.superres_method, common_grid=config.superres_common_grid,
-                        max_iter=max_iter, interleaved=config.superres_interleaved,
-                        random_seed=config.random_seed,
-                        device=resolve_device(config.device),
-                        num_threads=config.omp_nthreads),
-        name='superres', n_procs=config.omp_nthreads, mem_gb=2.5,
-    )  # fmt: skip
-    merge_superres = pe.Node(niu.Merge(len(channels)), name='merge_superres',
-                             run_without_submitting=True)  # fmt: skip
+        SuperResolution(
+            channels=suffixes,
+            voxel_size=config.superres_voxel_size,
+            method=config.superres_method,
+            common_grid=config.superres_common_grid,
+            max_iter=max_iter,
+            interleaved=config.superres_interleaved,
+            random_seed=config.random_seed,
+            device=resolve_device(config.device),
+            num_threads=config.omp_nthreads,
+        ),
+        name='superres',
+        n_procs=config.omp_nthreads,
+        mem_gb=2.5,
+    )
+    merge_superres = pe.Node(
+        niu.Merge(len(channels)), name='merge_superres', run_without_submitting=True
+    )
     # fmt: off
     workflow.connect([
         (inputnode, superres, [('source_files', 'in_files')]),
@@ -73,26 +82,42 @@ def init_superres_wf(
     ])
     # fmt: on
     for index, channel in enumerate(channels):
-        channel_files = [path for path, s in zip(source_files, suffixes, strict=True)
-                         if s == channel]  # fmt: skip
+        channel_files = [
+            path for path, s in zip(source_files, suffixes, strict=True) if s == channel
+        ]
         entities = _channel_entities(channel_files)
         ds_superres = derivatives_sink(
-            f'ds_superres_{channel}', output_dir, source_file=channel_files,
-            entities={**entities, 'res': label, 'desc': 'superres'}, dtype='float32',
-            static_meta={'Resolution': f'{config.superres_voxel_size:g} mm isotropic '
-                         + ('(common grid, template field of view)'
-                            if config.superres_common_grid else '(grid around the inputs)')},
-        )  # fmt: skip
+            f'ds_superres_{channel}',
+            output_dir,
+            source_file=channel_files,
+            entities={**entities, 'res': label, 'desc': 'superres'},
+            dtype='float32',
+            static_meta={
+                'Resolution': f'{config.superres_voxel_size:g} mm isotropic '
+                + (
+                    '(common grid, template field of view)'
+                    if config.superres_common_grid
+                    else '(grid around the inputs)'
+                )
+            },
+        )
         plot_superres = pe.Node(
-            BeforeAfterRPT(title=f'{channel}: {config.superres_method} super-resolution',
-                           labels=(f'input ({channel_files[0].rsplit("/", 1)[-1]})',
-                                   f'{config.superres_voxel_size:g} mm')),
+            BeforeAfterRPT(
+                title=f'{channel}: {config.superres_method} super-resolution',
+                labels=(
+                    f'input ({channel_files[0].rsplit("/", 1)[-1]})',
+                    f'{config.superres_voxel_size:g} mm',
+                ),
+            ),
             name=f'plot_superres_{channel}',
-        )  # fmt: skip
+        )
         ds_report_superres = derivatives_sink(
-            f'ds_report_superres_{channel}', output_dir, source_file=channel_files,
-            entities={**entities, 'desc': 'superres'}, datatype='figures',
-        )  # fmt: skip
+            f'ds_report_superres_{channel}',
+            output_dir,
+            source_file=channel_files,
+            entities={**entities, 'desc': 'superres'},
+            datatype='figures',
+        )
         # fmt: off
         workflow.connect([
             (superres, ds_superres, [(('out_files', select, index), 'in_file'),

@@ -41,7 +41,7 @@ class DRRSettings:
 
     def __post_init__(self):
         if self.kvp not in SPECTRA:
-            raise ValueError(f'--drr-kvp {self.kvp}: choose one of {sorted(SPECTRA)}')
+            raise ValueError(f'no {self.kvp} kVp spectrum; choose one of {sorted(SPECTRA)}')
         if self.output not in OUTPUTS:
             raise ValueError(f'unknown DRR output {self.output!r}; choose one of {OUTPUTS}')
         if not self.views:
@@ -63,7 +63,7 @@ PRESETS = {
             pixels=1536,
             pixel_size_mm=0.194,
         ),
-    ),  # fmt: skip
+    ),
     # Thesis, RAD-ChestCT centre view (final script): default C-arm distances, 2500 x 0.2 mm,
     # isocentre 750 mm below the volume's centre (the chest lies beyond the detector).
     'gensyn-center': DRRSettings(
@@ -72,7 +72,7 @@ PRESETS = {
             source_to_detector_mm=1020, source_to_isocentre_mm=530, pixels=2500, pixel_size_mm=0.2
         ),
         isocentre_offset_mm=(0.0, 0.0, -750.0),
-    ),  # fmt: skip
+    ),
     # Thesis, RAD-ChestCT angled views: SDD = source-isocentre = 2000 mm, 2500 x 0.18 mm.
     'gensyn-angled': DRRSettings(
         preset='gensyn-angled',
@@ -83,7 +83,7 @@ PRESETS = {
             pixel_size_mm=0.18,
         ),
         views=tuple(gensyn_angled_views()),
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -105,9 +105,12 @@ class Projector:
         for plane in range(first_any, last_any + 1):
             torch.add(grid_at_zero, grid_per_plane, alpha=plane, out=grid)
             sample = F.grid_sample(
-                planes[plane : plane + 1], grid.view(1, 1, -1, 2), mode='bilinear',
-                padding_mode='zeros', align_corners=False,
-            )[0, :, 0]  # fmt: skip
+                planes[plane : plane + 1],
+                grid.view(1, 1, -1, 2),
+                mode='bilinear',
+                padding_mode='zeros',
+                align_corners=False,
+            )[0, :, 0]
             if plane not in all_forward:
                 sample = sample * ((first <= plane) & (plane <= last))
             total += sample

@@ -79,8 +79,9 @@ def simulate_drr(
     set the material instead of the HU thresholds.
     """
     spectrum = load_spectrum(settings.kvp)
-    projector = Projector(_attenuation_volume(ct, settings, spectrum, device, label_map,
-                                              label_materials), ct.affine)  # fmt: skip
+    projector = Projector(
+        _attenuation_volume(ct, settings, spectrum, device, label_map, label_materials), ct.affine
+    )
     isocentre = isocentre_in_world(ct, settings)
     geometries = [
         view_geometry(settings.carm, settings.placement, isocentre, *view)
@@ -103,7 +104,7 @@ def simulate_drr(
             metadata=_view_metadata(
                 settings, spectrum, label, view, geometry, isocentre, decomposition, device
             ),
-        )  # fmt: skip
+        )
         for label, image, geometry, view in zip(
             settings.view_labels, images, geometries, settings.views, strict=True
         )
@@ -124,8 +125,9 @@ def _attenuation_volume(ct, settings, spectrum, device, label_map, label_materia
     del hu
     if settings.output != 'line-integral':
         return material_densities(density, materials)
-    coefficients = torch.as_tensor(effective_mass_attenuation(spectrum), dtype=density.dtype,
-                                   device=device)  # fmt: skip
+    coefficients = torch.as_tensor(
+        effective_mass_attenuation(spectrum), dtype=density.dtype, device=device
+    )
     return (density * coefficients[materials.long()])[None]
 
 

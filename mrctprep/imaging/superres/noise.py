@@ -40,8 +40,11 @@ class NoiseEstimate:
         return 1.0 / self.sd**2
 
     def to_metadata(self) -> dict:
-        return {'NoiseSD': round(self.sd, 6), 'Contrast': round(self.mu, 6),
-                'NoiseMethod': self.method}  # fmt: skip
+        return {
+            'NoiseSD': round(self.sd, 6),
+            'Contrast': round(self.mu, 6),
+            'NoiseMethod': self.method,
+        }
 
 
 @dataclass(frozen=True)

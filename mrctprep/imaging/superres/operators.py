@@ -245,17 +245,21 @@ class Projection:
         self.reach = float(max(halves)) + 1
         convolutions = [
             _strided_convolution(taps, ratio, n)
-            for taps, ratio, n in zip(self.profile.taps, self.profile.ratios, scan.shape,
-                                      strict=True)
-        ]  # fmt: skip
+            for taps, ratio, n in zip(
+                self.profile.taps, self.profile.ratios, scan.shape, strict=True
+            )
+        ]
         self.permutation = _axis_permutation(self.transform, self.intermediate_shape)
         if self.permutation is not None:
-            matrices = [convolution @ self._interpolation(axis)
-                        for axis, convolution in enumerate(convolutions)]  # fmt: skip
+            matrices = [
+                convolution @ self._interpolation(axis)
+                for axis, convolution in enumerate(convolutions)
+            ]
         else:
             matrices = convolutions
-            self.theta = grid_sample_theta(self.transform, self.output_shape,
-                                            self.intermediate_shape, self.device)  # fmt: skip
+            self.theta = grid_sample_theta(
+                self.transform, self.output_shape, self.intermediate_shape, self.device
+            )
         self.axes = [AxisOperator(matrix, self.device) for matrix in matrices]
         #: The interleaved-slice correction ``s`` (see :meth:`set_interleave_scale`).
         self.interleave_scale = 0.0
@@ -295,8 +299,9 @@ class Projection:
         row = self.transform[target]
         steps = np.arange(self.intermediate_shape[axis])
         offset = row[3] + sum(row[q] * centre[q] for q in range(3) if q != axis)
-        return _linear_interpolation(row[axis] * steps + offset, self.output_shape[target],
-                                     self.reach)  # fmt: skip
+        return _linear_interpolation(
+            row[axis] * steps + offset, self.output_shape[target], self.reach
+        )
 
     def _order(self) -> list[int]:
         """Scan axes in the order that shrinks the volume fastest."""
@@ -309,8 +314,16 @@ class Projection:
                 volume = self.axes[axis].forward(volume, self.permutation[axis])
             return volume.permute(*self.permutation)
         grid, within_reach = self._sample_grid()
-        volume = F.grid_sample(volume[None, None], grid, mode='bilinear', padding_mode='border',
-                               align_corners=True)[0, 0] * within_reach  # fmt: skip
+        volume = (
+            F.grid_sample(
+                volume[None, None],
+                grid,
+                mode='bilinear',
+                padding_mode='border',
+                align_corners=True,
+            )[0, 0]
+            * within_reach
+        )
         for axis in self._order():
             volume = self.axes[axis].forward(volume, axis)
         return volume
@@ -377,9 +390,11 @@ def _axis_permutation(transform: np.ndarray, shape: tuple[int, ...]) -> list[int
 
 
 def grid_sample_theta(
-    transform: np.ndarray, volume_shape: tuple[int, ...], sample_shape: tuple[int, ...],
+    transform: np.ndarray,
+    volume_shape: tuple[int, ...],
+    sample_shape: tuple[int, ...],
     device: torch.device,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """``affine_grid``'s theta for sampling a volume at the voxels of another grid.
 
     ``transform`` maps sample-grid voxels to volume voxels; theta maps the same in

@@ -89,8 +89,7 @@ def super_resolve(
     if grid is None:
         grid = _output_grid(scans, affines, settings)
     channels = list(dict.fromkeys(scan.channel for scan in scans))
-    data = [torch.as_tensor(scan.img.get_fdata(dtype=np.float32), device=device)
-            for scan in scans]  # fmt: skip
+    data = [torch.as_tensor(scan.img.get_fdata(dtype=np.float32), device=device) for scan in scans]
     members = {c: [i for i, scan in enumerate(scans) if scan.channel == c] for c in channels}
     initial = [
         _mean_trilinear([data[i] for i in members[c]], [affines[i] for i in members[c]], grid)
@@ -123,27 +122,33 @@ def super_resolve(
                     ),
                     _estimate_noise(scans[i], data[i], affines[i]),
                     scans[i].modality,
-                )  # fmt: skip
+                )
                 for i in members[c]
             ]
             for c in channels
         ]
-        solver_settings = SolverSettings(max_iter=settings.max_iter,
-                                         interleaved=settings.interleaved)  # fmt: skip
+        solver_settings = SolverSettings(
+            max_iter=settings.max_iter, interleaved=settings.interleaved
+        )
         result = fit(model, initial, grid.voxel_size, solver_settings, progress=progress)
         images = result.images
         if len(scans) == 1:
             # UniRes's clean_fov: a single scan says nothing outside its field of view.
             outside = ~model[0][0].projection.field_of_view()
             images[0][outside] = AIR[scans[0].modality]
-        common.update({
-            'Iterations': result.iterations,
-            'Converged': result.converged,
-            'RegularisationSchedule': result.schedule,
-            'Rho': round(result.rho, 6),
-            'ObjectiveFirstLast': [round(result.objective[0], 3), round(result.objective[-1], 3)],
-            'ConjugateGradientIterationsMean': round(float(np.mean(result.cg_iterations)), 2),
-        })  # fmt: skip
+        common.update(
+            {
+                'Iterations': result.iterations,
+                'Converged': result.converged,
+                'RegularisationSchedule': result.schedule,
+                'Rho': round(result.rho, 6),
+                'ObjectiveFirstLast': [
+                    round(result.objective[0], 3),
+                    round(result.objective[-1], 3),
+                ],
+                'ConjugateGradientIterationsMean': round(float(np.mean(result.cg_iterations)), 2),
+            }
+        )
         per_channel = [
             {
                 'Lambda': round(result.lambdas[k], 8),
@@ -158,7 +163,7 @@ def super_resolve(
                         members[c], model[k], result.interleave_scales[k], strict=True
                     )
                 ],
-            }  # fmt: skip
+            }
             for k, c in enumerate(channels)
         ]
     common['CoregistrationSeconds'] = round(registered - started, 2)
@@ -176,9 +181,11 @@ def super_resolve(
         out.header.set_xyzt_units('mm')
         first = members[channel][0]
         input_view = resample_to_grid(
-            nb.Nifti1Image(data[first].cpu().numpy(), affines[first]), out,
-            RigidTransform(np.eye(4)), interpolation='nearest',
-        )  # fmt: skip
+            nb.Nifti1Image(data[first].cpu().numpy(), affines[first]),
+            out,
+            RigidTransform(np.eye(4)),
+            interpolation='nearest',
+        )
         results.append(ChannelResult(channel, out, input_view, {**common, **per_channel[k]}))
     return results
 
@@ -201,15 +208,18 @@ def _coregistered_affines(
     fixed = _clipped(scans[0].img)
     records = []
     for index, scan in enumerate(scans[1:], start=1):
-        transform = rigid_register(_clipped(scan.img), fixed, seed=settings.seed,
-                                   transform_type=COREGISTRATION_TYPE)  # fmt: skip
+        transform = rigid_register(
+            _clipped(scan.img), fixed, seed=settings.seed, transform_type=COREGISTRATION_TYPE
+        )
         affines[index] = np.linalg.inv(transform.template_to_subject) @ scan.img.affine
-        records.append({
-            'Input': scan.name,
-            'To': scans[0].name,
-            'RotationDegrees': round(transform.rotation_degrees(), 4),
-            'TranslationMM': np.round(transform.template_to_subject[:3, 3], 4).tolist(),
-        })  # fmt: skip
+        records.append(
+            {
+                'Input': scan.name,
+                'To': scans[0].name,
+                'RotationDegrees': round(transform.rotation_degrees(), 4),
+                'TranslationMM': np.round(transform.template_to_subject[:3, 3], 4).tolist(),
+            }
+        )
     return affines, records
 
 
@@ -224,15 +234,18 @@ def _output_grid(
     scans: list[InputScan], affines: list[np.ndarray], settings: SuperResSettings
 ) -> OutputGrid:
     if not settings.common_grid:
-        return scan_grid([(scan.img.shape[:3], affine)
-                          for scan, affine in zip(scans, affines, strict=True)],
-                         settings.voxel_size)  # fmt: skip
+        return scan_grid(
+            [(scan.img.shape[:3], affine) for scan, affine in zip(scans, affines, strict=True)],
+            settings.voxel_size,
+        )
     template = mni152_brain_template()
     # The template is a brain: the reference scan's brain is what has to land on it.
     transform: RigidTransform = rigid_register(
         _clipped(nb.Nifti1Image(scans[0].img.get_fdata(dtype=np.float32), affines[0])),
-        template, seed=settings.seed, transform_type=COREGISTRATION_TYPE,
-    )  # fmt: skip
+        template,
+        seed=settings.seed,
+        transform_type=COREGISTRATION_TYPE,
+    )
     return common_grid(template, transform.template_to_subject, settings.voxel_size)
 
 
@@ -248,8 +261,9 @@ def _mean_trilinear(
         theta = grid_sample_theta(transform, tuple(volume.shape), grid.shape, volume.device)
         sample_grid = F.affine_grid(theta, (1, 1, *grid.shape), align_corners=True)
         stacked = torch.stack([volume, torch.ones_like(volume)])[None]
-        resampled, inside = F.grid_sample(stacked, sample_grid, mode='bilinear',
-                                          padding_mode='zeros', align_corners=True)[0]  # fmt: skip
+        resampled, inside = F.grid_sample(
+            stacked, sample_grid, mode='bilinear', padding_mode='zeros', align_corners=True
+        )[0]
         seen = inside > 0.5
         total += torch.where(seen, resampled.clamp(volume.min(), volume.max()), 0)
         count += seen

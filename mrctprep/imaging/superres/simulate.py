@@ -50,6 +50,9 @@ def spline_upsample(
     """``img`` resampled onto a grid by a scipy B-spline of ``order`` (3 = cubic)."""
     to_source = np.linalg.inv(img.affine) @ affine
     return ndimage.affine_transform(
-        img.get_fdata(dtype=np.float32), to_source, output_shape=shape, order=order,
+        img.get_fdata(dtype=np.float32),
+        to_source,
+        output_shape=shape,
+        order=order,
         mode='nearest',
-    )  # fmt: skip
+    )

@@ -125,8 +125,11 @@ def fit(
 
     def hyper_parameters(scale):
         lambdas = [scale * math.sqrt(1 / n_channels) / contrast for contrast in contrasts]
-        rho = 1.0 if any_ct else settings.rho_scale * math.sqrt(mean_tau) / (
-            sum(lambdas) / n_channels)  # fmt: skip
+        rho = (
+            1.0
+            if any_ct
+            else settings.rho_scale * math.sqrt(mean_tau) / (sum(lambdas) / n_channels)
+        )
         return lambdas, rho
 
     lambdas, rho = hyper_parameters(schedule[0])
@@ -137,8 +140,9 @@ def fit(
             for scan in scans:
                 rhs.add_(scan.projection.adjoint(scan.data), alpha=scan.noise.precision)
             hessian = _hessian(scans, rho * lam**2, weights)
-            cg_counts.append(conjugate_gradient(hessian, rhs, y[c], settings.cg_max_iter,
-                                                settings.cg_tolerance))  # fmt: skip
+            cg_counts.append(
+                conjugate_gradient(hessian, rhs, y[c], settings.cg_max_iter, settings.cg_tolerance)
+            )
         value = _shrink(y, z, w, lambdas, rho, voxel_size) + sum(
             _data_term(scan, y[c]) for c, scans in enumerate(channels) for scan in scans
         )
@@ -153,9 +157,11 @@ def fit(
         threshold = settings.tolerance if last_stage else settings.stage_tolerance
         small_gains = small_gains + 1 if gain is not None and abs(gain) < threshold else 0
         if progress:
-            progress(f'iteration {iteration}: stage {stage + 1}/{len(schedule)}, objective '
-                     f'{value:.6g}, gain {gain if gain is not None else float("nan"):.2e}, '
-                     f'CG {cg_counts[-1]}')  # fmt: skip
+            progress(
+                f'iteration {iteration}: stage {stage + 1}/{len(schedule)}, objective '
+                f'{value:.6g}, gain {gain if gain is not None else float("nan"):.2e}, '
+                f'CG {cg_counts[-1]}'
+            )
         if last_stage:
             if stage_iter > settings.last_stage_min_iter and small_gains >= settings.patience:
                 converged = True
@@ -166,10 +172,13 @@ def fit(
         ):
             stage, stage_iter, small_gains, history = stage + 1, 0, 0, []
             lambdas, rho = hyper_parameters(schedule[stage])
-    scales = [[scan.projection.interleave_scale if corrected(scan) else None for scan in scans]
-              for scans in channels]  # fmt: skip
-    return SolverResult(y, iteration, converged, lambdas, rho, schedule, objective, cg_counts,
-                        scales)  # fmt: skip
+    scales = [
+        [scan.projection.interleave_scale if corrected(scan) else None for scan in scans]
+        for scans in channels
+    ]
+    return SolverResult(
+        y, iteration, converged, lambdas, rho, schedule, objective, cg_counts, scales
+    )
 
 
 def _update_interleave_scale(scan: Scan, image: torch.Tensor, trials: int) -> None:

@@ -1,0 +1,113 @@
+"""From the library's typed errors to what the command line says: exit code, one line, hint.
+
+Exit codes follow the NiPreps convention (see docs/usage.md, "Exit codes"). The hints name the
+options that fix a problem; they live here, beside the options, and nowhere in the library.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from mrctprep.core.errors import (
+    CheckpointError,
+    DeviceUnavailableError,
+    ImplausibleBrainMaskError,
+    InputError,
+    MrctprepError,
+    NoModelInputsError,
+    ResourceError,
+    WeightsNotFoundError,
+    WorkflowBuildError,
+)
+from mrctprep.models.weights import WEIGHTS_DIR_ENV, WEIGHTS_SUFFIX
+
+EXIT_OK = 0
+EXIT_NODE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_BUILDABLE = os.EX_SOFTWARE  # 70
+EXIT_RESOURCE = 126
+
+#: Most specific first: the first class an error is an instance of decides.
+_EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (WorkflowBuildError, EXIT_NOT_BUILDABLE),
+    (ResourceError, EXIT_RESOURCE),
+    (InputError, EXIT_USAGE),
+    (MrctprepError, EXIT_USAGE),
+)
+
+
+def exit_code_of(error: Exception) -> int:
+    """The exit code that ends a run refused with ``error``."""
+    return next((code for kind, code in _EXIT_CODES if isinstance(error, kind)), EXIT_USAGE)
+
+
+def _weights_hint(error: WeightsNotFoundError) -> str:
+    where = f'--weights {error.model}={error.given}: ' if error.given else ''
+    return (
+        f'{where}{error}; give --weights {error.model}=FILE (a {WEIGHTS_SUFFIX} written by '
+        f'mrctprep with its .json card beside it), put {error.model}{WEIGHTS_SUFFIX} in '
+        f'${WEIGHTS_DIR_ENV}, or train them: mrctprep BIDS_DIR OUTPUT_DIR group --train '
+        f'{error.model}'
+    )
+
+
+def _device_hint(error: DeviceUnavailableError) -> str:
+    return (
+        f'--device {error.requested}: {error.reason} (check CUDA_VISIBLE_DEVICES, `--nv` for '
+        'Singularity, `--gpus all` for Docker; or use --device auto or cpu)'
+    )
+
+
+def _checkpoint_hint(error: CheckpointError) -> str:
+    advice = (
+        'checkpoints live in the work directory: give the same -w as the run to continue, or '
+        'train without --resume'
+        if not error.checkpoint.is_file()
+        else 'train without --resume'
+    )
+    return f'--resume: {error}; {advice}'
+
+
+def _no_inputs_hint(error: NoModelInputsError) -> str:
+    return (
+        f'--train {error.model}: no mr-preproc model inputs ({error.pattern}) in '
+        f'{error.output_dir}; run the participant level with --pipelines mr-preproc first'
+    )
+
+
+_HINTS: dict[type[Exception], Callable[..., str]] = {
+    WeightsNotFoundError: _weights_hint,
+    DeviceUnavailableError: _device_hint,
+    CheckpointError: _checkpoint_hint,
+    NoModelInputsError: _no_inputs_hint,
+}
+
+#: Hints for errors raised inside a node, found by their class name in its crash file.
+_NODE_HINTS = {
+    ImplausibleBrainMaskError.__name__: 'if the image is already skull-stripped, use '
+    '--skull-strip none',
+}
+
+
+def describe_error(error: Exception) -> str:
+    """The one line that the command line prints for ``error``, with the option that fixes it."""
+    hint = _HINTS.get(type(error))
+    return hint(error) if hint else str(error)
+
+
+def describe_node_error(error_line: str) -> str:
+    """A crash file's last line (``module.Class: message``), with the option that fixes it."""
+    name = error_line.partition(':')[0].rsplit('.', 1)[-1]
+    hint = _NODE_HINTS.get(name)
+    return f'{error_line}; {hint}' if hint else error_line
+
+
+def report_error(error: Exception, verbosity: int) -> int:
+    """Print ``error`` as one line (with its traceback from ``-v`` on); return its exit code."""
+    if verbosity > 0:
+        traceback.print_exception(error)
+    print(f'mrctprep: error: {describe_error(error)}', file=sys.stderr)
+    return exit_code_of(error)
