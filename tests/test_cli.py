@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, run_cli, write_bids
-from mrctprep.cli.main import run
-from mrctprep.cli.run_options import build_parser, parse_memory_gb
+from mrctprep.cli.main import build_parser, run, with_subcommand
+from mrctprep.cli.option_types import parse_memory_gb
 from mrctprep.workflows.pipelines import PIPELINES
 
 
@@ -39,26 +39,28 @@ def test_memory_units(text, gigabytes):
 
 def test_options_parse_to_their_meaning(tmp_path):
     opts = build_parser().parse_args(
-        [
-            str(tmp_path),
-            str(tmp_path / 'out'),
-            'participant',
-            '--participant_label',
-            'sub-01',
-            '02',
-            '--n_cpus',
-            '3',
-            '--omp-nthreads',
-            '2',
-            '--mem-mb',
-            '4G',
-            '--device',
-            'cuda:1',
-            '--skip_bids_validator',
-            '--pipelines',
-            'reorient',
-            '-vv',
-        ]
+        with_subcommand(
+            [
+                str(tmp_path),
+                str(tmp_path / 'out'),
+                'participant',
+                '--participant_label',
+                'sub-01',
+                '02',
+                '--n_cpus',
+                '3',
+                '--omp-nthreads',
+                '2',
+                '--mem-mb',
+                '4G',
+                '--device',
+                'cuda:1',
+                '--skip_bids_validator',
+                '--pipelines',
+                'reorient',
+                '-vv',
+            ]
+        )
     )
     assert opts.participant_label == ['sub-01', '02']
     assert (opts.nprocs, opts.omp_nthreads, opts.mem_gb) == (3, 2, 4.0)
@@ -229,15 +231,12 @@ def test_a_subject_without_inputs_is_skipped_with_a_warning(tmp_path):
 
 
 def test_a_workflow_that_cannot_be_built_exits_70(mini_bids, tmp_path, monkeypatch, capsys):
-    from dataclasses import replace
-
-    from mrctprep.workflows import pipelines
+    from mrctprep.workflows import reorient
 
     def broken_factory(**_):
         raise KeyError('template MNI152NLin2009aSym')
 
-    broken = replace(pipelines.PIPELINES['reorient'], factory=broken_factory)
-    monkeypatch.setitem(pipelines.PIPELINES, 'reorient', broken)
+    monkeypatch.setattr(reorient, 'init_reorient_wf', broken_factory)
     code = run(
         [
             str(mini_bids),

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import write_bids
-from mrctprep.core.config import RunConfig
+from mrctprep.cli.errors import describe_error
+from mrctprep.core.config import InputOptions
 from mrctprep.core.errors import InputError
 from mrctprep.group.harmonization import (
     TABLE_COLUMNS,
@@ -151,13 +152,7 @@ def make_cohort(tmp_path, atlas, sites: dict[str, str], *, harmonized=(), seed=0
             # A perfect harmonization (for the table's sake): site B brought back to A's scale.
             undone = values / (1.3 if site == 'B' else 1.0)
             nb.save(painted(atlas, undone), f'{stem}_desc-harmonized_T1w.nii.gz')
-    config = RunConfig(
-        bids_dir=tmp_path / 'bids',
-        output_dir=out,
-        analysis_level='group',
-        work_dir=tmp_path / 'work',
-        pipelines=['mr-preproc'],
-    )
+    config = InputOptions(bids_dir=tmp_path / 'bids', output_dir=out, analysis_level='group')
     return config
 
 
@@ -247,5 +242,7 @@ def test_table_columns_and_na_rules(tmp_path, atlas, caplog):
     table, summary = read_tables(config)
     assert table['combat'].isna().all() and summary['site_effect'].isna().all()
 
-    with pytest.raises(InputError, match='run the participant level with --pipelines mr-preproc'):
+    with pytest.raises(InputError) as error:
         write_harmonization_tables(config, {'99': ParticipantInfo('99', 'A', None)})
+    message = describe_error(error.value)
+    assert 'run the participant level with --pipelines mr-preproc' in message

@@ -11,20 +11,35 @@ from nipype.pipeline.engine.utils import generate_expanded_graph
 
 from conftest import run_cli
 from mrctprep.core.bids import SubjectData
-from mrctprep.core.config import RunConfig
+from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions, RunConfig
 from mrctprep.models.weights import save_weights
-from mrctprep.workflows.base import init_mrctprep_wf
-from mrctprep.workflows.pipelines import PIPELINES
+from mrctprep.workflows.base import SubjectPlan
+from mrctprep.workflows.base import init_mrctprep_wf as _init_mrctprep_wf
+from mrctprep.workflows.pipelines import PIPELINES, pipelines_to_build
 
 
-def _config(tmp_path: Path, pipelines: list[str]) -> RunConfig:
+def _config(tmp_path: Path, pipelines: list[str], weights: Path | None = None) -> RunConfig:
     return RunConfig(
-        bids_dir=tmp_path / 'bids',
-        output_dir=tmp_path / 'out',
-        analysis_level='participant',
-        work_dir=tmp_path / 'work',
-        pipelines=pipelines,
+        inputs=InputOptions(bids_dir=tmp_path / 'bids', output_dir=tmp_path / 'out'),
+        execution=ExecutionOptions(work_dir=tmp_path / 'work', pipelines=tuple(pipelines)),
+        models=ModelOptions(weights={'iguane': str(weights)} if weights else {}),
     )
+
+
+def init_mrctprep_wf(*, subjects: list[SubjectData], config: RunConfig):
+    """The root workflow for the pipelines of ``config`` that each subject has inputs for,
+    planned as the command line plans them."""
+    selected = config.execution.pipelines
+    plan = [
+        SubjectPlan(
+            subject,
+            tuple(
+                pipelines_to_build([name for name in selected if PIPELINES[name].accepts(subject)])
+            ),
+        )
+        for subject in subjects
+    ]
+    return _init_mrctprep_wf(plan=plan, config=config)
 
 
 def _subject(tmp_path: Path, subject: str, session: str | None = None) -> SubjectData:
@@ -45,9 +60,8 @@ def _subject(tmp_path: Path, subject: str, session: str | None = None) -> Subjec
 @pytest.mark.parametrize('pipeline', sorted(PIPELINES))
 def test_every_pipeline_builds_an_expandable_graph(tmp_path, pipeline):
     subjects = [_subject(tmp_path, '01'), _subject(tmp_path, '02', session='A')]
-    config = _config(tmp_path, [pipeline])
     weights = save_weights({}, tmp_path / 'iguane.pt', name='iguane', provenance={})
-    config.weights = {'iguane': str(weights.path)}  # mr-harmonize checks its weights first
+    config = _config(tmp_path, [pipeline], weights.path)  # mr-harmonize checks its weights first
     workflow = init_mrctprep_wf(subjects=subjects, config=config)
     expanded = generate_expanded_graph(workflow._create_flat_graph())
     names = {node.fullname for node in expanded.nodes()}
@@ -146,8 +160,7 @@ def test_mr_harmonize_extends_mr_preproc_under_its_name_so_its_cache_is_shared(t
     weights = save_weights({}, tmp_path / 'iguane.pt', name='iguane', provenance={})
     names, subject = {}, _subject(tmp_path, '01')
     for pipelines in (['mr-preproc'], ['mr-harmonize'], ['mr-preproc', 'mr-harmonize']):
-        config = _config(tmp_path, pipelines)
-        config.weights = {'iguane': str(weights.path)}
+        config = _config(tmp_path, pipelines, weights.path)
         workflow = init_mrctprep_wf(subjects=[subject], config=config)
         names[tuple(pipelines)] = {node.fullname for node in workflow._create_flat_graph()}
     preproc = names[('mr-preproc',)]

@@ -72,10 +72,7 @@ def _checkpoint_hint(error: CheckpointError) -> str:
 
 
 def _no_inputs_hint(error: NoModelInputsError) -> str:
-    return (
-        f'--train {error.model}: no mr-preproc model inputs ({error.pattern}) in '
-        f'{error.output_dir}; run the participant level with --pipelines mr-preproc first'
-    )
+    return f'{error}; run the participant level with --pipelines mr-preproc first'
 
 
 _HINTS: dict[type[Exception], Callable[..., str]] = {

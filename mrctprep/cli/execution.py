@@ -15,10 +15,10 @@ from nipype import logging as nipype_logging
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import plugins as nipype_plugins
 
-from mrctprep.core.config import RunConfig
+from mrctprep.core.config import ExecutionOptions
 from mrctprep.core.errors import InputError
 
-LOGGER = logging.getLogger('mrctprep')
+LOGGER = logging.getLogger(__name__)
 
 
 def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
@@ -39,30 +39,31 @@ def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
     return plugin, plugin_args
 
 
-def plugin_settings(config: RunConfig) -> tuple[str, dict[str, Any]]:
+def plugin_settings(execution: ExecutionOptions) -> tuple[str, dict[str, Any]]:
     """The plugin and its arguments; the file's arguments win over --nprocs/--mem."""
-    plugin_args = dict(config.plugin_args)
-    if config.plugin == 'MultiProc':
-        plugin_args.setdefault('n_procs', config.nprocs)
+    plugin_args = dict(execution.plugin_args)
+    if execution.plugin == 'MultiProc':
+        plugin_args.setdefault('n_procs', execution.nprocs)
         plugin_args.setdefault('raise_insufficient', False)
-        if config.mem_gb:
-            plugin_args.setdefault('memory_gb', config.mem_gb)
-    return config.plugin, plugin_args
+        if execution.mem_gb:
+            plugin_args.setdefault('memory_gb', execution.mem_gb)
+    return execution.plugin, plugin_args
 
 
-def configure_nipype(config: RunConfig) -> None:
+def configure_nipype(execution: ExecutionOptions) -> None:
     """Global nipype settings for this process (NiPreps defaults).
 
     nipype's per-node chatter shows from ``-v`` on; its records go through our handler.
     """
-    level = 'INFO' if config.verbosity == 1 else 'DEBUG' if config.verbosity > 1 else 'ERROR'
+    verbosity = execution.verbosity
+    level = 'INFO' if verbosity == 1 else 'DEBUG' if verbosity > 1 else 'ERROR'
     nipype_config.update_config(
         {
             'execution': {
                 'crashfile_format': 'txt',
                 'remove_unnecessary_outputs': True,
                 'check_version': False,
-                'stop_on_first_crash': config.stop_on_first_crash,
+                'stop_on_first_crash': execution.stop_on_first_crash,
                 'parameterize_dirs': False,
             },
             'monitoring': {'enabled': False},
@@ -101,13 +102,16 @@ def _short_node_name(fullname: str) -> str:
     return '.'.join(parts)
 
 
-def run_workflow(workflow, config: RunConfig) -> None:
+def run_workflow(workflow, execution: ExecutionOptions) -> None:
     """Run the graph; nipype raises ``RuntimeError`` at the end if any node failed."""
-    plugin, plugin_args = plugin_settings(config)
+    plugin, plugin_args = plugin_settings(execution)
     total = count_nodes(workflow)
     plugin_args = {**plugin_args, 'status_callback': _Progress(total)}
     LOGGER.info(
-        'Running %d nodes with the %s plugin (work directory %s)', total, plugin, config.work_dir
+        'Running %d nodes with the %s plugin (work directory %s)',
+        total,
+        plugin,
+        execution.work_dir,
     )
     workflow.run(plugin=plugin, plugin_args=plugin_args)
 
@@ -128,11 +132,11 @@ class Failure:
     crash_file: Path
 
 
-def collect_failures(config: RunConfig) -> list[Failure]:
+def collect_failures(output_dir: Path, run_uuid: str) -> list[Failure]:
     """Every crash file this run left, with its subject, node and last error line."""
     failures = []
-    pattern = f'sub-*/log/{config.run_uuid}/crash-*.txt'
-    for crash_file in sorted(config.output_dir.glob(pattern)):
+    pattern = f'sub-*/log/{run_uuid}/crash-*.txt'
+    for crash_file in sorted(output_dir.glob(pattern)):
         text = crash_file.read_text(errors='replace')
         node = re.search(r'^Node: (.+)$', text, re.MULTILINE)
         error_lines = [line.strip() for line in text.splitlines() if line.strip()]

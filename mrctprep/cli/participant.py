@@ -1,73 +1,123 @@
-"""From a config to a nipype graph: collect inputs, plan each subject, build, draw, cite."""
+"""The participant level: check the dataset, plan, build the graph, write, run, summarise."""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from mrctprep import __version__
-from mrctprep.core.bids import (
-    SubjectData,
-    build_queries,
-    collect_subject_data,
-    load_layout,
-    select_participants,
+from mrctprep.cli.errors import EXIT_NODE_FAILED, EXIT_OK, describe_node_error
+from mrctprep.cli.execution import (
+    DropCrashTracebacks,
+    collect_failures,
+    configure_nipype,
+    count_nodes,
+    run_workflow,
 )
+from mrctprep.cli.plan import plan_subjects
+from mrctprep.core.bids import read_dataset_description, validate_bids_dir
 from mrctprep.core.config import RunConfig
-from mrctprep.core.derivatives import write_text_atomically
-from mrctprep.core.errors import InputError
-from mrctprep.workflows.base import init_mrctprep_wf
+from mrctprep.core.derivatives import (
+    write_bidsignore,
+    write_derivative_description,
+    write_descriptions_tsv,
+    write_text_atomically,
+)
+from mrctprep.core.errors import MrctprepError, WorkflowBuildError
+from mrctprep.workflows.base import SubjectPlan, init_mrctprep_wf
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.pipelines import PIPELINES
 
-LOGGER = logging.getLogger('mrctprep')
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The subjects that will run, and the pipelines each has inputs for."""
-
-    subjects: list[SubjectData]
-    pipelines: dict[str, list[str]]
+LOGGER = logging.getLogger(__name__)
 
 
-def plan_subjects(config: RunConfig) -> Plan:
-    """Find each subject's inputs; skip, with a warning, subjects that lack them all."""
-    database_dir = config.bids_database_dir or config.run_work_dir / 'bids_db'
-    layout = load_layout(config.bids_dir, database_dir)
-    participants = select_participants(layout, config.participant_label)
-    queries = build_queries(config.bids_filters)
-    selected = [PIPELINES[name] for name in config.pipelines]
+def run_participant(config: RunConfig) -> int:
+    """Check inputs, build the graph, write the dataset files, run, report failures."""
+    inputs, execution = config.inputs, config.execution
+    raw_description = read_dataset_description(inputs.bids_dir)
+    if inputs.skip_bids_validation:
+        LOGGER.info('BIDS validation skipped (--skip-bids-validation)')
+    else:
+        validate_bids_dir(inputs.bids_dir)
+    LOGGER.info(
+        'mrctprep %s, run %s: %s -> %s',
+        execution.version,
+        execution.run_uuid,
+        inputs.bids_dir,
+        inputs.output_dir,
+    )
+    database_dir = inputs.bids_database_dir or execution.run_work_dir / 'bids_db'
+    plan = plan_subjects(inputs, execution.pipelines, database_dir)
+    configure_nipype(execution)
+    workflow = _build_workflow(plan, config)
 
-    subjects, pipelines = [], {}
-    for participant in participants:
-        for subject_data in collect_subject_data(
-            layout, participant, queries, config.session_label
-        ):
-            runnable = [p.name for p in selected if p.accepts(subject_data)]
-            for pipeline in selected:
-                if pipeline.name not in runnable:
-                    LOGGER.warning(
-                        '%s: skipping pipeline %s: no input (needs any of: %s)',
-                        subject_data.label,
-                        pipeline.name,
-                        ', '.join(pipeline.inputs),
-                    )
-            if runnable:
-                subjects.append(subject_data)
-                pipelines[subject_data.label] = runnable
-    if not subjects:
-        raise InputError(
-            f'nothing to do: no selected subject of {config.bids_dir} has inputs for '
-            f'{", ".join(config.pipelines)} (see `mrctprep --list-pipelines`)'
+    _write_run_files(config, raw_description, plan)
+    citation = write_boilerplate(workflow, inputs.output_dir)
+    if execution.boilerplate_only:
+        LOGGER.info('Methods text written to %s', citation)
+        return EXIT_OK
+    if execution.write_graph or execution.dry_run:
+        log_dir = inputs.output_dir / 'logs' / execution.run_uuid
+        LOGGER.info('Workflow graph written to %s', write_workflow_graph(workflow, log_dir))
+    if execution.dry_run:
+        LOGGER.info('Dry run: %d nodes built, none run', count_nodes(workflow))
+        return EXIT_OK
+    return _run_and_summarise(workflow, config, plan)
+
+
+def _build_workflow(plan: list[SubjectPlan], config: RunConfig) -> LiterateWorkflow:
+    try:
+        return init_mrctprep_wf(plan=plan, config=config)
+    except MrctprepError:  # missing weights and the like: the user's to fix, with its own code
+        raise
+    except Exception as exc:  # any failure here is a bug or an unusable setting, not bad data
+        raise WorkflowBuildError(f'the workflow could not be built: {exc!r}') from exc
+
+
+def _write_run_files(config: RunConfig, raw_description: dict, plan: list[SubjectPlan]) -> None:
+    """The run's settings (work dir and each subject's log) and the dataset-level files."""
+    inputs, execution = config.inputs, config.execution
+    settings = config.to_toml()
+    execution.run_work_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(execution.run_work_dir / 'config.toml', settings)
+    inputs.output_dir.mkdir(parents=True, exist_ok=True)
+    write_derivative_description(inputs.bids_dir, inputs.output_dir, raw_description)
+    write_bidsignore(inputs.output_dir)
+    write_descriptions_tsv(inputs.output_dir)
+    if execution.boilerplate_only:
+        return
+    for subject in sorted({item.subject_data.subject for item in plan}):
+        write_text_atomically(config.subject_log_dir(subject) / 'mrctprep.toml', settings)
+
+
+def _run_and_summarise(
+    workflow: LiterateWorkflow, config: RunConfig, plan: list[SubjectPlan]
+) -> int:
+    execution = config.execution
+    if execution.verbosity <= 0:
+        logging.getLogger('nipype.workflow').addFilter(DropCrashTracebacks())
+    try:
+        run_workflow(workflow, execution)
+    except RuntimeError as exc:
+        LOGGER.debug('nipype: %s', exc)
+    failures = collect_failures(config.inputs.output_dir, execution.run_uuid)
+    labels = sorted({item.subject_data.label for item in plan})
+    if not failures:
+        LOGGER.info(
+            'All %d subject(s) finished; outputs in %s', len(labels), config.inputs.output_dir
         )
-    return Plan(subjects, pipelines)
-
-
-def build_workflow(config: RunConfig, plan: Plan) -> LiterateWorkflow:
-    return init_mrctprep_wf(subjects=plan.subjects, config=config)
+        return EXIT_OK
+    LOGGER.error('%d node(s) failed:', len(failures))
+    for failure in failures:
+        LOGGER.error(
+            '  %s failed: %s (crash file: %s)',
+            failure.node,
+            describe_node_error(failure.error),
+            failure.crash_file,
+        )
+    done = sorted(set(labels) - {failure.subject for failure in failures})
+    LOGGER.error('Subjects that finished: %s', ', '.join(done) or 'none')
+    return EXIT_NODE_FAILED
 
 
 def write_workflow_graph(workflow: LiterateWorkflow, log_dir: Path) -> Path:

@@ -1,19 +1,30 @@
-"""The command line: ``mrctprep BIDS_DIR OUTPUT_DIR {participant,group} [options]``."""
+"""The BIDS App's options, one function per section of ``--help`` (and of the run's
+configuration: each option's ``dest`` is the name of the field it fills, see
+:meth:`mrctprep.core.config.RunConfig.from_options`), and the checks argparse cannot make."""
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import re
 from pathlib import Path
 
 from mrctprep import __version__
-from mrctprep.core.devices import DEVICE_PATTERN
-from mrctprep.core.errors import InputError
+from mrctprep.cli.option_types import (
+    available_cpus,
+    device,
+    drr_angles,
+    drr_view_grid,
+    existing_file,
+    parse_memory_gb,
+    positive_float,
+    positive_int,
+    weights_option,
+)
+from mrctprep.imaging.drr.presets import OUTPUTS, PRESETS, resolve_drr_settings
+from mrctprep.imaging.drr.tables import SPECTRA
 from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.imaging.skullstrip import SKULL_STRIP_METHODS
 from mrctprep.models.weights import WEIGHTS_DIR_ENV, model_names, user_cache_dir
+from mrctprep.workflows.pipelines import DEFAULT_PIPELINES, PIPELINES, describe_pipelines
 
 
 class _ListPipelinesAction(argparse.Action):
@@ -23,113 +34,12 @@ class _ListPipelinesAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from mrctprep.workflows.pipelines import describe_pipelines
-
         print(describe_pipelines())
         parser.exit()
 
 
-def parse_memory_gb(value: str) -> float:
-    """``--mem``: ``16G``, ``16GB``, ``16000M``, ``1T``; a bare number is MB (fMRIPrep).
-
-    >>> parse_memory_gb('16G'), parse_memory_gb('8000MB'), parse_memory_gb('2048')
-    (16.0, 7.8125, 2.0)
-    """
-    match = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*', value)
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f'{value!r} is not a memory size such as 16G or 8000M')
-    number, unit = float(match.group(1)), (match.group(2) or 'M').upper()
-    return number * {'K': 1 / 1024**2, 'M': 1 / 1024, 'G': 1, 'T': 1024}[unit]
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f'{value!r} is not a positive integer')
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise argparse.ArgumentTypeError(f'{value!r} is not a positive number')
-    return number
-
-
-def _drr_angles(value: str) -> list[list[float]]:
-    """``--drr-angles "0,0;10,-5"``: (orbital, angulation) pairs in degrees."""
-    pairs = []
-    for part in value.split(';'):
-        try:
-            pair = [float(number) for number in part.split(',')]
-        except ValueError:
-            pair = []
-        if len(pair) != 2 or not all(map(math.isfinite, pair)):
-            raise argparse.ArgumentTypeError(
-                f'{value!r}: use "ORBITAL,ANGULATION;ORBITAL,ANGULATION;..." in degrees'
-            )
-        pairs.append(pair)
-    return pairs
-
-
-def _drr_view_grid(value: str) -> list[float]:
-    """``--drr-view-grid -10:10:5``: both angles from START to STOP (inclusive) by STEP."""
-    try:
-        start, stop, step = (float(number) for number in value.split(':'))
-    except ValueError:
-        start, stop, step = 0.0, -1.0, 0.0
-    if not (step > 0 and start <= stop and (stop - start) / step < 100):
-        raise argparse.ArgumentTypeError(
-            f'{value!r}: use START:STOP:STEP in degrees with START <= STOP, STEP > 0 and at '
-            'most 100 steps'
-        )
-    return [start, stop, step]
-
-
-def _weights_option(value: str) -> tuple[str, Path]:
-    name, separator, path = value.partition('=')
-    if not separator or not path:
-        raise argparse.ArgumentTypeError(f'{value!r}: expected NAME=FILE')
-    if name not in model_names():
-        raise argparse.ArgumentTypeError(
-            f'{name!r}: unknown model; models: {", ".join(model_names())}'
-        )
-    return name, Path(path)
-
-
-def _device(value: str) -> str:
-    if not DEVICE_PATTERN.fullmatch(value):
-        raise argparse.ArgumentTypeError(f'{value!r}: use auto, cpu, cuda or cuda:N')
-    return value
-
-
-def _existing_file(value: str) -> Path:
-    path = Path(value)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f'{value}: file not found')
-    return Path(os.path.abspath(path))
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (cgroup/SLURM affinity), not the machine's total."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from mrctprep.workflows.pipelines import DEFAULT_PIPELINES, PIPELINES
-
-    parser = argparse.ArgumentParser(
-        prog='mrctprep',
-        description='mrctprep: a BIDS App for MR and CT images. Other commands: '
-        '`mrctprep demo DIR` writes a small example BIDS dataset.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option of ``mrctprep BIDS_DIR OUTPUT_DIR {participant,group}``, by section."""
     parser.add_argument('bids_dir', type=Path, help='the root of the BIDS dataset (read only)')
     parser.add_argument('output_dir', type=Path, help='where the derivatives are written')
     parser.add_argument(
@@ -139,7 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--list-pipelines', action=_ListPipelinesAction, help='list the pipelines and exit'
     )
+    for add_section in (
+        _add_bids_options,
+        _add_resource_options,
+        _add_mr_options,
+        _add_drr_options,
+        _add_superres_options,
+        _add_model_options,
+        _add_workflow_options,
+    ):
+        add_section(parser)
 
+
+def _add_bids_options(parser: argparse.ArgumentParser) -> None:
+    """Which data: the dataset, subjects, sessions and files."""
     bids = parser.add_argument_group('BIDS input')
     bids.add_argument(
         '--participant-label',
@@ -160,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bids.add_argument(
         '--bids-filter-file',
-        type=_existing_file,
+        type=existing_file,
         metavar='FILE',
         help='JSON {query: {entity: value}} refining the queries t1w, t2w, flair, pdw, ct '
         '(null = entity absent, "*" = any)',
@@ -180,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='do not check that file names are BIDS',
     )
 
+
+def _add_resource_options(parser: argparse.ArgumentParser) -> None:
+    """CPUs, memory, scheduler and torch device."""
     perf = parser.add_argument_group('Resources')
     cpus = available_cpus()
     perf.add_argument(
@@ -187,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         '--nthreads',
         '--n_cpus',
         '--n-cpus',
-        type=_positive_int,
+        type=positive_int,
         default=cpus,
         help='CPU slots for the MultiProc plugin',
     )
     perf.add_argument(
         '--omp-nthreads',
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help='threads per process (torch, ITK); default: min(nprocs - 1, 8), at least 1',
     )
@@ -208,17 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     perf.add_argument(
         '--use-plugin',
-        type=_existing_file,
+        type=existing_file,
         metavar='FILE',
         help='YAML {plugin: MultiProc|Linear|SLURM|SGE|PBS|…, plugin_args: {…}}',
     )
     perf.add_argument(
         '--device',
-        type=_device,
+        type=device,
         default='auto',
         help='torch device for model nodes: auto, cpu, cuda or cuda:N',
     )
 
+
+def _add_mr_options(parser: argparse.ArgumentParser) -> None:
+    """mr-preproc (and mr-harmonize)."""
     mr = parser.add_argument_group('MR preprocessing (mr-preproc)')
     mr.add_argument(
         '--skull-strip',
@@ -230,15 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mr.add_argument(
         '--template',
-        type=_existing_file,
+        type=existing_file,
         metavar='FILE',
         help="brain template to register to (default: nilearn's MNI152 ICBM 2009a symmetric "
         '1 mm brain); its file name becomes the space- label',
     )
 
-    from mrctprep.imaging.drr.presets import OUTPUTS, PRESETS
-    from mrctprep.imaging.drr.tables import SPECTRA
 
+def _add_drr_options(parser: argparse.ArgumentParser) -> None:
+    """drr: the C-arm preset and what overrides it."""
     drr = parser.add_argument_group('DRR (drr)')
     drr.add_argument(
         '--drr-preset',
@@ -252,14 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     views = drr.add_mutually_exclusive_group()
     views.add_argument(
         '--drr-angles',
-        type=_drr_angles,
+        type=drr_angles,
         metavar='"A,B;A,B;..."',
         help='views as (orbital LAO/RAO, angulation CRA/CAU) pairs in degrees about the '
         "isocentre; unset: the preset's views",
     )
     views.add_argument(
         '--drr-view-grid',
-        type=_drr_view_grid,
+        dest='drr_grid',
+        type=drr_view_grid,
         metavar='START:STOP:STEP',
         help='views at every (orbital, angulation) pair of START..STOP by STEP degrees',
     )
@@ -278,39 +208,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drr.add_argument(
         '--drr-detector',
-        type=_positive_int,
+        dest='drr_detector_pixels',
+        type=positive_int,
         metavar='N',
         help="detector of N x N pixels; unset: the preset's",
     )
     drr.add_argument(
         '--drr-pixel-size',
-        type=_positive_float,
+        dest='drr_pixel_size_mm',
+        type=positive_float,
         metavar='MM',
         help="detector pixel spacing; unset: the preset's",
     )
     drr.add_argument(
         '--drr-sdd',
-        type=_positive_float,
+        dest='drr_source_to_detector_mm',
+        type=positive_float,
         metavar='MM',
         help="source-to-detector distance; unset: the preset's",
     )
     drr.add_argument(
         '--drr-sid',
-        type=_positive_float,
+        dest='drr_source_to_isocentre_mm',
+        type=positive_float,
         metavar='MM',
         help="source-to-isocentre distance; unset: the preset's",
     )
     drr.add_argument(
         '--drr-noise',
-        type=_positive_int,
+        dest='drr_noise_photons',
+        type=positive_int,
         metavar='PHOTONS',
         help='Poisson noise for PHOTONS photons per pixel; unset: no noise',
     )
 
+
+def _add_superres_options(parser: argparse.ArgumentParser) -> None:
+    """superres: grid and model."""
     superres = parser.add_argument_group('Super-resolution (superres)')
     superres.add_argument(
         '--superres-voxel-size',
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         metavar='MM',
         help='isotropic voxel size of the super-resolved images (default 1.0)',
@@ -330,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     superres.add_argument(
         '--superres-max-iter',
-        type=_positive_int,
+        type=positive_int,
         metavar='N',
         help='cap on ADMM iterations (default 512; the run usually stops earlier, converged)',
     )
@@ -341,11 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
         'differences between odd and even slices; MR only',
     )
 
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Learned models: weights, and training at the group level."""
     models = parser.add_argument_group('Models (mr-harmonize; training at the group level)')
     models.add_argument(
         '--weights',
         action='append',
-        type=_weights_option,
+        type=weights_option,
         metavar='NAME=FILE',
         help=f'weights of model NAME ({", ".join(model_names())}): a .pt with its .json card '
         f'beside it. Default: OUTPUT_DIR/models/NAME/NAME.pt, then ${WEIGHTS_DIR_ENV}/NAME.pt, '
@@ -361,14 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument(
         '--steps',
-        type=_positive_int,
+        type=positive_int,
         metavar='N',
         help='training steps (iguane: each step visits every source site; default 20000 = '
         "IGUANe's 100 epochs x 200 steps)",
     )
     models.add_argument(
         '--train-patch-size',
-        type=_positive_int,
+        type=positive_int,
         nargs='+',
         metavar='N',
         help='train on random crops of N (or NX NY NZ) voxels, multiples of 16, instead of '
@@ -376,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument(
         '--checkpoint-every',
-        type=_positive_int,
+        type=positive_int,
         default=200,
         metavar='N',
         help='save a checkpoint (in the work directory) every N steps (default 200)',
@@ -393,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='harmonization target site (default: the site with the most participants)',
     )
 
+
+def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
+    """Pipelines, work directory and what to run or write."""
     flow = parser.add_argument_group('Workflow')
     flow.add_argument(
         '--pipelines',
@@ -427,30 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument('--random-seed', type=int, default=0, help='seed for every random step')
     flow.add_argument('--notrack', action='store_true', help='accepted; mrctprep sends nothing')
 
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument(
-        '-v',
-        '--verbose',
-        action='count',
-        default=0,
-        help='more output (-vv: debug); errors then show their traceback',
-    )
-    verbosity.add_argument('-q', '--quiet', action='count', default=0, help='less output')
-    return parser
 
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Parse the syntax (argparse: usage and exit 2 when wrong) and fill in defaults."""
-    parser = build_parser()
-    opts = parser.parse_args(argv)
+def check_options(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    """What argparse cannot check alone (usage and exit 2 when wrong)."""
     _check_drr_views(parser, opts)
     _check_training(parser, opts)
-    if opts.omp_nthreads is None:
-        opts.omp_nthreads = max(1, min(opts.nprocs - 1, 8))
-    for name in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir'):
-        if getattr(opts, name) is not None:
-            setattr(opts, name, Path(os.path.abspath(getattr(opts, name))))
-    return opts
 
 
 def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
@@ -471,33 +396,9 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
 
 def _check_drr_views(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
     """Views that would share one output name are a usage error, found before any work."""
-    from mrctprep.imaging.drr.presets import resolve_drr_settings
-
     try:
         resolve_drr_settings(
-            opts.drr_preset, angles=opts.drr_angles or (), grid=opts.drr_view_grid or ()
+            opts.drr_preset, angles=opts.drr_angles or (), grid=opts.drr_grid or ()
         )
     except ValueError as exc:
         parser.error(f'--drr-angles/--drr-view-grid: {exc}')
-
-
-def check_locations(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
-    """The input exists and nothing we write lands inside it (symbolic links followed)."""
-    if not bids_dir.is_dir():
-        raise InputError(
-            f'BIDS_DIR {bids_dir} does not exist or is not a directory (is the volume mounted?)'
-        )
-    bids_dir, output_dir, work_dir = bids_dir.resolve(), output_dir.resolve(), work_dir.resolve()
-    if output_dir == bids_dir:
-        raise InputError(f'OUTPUT_DIR must differ from BIDS_DIR ({bids_dir})')
-    # BIDS recommends <bids>/derivatives/<pipeline> for outputs; anywhere else inside the
-    # input would add files to the raw dataset.
-    if output_dir.is_relative_to(bids_dir) and not output_dir.is_relative_to(
-        bids_dir / 'derivatives'
-    ):
-        raise InputError(
-            f'OUTPUT_DIR {output_dir} lies inside BIDS_DIR {bids_dir}; '
-            'choose a folder outside it (or BIDS_DIR/derivatives/mrctprep)'
-        )
-    if work_dir.is_relative_to(bids_dir):
-        raise InputError(f'the work directory {work_dir} must not lie inside BIDS_DIR {bids_dir}')

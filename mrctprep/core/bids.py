@@ -222,3 +222,25 @@ def strip_image_suffix(name: str) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def check_locations(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
+    """The input exists and nothing we write lands inside it (symbolic links followed)."""
+    if not bids_dir.is_dir():
+        raise InputError(
+            f'BIDS_DIR {bids_dir} does not exist or is not a directory (is the volume mounted?)'
+        )
+    bids_dir, output_dir, work_dir = bids_dir.resolve(), output_dir.resolve(), work_dir.resolve()
+    if output_dir == bids_dir:
+        raise InputError(f'OUTPUT_DIR must differ from BIDS_DIR ({bids_dir})')
+    # BIDS recommends <bids>/derivatives/<pipeline> for outputs; anywhere else inside the
+    # input would add files to the raw dataset.
+    if output_dir.is_relative_to(bids_dir) and not output_dir.is_relative_to(
+        bids_dir / 'derivatives'
+    ):
+        raise InputError(
+            f'OUTPUT_DIR {output_dir} lies inside BIDS_DIR {bids_dir}; '
+            'choose a folder outside it (or BIDS_DIR/derivatives/mrctprep)'
+        )
+    if work_dir.is_relative_to(bids_dir):
+        raise InputError(f'the work directory {work_dir} must not lie inside BIDS_DIR {bids_dir}')

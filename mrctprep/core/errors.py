@@ -57,11 +57,13 @@ class CheckpointError(InputError):
 
 
 class NoModelInputsError(InputError):
-    """Group-level training found none of the participant outputs it trains on."""
+    """None of the participant-level outputs that group-level harmonization works on."""
 
-    def __init__(self, model: str, output_dir: Path, pattern: str):
-        self.model, self.output_dir, self.pattern = model, output_dir, pattern
-        super().__init__(f'{model}: no model inputs ({pattern}) in {output_dir}')
+    def __init__(self, output_dir: Path, pattern: str):
+        self.output_dir, self.pattern = output_dir, pattern
+        super().__init__(
+            f'no mr-preproc model inputs ({pattern}) in {output_dir} for the selected participants'
+        )
 
 
 class ImplausibleBrainMaskError(MrctprepError, ValueError):

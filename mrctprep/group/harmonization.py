@@ -31,13 +31,13 @@ import pandas as pd
 from bids.layout import parse_file_entities
 from neuroHarmonize import harmonizationLearn
 
-from mrctprep.core.config import RunConfig
+from mrctprep.core.config import InputOptions
 from mrctprep.core.derivatives import write_text_atomically
-from mrctprep.core.errors import InputError, first_few
+from mrctprep.core.errors import InputError, NoModelInputsError, first_few
 from mrctprep.group.sites import ParticipantInfo
 from mrctprep.imaging.regions import REGIONS, regional_means
 
-LOGGER = logging.getLogger('mrctprep')
+LOGGER = logging.getLogger(__name__)
 
 TABLE_COLUMNS = (
     'participant_id',
@@ -52,7 +52,7 @@ TABLE_COLUMNS = (
 METHODS = ('raw', 'combat', 'iguane')
 SUMMARY_COLUMNS = ('method', 'images', 'sites', 'site_effect')
 
-_NORM_PATTERN = '*_space-*_res-1_desc-norm_T1w.nii.gz'
+NORM_PATTERN = '*_space-*_res-1_desc-norm_T1w.nii.gz'
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,13 @@ class ModelInput:
     harmonized: Path | None
 
 
-def find_model_inputs(config: RunConfig) -> list[ModelInput]:
+def find_model_inputs(inputs: InputOptions) -> list[ModelInput]:
     """Every ``desc-norm`` T1w of the selected participants in the output dir, sorted."""
     found = []
-    for pattern in (f'sub-*/anat/{_NORM_PATTERN}', f'sub-*/ses-*/anat/{_NORM_PATTERN}'):
-        for norm in sorted(config.output_dir.glob(pattern)):
+    for pattern in (f'sub-*/anat/{NORM_PATTERN}', f'sub-*/ses-*/anat/{NORM_PATTERN}'):
+        for norm in sorted(inputs.output_dir.glob(pattern)):
             entities = parse_file_entities(str(norm))
-            if config.participant_label and entities['subject'] not in config.participant_label:
+            if inputs.participant_label and entities['subject'] not in inputs.participant_label:
                 continue
             harmonized = norm.with_name(norm.name.replace('_desc-norm_', '_desc-harmonized_'))
             found.append(
@@ -86,7 +86,7 @@ def find_model_inputs(config: RunConfig) -> list[ModelInput]:
 
 
 def write_harmonization_tables(
-    config: RunConfig,
+    inputs: InputOptions,
     sites: Mapping[str, ParticipantInfo],
     reference_site: str | None = None,
 ) -> list[Path]:
@@ -95,17 +95,14 @@ def write_harmonization_tables(
     ``reference_site``: the site ComBat maps the others onto (left unchanged), as IGUANe maps
     every site onto its reference; None maps every site onto the pooled mean.
     """
-    images = [image for image in find_model_inputs(config) if image.subject in sites]
+    images = [image for image in find_model_inputs(inputs) if image.subject in sites]
     if not images:
-        raise InputError(
-            f'no MNI-space model inputs ({_NORM_PATTERN}) in {config.output_dir} for the '
-            'selected participants: run the participant level with --pipelines mr-preproc first'
-        )
-    table = regional_table(images, sites, config.output_dir)
+        raise NoModelInputsError(inputs.output_dir, NORM_PATTERN)
+    table = regional_table(images, sites, inputs.output_dir)
     table['combat'] = combat_harmonize(table, sites, reference_site)
     summary = summarize_site_effects(table)
 
-    out = config.output_dir
+    out = inputs.output_dir
     text = table.to_csv(sep='\t', index=False, na_rep='n/a', float_format='%.8g')
     paths = [write_text_atomically(out / 'group_harmonization.tsv', text)]
     text = summary.to_csv(sep='\t', index=False, na_rep='n/a', float_format='%.4f')

@@ -20,7 +20,7 @@ import pandas as pd
 
 from mrctprep.core.errors import InputError, first_few
 
-LOGGER = logging.getLogger('mrctprep')
+LOGGER = logging.getLogger(__name__)
 
 #: Cells that BIDS tabular files use for a missing value.
 _MISSING = {'', 'n/a'}

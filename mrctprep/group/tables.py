@@ -12,11 +12,11 @@ from pathlib import Path
 import nibabel as nb
 from bids.layout import parse_file_entities
 
-from mrctprep.core.config import RunConfig
+from mrctprep.core.config import InputOptions
 from mrctprep.core.derivatives import write_text_atomically
 from mrctprep.core.errors import InputError
 
-LOGGER = logging.getLogger('mrctprep')
+LOGGER = logging.getLogger(__name__)
 
 GROUP_COLUMNS = (
     'participant_id',
@@ -29,16 +29,16 @@ GROUP_COLUMNS = (
 )
 
 
-def write_group_tables(config: RunConfig) -> list[Path]:
+def write_group_tables(inputs: InputOptions) -> list[Path]:
     """``group_<suffix>.tsv``: one row per native-space image the participant level wrote.
 
     Those are the outputs whose sidecar records the grid of the raw image
     (``OriginalOrientation``): ``desc-reorient``, ``desc-preproc`` T1w and CT.
     """
     rows: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for sidecar in sorted(config.output_dir.glob('sub-*/**/anat/*.json')):
+    for sidecar in sorted(inputs.output_dir.glob('sub-*/**/anat/*.json')):
         entities = parse_file_entities(str(sidecar))
-        if config.participant_label and entities['subject'] not in config.participant_label:
+        if inputs.participant_label and entities['subject'] not in inputs.participant_label:
             continue
         metadata = json.loads(sidecar.read_text())
         image_file = sidecar.with_name(sidecar.name.removesuffix('.json') + '.nii.gz')
@@ -58,7 +58,7 @@ def write_group_tables(config: RunConfig) -> list[Path]:
         )
     if not rows:
         raise InputError(
-            f'no participant-level outputs in {config.output_dir}: run the participant level first'
+            f'no participant-level outputs in {inputs.output_dir}: run the participant level first'
         )
     written = []
     for suffix, suffix_rows in sorted(rows.items()):
@@ -66,7 +66,7 @@ def write_group_tables(config: RunConfig) -> list[Path]:
         writer = csv.DictWriter(buffer, GROUP_COLUMNS, delimiter='\t', lineterminator='\n')
         writer.writeheader()
         writer.writerows(suffix_rows)
-        path = write_text_atomically(config.output_dir / f'group_{suffix}.tsv', buffer.getvalue())
+        path = write_text_atomically(inputs.output_dir / f'group_{suffix}.tsv', buffer.getvalue())
         LOGGER.info('%s: %d image(s)', path, len(suffix_rows))
         written.append(path)
     return written

@@ -1,6 +1,6 @@
-"""``group --train iguane``: train the harmonization model on the participant outputs.
+"""Group-level training of the harmonization model (IGUANe) on the participant outputs.
 
-Checkpoints go to ``<work>/train/<model>/checkpoint.pt`` (``--resume`` continues from there);
+Checkpoints go to ``<work>/train/<model>/checkpoint.pt`` (a resumed training continues there);
 the weights, their card, the training log and the loss plot to ``OUTPUT_DIR/models/<model>/``,
 where the participant level's ``mr-harmonize`` finds them.
 """
@@ -14,23 +14,26 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from mrctprep.core.config import RunConfig
+from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.errors import InputError
 from mrctprep.group.harmonization import ModelInput
 from mrctprep.group.sites import ParticipantInfo
 from mrctprep.models.weights import ModelWeights, save_weights, trained_weights_file
 
-LOGGER = logging.getLogger('mrctprep')
+LOGGER = logging.getLogger(__name__)
 
 
 def train_harmonizer(
-    config: RunConfig,
     model_inputs: Sequence[ModelInput],
     sites: Mapping[str, ParticipantInfo],
     reference_site: str,
+    *,
+    inputs: InputOptions,
+    models: ModelOptions,
+    execution: ExecutionOptions,
 ) -> ModelWeights:
     """Train IGUANe with ``reference_site`` as the target domain; write weights and log."""
-    from mrctprep.core.devices import resolve_device, set_torch_threads
+    from mrctprep.core.devices import set_torch_threads
     from mrctprep.models.iguane_training import (
         DEFAULT_STEPS,
         IguaneTraining,
@@ -51,19 +54,19 @@ def train_harmonizer(
     counts = Counter(image.site for image in images)
     if len(counts) < 2:
         raise InputError(
-            f'{config.train}: harmonization needs images from two sites or more; found '
+            f'{models.train}: harmonization needs images from two sites or more; found '
             f'{", ".join(f"{site} ({n})" for site, n in counts.items())}'
         )
     reference = [image for image in images if image.site == reference_site]
     sources = {
         site: [i for i in images if i.site == site] for site in counts if site != reference_site
     }
-    patch = config.train_patch_size
+    patch = models.train_patch_size
     settings = IguaneTrainingSettings(
-        steps=config.train_steps or DEFAULT_STEPS,
+        steps=models.steps or DEFAULT_STEPS,
         patch_size=tuple(patch * 3 if len(patch) == 1 else patch) if patch else None,
-        device=resolve_device(config.device),
-        seed=config.random_seed,
+        device=execution.device,
+        seed=execution.random_seed,
     )
     LOGGER.info(
         'training iguane: reference site %s (%d images), source sites %s; %d steps on %s, %s',
@@ -74,8 +77,8 @@ def train_harmonizer(
         settings.device,
         f'patches {settings.patch_size}' if patch else 'whole volumes',
     )
-    set_torch_threads(config.omp_nthreads)
-    seed_everything(config.random_seed)
+    set_torch_threads(execution.omp_nthreads)
+    seed_everything(execution.random_seed)
     task = IguaneTraining(reference, sources, settings)
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -93,13 +96,13 @@ def train_harmonizer(
         TrainingSettings(
             name='iguane',
             steps=settings.steps,
-            checkpoint_file=config.work_dir / 'train' / 'iguane' / 'checkpoint.pt',
-            checkpoint_every=config.checkpoint_every,
-            resume=config.resume,
+            checkpoint_file=execution.work_dir / 'train' / 'iguane' / 'checkpoint.pt',
+            checkpoint_every=models.checkpoint_every,
+            resume=models.resume,
             fingerprint=fingerprint,
         ),
     )
-    weights_file = trained_weights_file(config.output_dir, 'iguane')
+    weights_file = trained_weights_file(inputs.output_dir, 'iguane')
     write_training_log(
         history,
         weights_file.with_name('training_log.tsv'),
@@ -111,7 +114,7 @@ def train_harmonizer(
         name='iguane',
         provenance={
             'trained': {
-                'Dataset': str(config.bids_dir),
+                'Dataset': str(inputs.bids_dir),
                 'ReferenceSite': reference_site,
                 'Sites': {
                     site: len(v) for site, v in [(reference_site, reference), *sources.items()]
@@ -121,17 +124,10 @@ def train_harmonizer(
                 'RandomSeed': settings.seed,
                 'Device': settings.device,
                 'FinalLosses': {k: round(v, 5) for k, v in history[-1].items() if k != 'step'},
-                'TrainedWith': f'mrctprep {config.version}',
+                'TrainedWith': f'mrctprep {execution.version}',
                 'Date': datetime.now(UTC).isoformat(timespec='seconds'),
             }
         },
     )
-    LOGGER.info(
-        'iguane weights written to %s (SHA-256 %s); harmonize with: mrctprep %s %s '
-        'participant --pipelines mr-harmonize',
-        weights.path,
-        weights.sha256[:12],
-        config.bids_dir,
-        config.output_dir,
-    )
+    LOGGER.info('iguane weights written to %s (SHA-256 %s)', weights.path, weights.sha256[:12])
     return weights

@@ -1,42 +1,24 @@
-"""The ``ct-ingest`` pipeline: each CT checked and conformed to int16 HU in RAS+, with QC."""
+"""The ``ct-ingest`` pipeline: a CT checked and conformed to int16 HU in RAS+, with QC."""
 
 from __future__ import annotations
 
-from functools import partial
+from pathlib import Path
 
 import nibabel as nb
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.core.bids import SubjectData, read_sidecar
-from mrctprep.core.config import RunConfig
+from mrctprep.core.bids import read_sidecar
 from mrctprep.imaging.dicom_series import ACQUISITION_KEYS
 from mrctprep.imaging.hounsfield import PADDING_FILL_HU
-from mrctprep.interfaces.ct import ConformCT
 from mrctprep.interfaces.reports import CTWindowsRPT
-from mrctprep.workflows.images import init_per_image_wf
+from mrctprep.workflows.ct_conform import init_conform_ct_wf
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.outputs import derivatives_sink
-
-#: The queries (``--bids-filter-file`` names) whose images this pipeline conforms.
-CT_INGEST_INPUTS = ('ct',)
+from mrctprep.workflows.outputs import init_ds_ct_ingest
 
 
 def init_ct_ingest_wf(
-    *, subject_data: SubjectData, config: RunConfig, name: str = 'ct_ingest_wf'
-) -> LiterateWorkflow:
-    """Conform every CT of a subject, one sub-workflow per image."""
-    return init_per_image_wf(
-        subject_data=subject_data,
-        queries=CT_INGEST_INPUTS,
-        init_image_wf=partial(init_ct_conform_wf, output_dir=str(config.output_dir)),
-        prefix='ct_conform',
-        name=name,
-    )
-
-
-def init_ct_conform_wf(
-    *, source_file: str, output_dir: str, name: str = 'ct_conform_wf'
+    *, source_file: str, output_dir: str | Path, name: str = 'ct_ingest_wf'
 ) -> LiterateWorkflow:
     """Check one CT is in HU, conform it, and write it with a four-window QC figure.
 
@@ -52,40 +34,22 @@ def init_ct_conform_wf(
         'was stored as 16-bit integers with its voxel axes reordered to RAS+ without '
         f'resampling (nibabel {nb.__version__}).\n'
     )
-    # The raw sidecar is read here, once: it is small, and its facts belong in the outputs.
     raw_sidecar = read_sidecar(source_file)
     acquisition = {key: raw_sidecar[key] for key in ACQUISITION_KEYS if key in raw_sidecar}
 
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_file']), name='inputnode')
     inputnode.inputs.source_file = source_file
     outputnode = pe.Node(niu.IdentityInterface(fields=['out_file']), name='outputnode')
-
-    conform = pe.Node(ConformCT(), name='conform')
-    if raw_sidecar.get('PixelPaddingValue') is not None:
-        conform.inputs.padding_value = float(raw_sidecar['PixelPaddingValue'])
+    conform_ct_wf = init_conform_ct_wf(source_file=source_file)
     plot_conform = pe.Node(
         CTWindowsRPT(title=f'{source_file.rsplit("/", 1)[-1]}: HU, RAS+'), name='plot_conform'
     )
-    ds_conform = derivatives_sink(
-        'ds_conform',
-        output_dir,
-        entities={'desc': 'preproc'},
-        dtype='int16',
-        static_meta=acquisition,
-    )
-    ds_report_conform = derivatives_sink(
-        'ds_report_conform', output_dir, entities={'desc': 'preproc'}, datatype='figures'
-    )
-
     # fmt: off
     workflow.connect([
-        (inputnode, conform, [('source_file', 'in_file')]),
-        (inputnode, ds_conform, [('source_file', 'source_file')]),
-        (inputnode, ds_report_conform, [('source_file', 'source_file')]),
-        (conform, ds_conform, [('out_file', 'in_file'), ('metadata', 'meta_dict')]),
-        (conform, plot_conform, [('out_file', 'in_file')]),
-        (plot_conform, ds_report_conform, [('out_report', 'in_file')]),
-        (ds_conform, outputnode, [('out_file', 'out_file')]),
+        (inputnode, conform_ct_wf, [('source_file', 'inputnode.source_file')]),
+        (conform_ct_wf, plot_conform, [('outputnode.out_file', 'in_file')]),
     ])
     # fmt: on
+    sinks = init_ds_ct_ingest(workflow, output_dir=output_dir, acquisition=acquisition)
+    workflow.connect(sinks['ds_conform'], 'out_file', outputnode, 'out_file')
     return workflow

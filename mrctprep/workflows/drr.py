@@ -1,95 +1,59 @@
-"""The ``drr`` pipeline: synthetic X-rays of each CT on a digital C-arm (DeepDRR's recipe)."""
+"""The ``drr`` pipeline: synthetic X-rays of a CT on a digital C-arm (DeepDRR's recipe)."""
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
+from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.core.bids import SubjectData, read_sidecar
-from mrctprep.core.config import RunConfig
+from mrctprep.core.config import DRROptions, ExecutionOptions
 from mrctprep.imaging.drr.presets import DRRSettings, resolve_drr_settings
-from mrctprep.interfaces.ct import ConformCT
 from mrctprep.interfaces.drr import RenderDRR
 from mrctprep.interfaces.reports import ContactSheetRPT
-from mrctprep.workflows.images import init_per_image_wf
+from mrctprep.workflows.ct_conform import init_conform_ct_wf
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.outputs import derivatives_sink
-
-#: The queries (``--bids-filter-file`` names) whose images are projected.
-DRR_INPUTS = ('ct',)
-
-
-def drr_options(config: RunConfig) -> dict[str, Any]:
-    """The run's ``--drr-*`` options as keyword arguments of :func:`resolve_drr_settings`."""
-    options = {
-        'preset': config.drr_preset,
-        'angles': config.drr_angles,
-        'grid': config.drr_view_grid,
-        'kvp': config.drr_kvp,
-        'output': config.drr_output,
-        'detector_pixels': config.drr_detector,
-        'pixel_size_mm': config.drr_pixel_size,
-        'source_to_detector_mm': config.drr_sdd,
-        'source_to_isocentre_mm': config.drr_sid,
-        'noise_photons': config.drr_noise,
-    }
-    return {name: value for name, value in options.items() if value not in (None, [])}
+from mrctprep.workflows.outputs import init_ds_drr
 
 
 def init_drr_wf(
-    *, subject_data: SubjectData, config: RunConfig, name: str = 'drr_wf'
-) -> LiterateWorkflow:
-    """Project every CT of a subject, one sub-workflow per image."""
-    return init_per_image_wf(
-        subject_data=subject_data,
-        queries=DRR_INPUTS,
-        init_image_wf=partial(init_drr_image_wf, config=config),
-        prefix='drr',
-        name=name,
-    )
-
-
-def init_drr_image_wf(
-    *, source_file: str, config: RunConfig, name: str = 'drr_image_wf'
+    *,
+    source_file: str,
+    output_dir: str | Path,
+    drr: DRROptions,
+    execution: ExecutionOptions,
+    name: str = 'drr_wf',
 ) -> LiterateWorkflow:
     """Conform one CT to HU (as ct-ingest does), render its views, write them with a figure.
 
-    The CT goes through :class:`ConformCT` first: the material thresholds are in HU, so a
-    volume stored as HU + 1024 must be shifted back, and scanner padding (-2048, -3024) set to
-    air rather than read as vacuum denser than air.
+    The CT is conformed first: the material thresholds are in HU, so a volume stored as
+    HU + 1024 must be shifted back, and scanner padding (-2048, -3024) set to air rather than
+    read as vacuum denser than air.
 
     Outputs (``sub-<l>/anat/``), per view: ``sub-<l>_desc-<view>_drr.nii.gz`` (float32; the
     affine places each pixel on the detector in world mm), ``_drr.png`` (16-bit) and
     ``_drr.json`` (projection matrix, source, geometry, spectrum, thresholds, angles); and
     ``figures/sub-<l>_desc-drr_ct.png``, a contact sheet of the views.
     """
-    options = drr_options(config)
+    options = drr.overrides()
     settings = resolve_drr_settings(**options)
     labels = settings.view_labels
-    output_dir = str(config.output_dir)
     workflow = LiterateWorkflow(name=name)
     workflow.__desc__ = _methods_text(settings)
-    raw_sidecar = read_sidecar(source_file)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_file']), name='inputnode')
     inputnode.inputs.source_file = source_file
     outputnode = pe.Node(niu.IdentityInterface(fields=['drr_files']), name='outputnode')
-
-    conform = pe.Node(ConformCT(), name='conform')
-    if raw_sidecar.get('PixelPaddingValue') is not None:
-        conform.inputs.padding_value = float(raw_sidecar['PixelPaddingValue'])
+    conform_ct_wf = init_conform_ct_wf(source_file=source_file)
     render = pe.Node(
         RenderDRR(
             options=options,
-            random_seed=config.random_seed,
-            device=config.device,
-            num_threads=config.omp_nthreads,
+            random_seed=execution.random_seed,
+            device=execution.device,
+            num_threads=execution.omp_nthreads,
         ),
         name='render',
-        n_procs=config.omp_nthreads,
+        n_procs=execution.omp_nthreads,
         mem_gb=3,
     )
     plot_views = pe.Node(
@@ -97,49 +61,18 @@ def init_drr_image_wf(
         name='plot_views',
     )
     merge_drr = pe.Node(niu.Merge(len(labels)), name='merge_drr', run_without_submitting=True)
-    ds_report_drr = derivatives_sink(
-        'ds_report_drr', output_dir, entities={'desc': 'drr'}, datatype='figures'
-    )
-
     # fmt: off
     workflow.connect([
-        (inputnode, conform, [('source_file', 'in_file')]),
-        (conform, render, [('out_file', 'in_file')]),
+        (inputnode, conform_ct_wf, [('source_file', 'inputnode.source_file')]),
+        (conform_ct_wf, render, [('outputnode.out_file', 'in_file')]),
         (render, plot_views, [('out_files', 'in_files')]),
-        (inputnode, ds_report_drr, [('source_file', 'source_file')]),
-        (plot_views, ds_report_drr, [('out_report', 'in_file')]),
         (merge_drr, outputnode, [('out', 'drr_files')]),
     ])
     # fmt: on
-    # One sink per view and file type, so that the log names each view as it is written.
-    # A view's PNG shares its NIfTI's name and so its sidecar, written with the same content.
+    sinks = init_ds_drr(workflow, output_dir=output_dir, labels=labels)
     for index, label in enumerate(labels):
-        for kind, output, dtype in (
-            ('nii', 'out_files', {'dtype': 'float32'}),
-            ('png', 'png_files', {}),
-        ):
-            sink = derivatives_sink(
-                f'ds_drr_{label}_{kind}',
-                output_dir,
-                entities={'desc': label},
-                suffix='drr',
-                **dtype,
-            )
-            # fmt: off
-            workflow.connect([
-                (inputnode, sink, [('source_file', 'source_file')]),
-                (render, sink, [((output, select, index), 'in_file'),
-                                (('metadata', select, index), 'meta_dict')]),
-            ])
-            # fmt: on
-            if kind == 'nii':
-                workflow.connect(sink, 'out_file', merge_drr, f'in{index + 1}')
+        workflow.connect(sinks[f'ds_drr_{label}_nii'], 'out_file', merge_drr, f'in{index + 1}')
     return workflow
-
-
-def select(items: list, index: int):
-    """``items[index]``: a connection function (nipype copies its source into the graph)."""
-    return items[index]
 
 
 def _methods_text(settings: DRRSettings) -> str:

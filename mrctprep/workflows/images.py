@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from mrctprep.core.bids import SubjectData
 from mrctprep.workflows.literate import LiterateWorkflow
@@ -20,20 +21,17 @@ def init_per_image_wf(
     subject_data: SubjectData,
     queries: Iterable[str],
     init_image_wf: Callable[..., LiterateWorkflow],
+    settings: Mapping[str, Any],
     prefix: str,
     name: str,
 ) -> LiterateWorkflow:
-    """``init_image_wf(source_file=…, name='<prefix>_<image id>_wf')`` for each image found
-    by ``queries``, side by side in one workflow."""
+    """``init_image_wf(source_file=…, **settings, name='<prefix>_<image id>_wf')`` for each
+    image found by ``queries``, side by side in one workflow."""
     workflow = LiterateWorkflow(name=name)
     for query in queries:
         for source_file in subject_data.files.get(query, []):
+            image_name = f'{prefix}_{image_id(source_file, subject_data)}_wf'
             workflow.add_nodes(
-                [
-                    init_image_wf(
-                        source_file=source_file,
-                        name=f'{prefix}_{image_id(source_file, subject_data)}_wf',
-                    )
-                ]
+                [init_image_wf(source_file=source_file, **settings, name=image_name)]
             )
     return workflow

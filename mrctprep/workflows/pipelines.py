@@ -1,19 +1,24 @@
-"""The pipelines that ``--pipelines`` selects: what each needs and which factory builds it."""
+"""The pipelines that ``--pipelines`` selects: plain data, read without importing nipype.
+
+Each entry says what a pipeline needs, which sections of the run configuration it reads, and
+where its factory lives; :func:`build_pipeline` imports the factory only when a graph is built,
+so that ``mrctprep --help`` and ``--list-pipelines`` answer without nipype or torch. Adding a
+pipeline is one entry here, one workflow module and its interfaces and models.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mrctprep.core.bids import SubjectData
 from mrctprep.core.config import RunConfig
-from mrctprep.workflows.ct_ingest import CT_INGEST_INPUTS, init_ct_ingest_wf
-from mrctprep.workflows.drr import DRR_INPUTS, init_drr_wf
-from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.mr_harmonize import init_mr_harmonize_wf
-from mrctprep.workflows.mr_preproc import MR_PREPROC_INPUTS, init_mr_preproc_wf
-from mrctprep.workflows.reorient import REORIENT_INPUTS, init_reorient_wf
-from mrctprep.workflows.superres import SUPERRES_INPUTS, init_superres_wf
+
+if TYPE_CHECKING:
+    from mrctprep.workflows.literate import LiterateWorkflow
+
+ANATOMICAL_INPUTS = ('t1w', 't2w', 'flair', 'pdw', 'ct')
 
 
 @dataclass(frozen=True)
@@ -23,18 +28,24 @@ class Pipeline:
     name: str
     level: str
     summary: str
+    #: the queries (``--bids-filter-file`` names) whose images it processes
     inputs: tuple[str, ...]
-    factory: Callable[..., LiterateWorkflow]
+    #: ``module:function`` of its ``init_<name>_wf`` factory
+    factory: str
+    #: the sections of :class:`RunConfig` that its factory takes, by name
+    sections: tuple[str, ...] = ()
+    #: factories that build one image's workflow, called once per input image
+    per_image: bool = True
     #: A pipeline this one extends: it is built under that one's name, so that the nodes they
     #: share keep their cache, and it replaces that one when both are selected.
     extends: str | None = None
 
+    @property
+    def workflow_name(self) -> str:
+        return (self.extends or self.name).replace('-', '_') + '_wf'
+
     def accepts(self, subject_data: SubjectData) -> bool:
         return any(subject_data.files.get(query) for query in self.inputs)
-
-    def build(self, subject_data: SubjectData, config: RunConfig) -> LiterateWorkflow:
-        name = (self.extends or self.name).replace('-', '_')
-        return self.factory(subject_data=subject_data, config=config, name=f'{name}_wf')
 
 
 PIPELINES: dict[str, Pipeline] = {
@@ -45,48 +56,53 @@ PIPELINES: dict[str, Pipeline] = {
             level='participant',
             summary='T1w: RAS+, HD-BET skull strip, N4, rigid to MNI152, FSL MNI grid, '
             'median 500, IGUANe crop (the harmonization model input) + QC figures',
-            inputs=MR_PREPROC_INPUTS,
-            factory=init_mr_preproc_wf,
+            inputs=('t1w',),
+            factory='mrctprep.workflows.mr_preproc:init_mr_preproc_wf',
+            sections=('mr', 'execution'),
         ),
         Pipeline(
             name='mr-harmonize',
             level='participant',
             summary='mr-preproc, then IGUANe harmonization (weights: --weights iguane=FILE or '
             'group --train iguane): harmonized T1w on the model grid and in native space',
-            inputs=MR_PREPROC_INPUTS,
-            factory=init_mr_harmonize_wf,
+            inputs=('t1w',),
+            factory='mrctprep.workflows.mr_harmonize:init_mr_harmonize_wf',
+            sections=('mr', 'models', 'execution'),
             extends='mr-preproc',
         ),
         Pipeline(
             name='reorient',
             level='participant',
             summary='anatomical MR and CT images to RAS+ voxel order (no resampling) + QC figure',
-            inputs=REORIENT_INPUTS,
-            factory=init_reorient_wf,
+            inputs=ANATOMICAL_INPUTS,
+            factory='mrctprep.workflows.reorient:init_reorient_wf',
         ),
         Pipeline(
             name='ct-ingest',
             level='participant',
             summary='CT checked and conformed: HU (fixing HU+1024), padding to air, int16, '
             'RAS+ + QC figure in four windows',
-            inputs=CT_INGEST_INPUTS,
-            factory=init_ct_ingest_wf,
+            inputs=('ct',),
+            factory='mrctprep.workflows.ct_ingest:init_ct_ingest_wf',
         ),
         Pipeline(
             name='drr',
             level='participant',
             summary='synthetic X-rays of each CT on a digital C-arm (DeepDRR physics, presets, '
             'view grids): float32 NIfTI + 16-bit PNG + projection matrix per view, contact sheet',
-            inputs=DRR_INPUTS,
-            factory=init_drr_wf,
+            inputs=('ct',),
+            factory='mrctprep.workflows.drr:init_drr_wf',
+            sections=('drr', 'execution'),
         ),
         Pipeline(
             name='superres',
             level='participant',
             summary='UniRes super-resolution: all scans of a session (runs = repeats) '
             'co-registered and fitted jointly onto one isotropic grid + QC figures',
-            inputs=SUPERRES_INPUTS,
-            factory=init_superres_wf,
+            inputs=ANATOMICAL_INPUTS,
+            factory='mrctprep.workflows.superres:init_superres_wf',
+            sections=('superres', 'execution'),
+            per_image=False,
         ),
     )
 }
@@ -94,10 +110,35 @@ PIPELINES: dict[str, Pipeline] = {
 DEFAULT_PIPELINES = ['mr-preproc', 'ct-ingest']
 
 
-def pipelines_to_build(selected: list[str]) -> list[Pipeline]:
+def pipelines_to_build(selected: list[str] | tuple[str, ...]) -> list[Pipeline]:
     """The selected pipelines, less those that a selected pipeline extends (it builds them)."""
     extended = {PIPELINES[name].extends for name in selected}
     return [PIPELINES[name] for name in selected if name not in extended]
+
+
+def build_pipeline(
+    pipeline: Pipeline, subject_data: SubjectData, config: RunConfig
+) -> LiterateWorkflow:
+    """The pipeline's workflow for one subject: its factory, given the output folder, the
+    sections it reads and, per image or once, the subject's input files."""
+    from mrctprep.workflows.images import init_per_image_wf
+
+    module, _, function = pipeline.factory.partition(':')
+    factory = getattr(importlib.import_module(module), function)
+    settings = {
+        'output_dir': config.inputs.output_dir,
+        **{section: getattr(config, section) for section in pipeline.sections},
+    }
+    if not pipeline.per_image:
+        return factory(subject_data=subject_data, **settings, name=pipeline.workflow_name)
+    return init_per_image_wf(
+        subject_data=subject_data,
+        queries=pipeline.inputs,
+        init_image_wf=factory,
+        settings=settings,
+        prefix=pipeline.workflow_name.removesuffix('_wf'),
+        name=pipeline.workflow_name,
+    )
 
 
 def describe_pipelines() -> str:

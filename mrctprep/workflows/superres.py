@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bids.layout import parse_file_entities
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from mrctprep.core.bids import SubjectData
-from mrctprep.core.config import RunConfig
-from mrctprep.core.devices import resolve_device
+from mrctprep.core.config import ExecutionOptions, SuperresOptions
 from mrctprep.imaging.superres.solver import SolverSettings
 from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.interfaces.superres import SuperResolution
-from mrctprep.workflows.drr import select
 from mrctprep.workflows.literate import LiterateWorkflow
-from mrctprep.workflows.outputs import derivatives_sink
+from mrctprep.workflows.outputs import init_ds_superres, select
+from mrctprep.workflows.pipelines import ANATOMICAL_INPUTS
 
-#: The queries (``--bids-filter-file`` names) whose images enter the model.
-SUPERRES_INPUTS = ('t1w', 't2w', 'flair', 'pdw', 'ct')
 #: Entities of a source that a channel's output keeps only when all its repeats share them.
 _REPEAT_ENTITIES = ('acquisition', 'ceagent', 'reconstruction', 'run')
 
@@ -32,7 +31,12 @@ def resolution_label(voxel_size: float) -> str:
 
 
 def init_superres_wf(
-    *, subject_data: SubjectData, config: RunConfig, name: str = 'superres_wf'
+    *,
+    subject_data: SubjectData,
+    output_dir: str | Path,
+    superres: SuperresOptions,
+    execution: ExecutionOptions,
+    name: str = 'superres_wf',
 ) -> LiterateWorkflow:
     """One UniRes model over every scan of a subject/session; one output per channel.
 
@@ -43,33 +47,31 @@ def init_superres_wf(
     ``figures/sub-<l>_desc-superres_<suffix>.svg`` (the first scan above the result).
     """
     source_files = [
-        path for query in SUPERRES_INPUTS for path in subject_data.files.get(query, [])
+        path for query in ANATOMICAL_INPUTS for path in subject_data.files.get(query, [])
     ]
     suffixes = [parse_file_entities(path)['suffix'] for path in source_files]
     channels = list(dict.fromkeys(suffixes))
-    max_iter = config.superres_max_iter or SolverSettings.max_iter
-    label = resolution_label(config.superres_voxel_size)
-    output_dir = str(config.output_dir)
+    max_iter = superres.max_iter or SolverSettings.max_iter
     workflow = LiterateWorkflow(name=name)
-    workflow.__desc__ = _methods_text(config, max_iter)
+    workflow.__desc__ = _methods_text(superres, max_iter)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_files']), name='inputnode')
     inputnode.inputs.source_files = source_files
     outputnode = pe.Node(niu.IdentityInterface(fields=['superres_files']), name='outputnode')
-    superres = pe.Node(
+    model = pe.Node(
         SuperResolution(
             channels=suffixes,
-            voxel_size=config.superres_voxel_size,
-            method=config.superres_method,
-            common_grid=config.superres_common_grid,
+            voxel_size=superres.voxel_size,
+            method=superres.method,
+            common_grid=superres.common_grid,
             max_iter=max_iter,
-            interleaved=config.superres_interleaved,
-            random_seed=config.random_seed,
-            device=resolve_device(config.device),
-            num_threads=config.omp_nthreads,
+            interleaved=superres.interleaved,
+            random_seed=execution.random_seed,
+            device=execution.device,
+            num_threads=execution.omp_nthreads,
         ),
         name='superres',
-        n_procs=config.omp_nthreads,
+        n_procs=execution.omp_nthreads,
         mem_gb=2.5,
     )
     merge_superres = pe.Node(
@@ -77,7 +79,7 @@ def init_superres_wf(
     )
     # fmt: off
     workflow.connect([
-        (inputnode, superres, [('source_files', 'in_files')]),
+        (inputnode, model, [('source_files', 'in_files')]),
         (merge_superres, outputnode, [('out', 'superres_files')]),
     ])
     # fmt: on
@@ -85,50 +87,60 @@ def init_superres_wf(
         channel_files = [
             path for path, s in zip(source_files, suffixes, strict=True) if s == channel
         ]
-        entities = _channel_entities(channel_files)
-        ds_superres = derivatives_sink(
-            f'ds_superres_{channel}',
-            output_dir,
-            source_file=channel_files,
-            entities={**entities, 'res': label, 'desc': 'superres'},
-            dtype='float32',
-            static_meta={
-                'Resolution': f'{config.superres_voxel_size:g} mm isotropic '
-                + (
-                    '(common grid, template field of view)'
-                    if config.superres_common_grid
-                    else '(grid around the inputs)'
-                )
-            },
-        )
-        plot_superres = pe.Node(
-            BeforeAfterRPT(
-                title=f'{channel}: {config.superres_method} super-resolution',
-                labels=(
-                    f'input ({channel_files[0].rsplit("/", 1)[-1]})',
-                    f'{config.superres_voxel_size:g} mm',
-                ),
-            ),
-            name=f'plot_superres_{channel}',
-        )
-        ds_report_superres = derivatives_sink(
-            f'ds_report_superres_{channel}',
-            output_dir,
-            source_file=channel_files,
-            entities={**entities, 'desc': 'superres'},
-            datatype='figures',
-        )
-        # fmt: off
-        workflow.connect([
-            (superres, ds_superres, [(('out_files', select, index), 'in_file'),
-                                     (('metadata', select, index), 'meta_dict')]),
-            (superres, plot_superres, [(('input_views', select, index), 'before_file'),
-                                       (('out_files', select, index), 'after_file')]),
-            (plot_superres, ds_report_superres, [('out_report', 'in_file')]),
-            (ds_superres, merge_superres, [('out_file', f'in{index + 1}')]),
-        ])
-        # fmt: on
+        _add_channel_outputs(workflow, output_dir, superres, channel, index, channel_files)
     return workflow
+
+
+def _add_channel_outputs(
+    workflow: LiterateWorkflow,
+    output_dir: str | Path,
+    superres: SuperresOptions,
+    channel: str,
+    index: int,
+    channel_files: list[str],
+) -> None:
+    """A channel's figure and sinks, and its output into the merged list."""
+    model = workflow.get_node('superres')
+    plot_superres = pe.Node(
+        BeforeAfterRPT(
+            title=f'{channel}: {superres.method} super-resolution',
+            labels=(
+                f'input ({channel_files[0].rsplit("/", 1)[-1]})',
+                f'{superres.voxel_size:g} mm',
+            ),
+        ),
+        name=f'plot_superres_{channel}',
+    )
+    # fmt: off
+    workflow.connect([
+        (model, plot_superres, [(('input_views', select, index), 'before_file'),
+                                (('out_files', select, index), 'after_file')]),
+    ])
+    # fmt: on
+    grid = (
+        '(common grid, template field of view)'
+        if superres.common_grid
+        else '(grid around the inputs)'
+    )
+    sinks = init_ds_superres(
+        workflow,
+        output_dir=output_dir,
+        channel=channel,
+        index=index,
+        source_files=channel_files,
+        entities={
+            **_channel_entities(channel_files),
+            'res': resolution_label(superres.voxel_size),
+            'desc': 'superres',
+        },
+        resolution=f'{superres.voxel_size:g} mm isotropic {grid}',
+    )
+    workflow.connect(
+        sinks[f'ds_superres_{channel}'],
+        'out_file',
+        workflow.get_node('merge_superres'),
+        f'in{index + 1}',
+    )
 
 
 def _channel_entities(channel_files: list[str]) -> dict:
@@ -141,22 +153,22 @@ def _channel_entities(channel_files: list[str]) -> dict:
     }
 
 
-def _methods_text(config: RunConfig, max_iter: int) -> str:
-    if config.superres_method == 'linear':
+def _methods_text(superres: SuperresOptions, max_iter: int) -> str:
+    if superres.method == 'linear':
         return (
             'All anatomical scans of each session were rigidly co-registered to the first '
             '(ANTs, mutual information) and resampled trilinearly onto one '
-            f'{config.superres_voxel_size:g} mm isotropic grid, runs of a contrast averaged.\n'
+            f'{superres.voxel_size:g} mm isotropic grid, runs of a contrast averaged.\n'
         )
     interleaved = (
         '; the intensities of odd and even slices of each MR scan were corrected by a fitted '
         "per-scan factor (interleaved acquisition; UniRes's --scale)"
-        if config.superres_interleaved
+        if superres.interleaved
         else ''
     )
     return (
         'All anatomical scans of each session were super-resolved jointly onto one '
-        f'{config.superres_voxel_size:g} mm isotropic grid with the model of UniRes (Brudfors '
+        f'{superres.voxel_size:g} mm isotropic grid with the model of UniRes (Brudfors '
         'et al., 2018, 2019), reimplemented in PyTorch: each scan was rigidly co-registered to '
         'the first (ANTs, mutual information) and modelled by its own projection (slice '
         'profile rectangular through its thick axis, Gaussian in-plane), runs of a contrast as '

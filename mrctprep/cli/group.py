@@ -1,0 +1,62 @@
+"""The group level: tables of every subject's outputs, harmonization tables, training."""
+
+from __future__ import annotations
+
+import logging
+
+from mrctprep.cli.errors import EXIT_OK
+from mrctprep.core.config import RunConfig
+from mrctprep.core.errors import InputError
+from mrctprep.group.harmonization import (
+    NORM_PATTERN,
+    find_model_inputs,
+    write_harmonization_tables,
+)
+from mrctprep.group.sites import choose_reference_site, read_participant_sites
+from mrctprep.group.tables import write_group_tables
+
+LOGGER = logging.getLogger(__name__)
+
+
+def run_group(config: RunConfig) -> int:
+    """Read the participant outputs (never the raw data again) and write the group tables."""
+    inputs, models = config.inputs, config.models
+    write_group_tables(inputs)
+    # Only mr-preproc's MNI-space model inputs can be compared across sites.
+    model_inputs = find_model_inputs(inputs)
+    if not model_inputs:
+        if models.train:
+            raise InputError(
+                f'--train {models.train}: no mr-preproc model inputs ({NORM_PATTERN}) in '
+                f'{inputs.output_dir}; run the participant level with --pipelines mr-preproc '
+                'first'
+            )
+        return EXIT_OK
+    try:
+        sites = read_participant_sites(inputs.bids_dir, sorted({i.subject for i in model_inputs}))
+    except InputError as exc:
+        if models.train:
+            raise
+        LOGGER.warning('no harmonization tables: %s', exc)
+        return EXIT_OK
+    reference_site = choose_reference_site(
+        {subject: info.site for subject, info in sites.items()}, models.reference_site
+    )
+    if models.train:
+        from mrctprep.group.training import train_harmonizer
+
+        train_harmonizer(
+            model_inputs,
+            sites,
+            reference_site,
+            inputs=inputs,
+            models=models,
+            execution=config.execution,
+        )
+        LOGGER.info(
+            'harmonize with: mrctprep %s %s participant --pipelines mr-harmonize',
+            inputs.bids_dir,
+            inputs.output_dir,
+        )
+    write_harmonization_tables(inputs, sites, reference_site)
+    return EXIT_OK
