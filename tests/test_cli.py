@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
 from conftest import SHARED_DATA, run_cli, write_bids
 from mrctprep.cli.main import build_parser, run, with_subcommand
 from mrctprep.cli.option_types import parse_memory_gb
+from mrctprep.cli.run import build_config
+from mrctprep.core.config import RunConfig
 from mrctprep.workflows.pipelines import PIPELINES
 
 
@@ -250,3 +255,60 @@ def test_a_workflow_that_cannot_be_built_exits_70(mini_bids, tmp_path, monkeypat
     )
     assert code == 70
     assert "could not be built: KeyError('template MNI152NLin2009aSym')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('option', ['--help', '--list-pipelines'])
+def test_help_and_pipeline_list_import_neither_nipype_nor_torch(option):
+    result = subprocess.run(
+        [sys.executable, '-X', 'importtime', '-m', 'mrctprep', option],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {
+        line.split('|')[-1].strip().split('.')[0]
+        for line in result.stderr.splitlines()
+        if line.startswith('import time:')
+    }
+    assert 'mrctprep' in imported and 'argparse' in imported
+    assert not {'nipype', 'torch'} & imported
+    assert 'mr-preproc' in result.stdout
+
+
+def test_the_configuration_is_frozen_and_round_trips_through_toml(tmp_path):
+    (tmp_path / 'bids').mkdir()
+    opts = build_parser().parse_args(
+        with_subcommand(
+            [
+                str(tmp_path / 'bids'),
+                str(tmp_path / 'out'),
+                'group',
+                '--device',
+                'cpu',
+                '--participant-label',
+                'sub-01',
+                '--drr-angles',
+                '0,0;10,-5',
+                '--drr-sdd',
+                '900',
+                '--weights',
+                f'iguane={tmp_path / "w.pt"}',
+                '--superres-voxel-size',
+                '0.8',
+            ]
+        )
+    )
+    config = build_config(opts, verbosity=1)
+    assert config.inputs.participant_label == ('01',)
+    assert config.drr.overrides() == {
+        'preset': 'deepdrr',
+        'angles': ((0.0, 0.0), (10.0, -5.0)),
+        'source_to_detector_mm': 900.0,
+    }
+    assert config.superres.voxel_size == 0.8 and config.execution.device == 'cpu'
+    assert config.models.weights == {'iguane': str(tmp_path / 'w.pt')}
+    assert RunConfig.from_toml(config.to_toml()) == config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.execution.device = 'cuda'  # type: ignore[misc]
+    with pytest.raises(ValueError, match='must be resolved'):
+        dataclasses.replace(config.execution, device='auto')

@@ -1,6 +1,6 @@
 """From the library's typed errors to what the command line says: exit code, one line, hint.
 
-Exit codes follow the NiPreps convention (see docs/usage.md, "Exit codes"). The hints name the
+Exit codes follow the NiPreps convention (README, "Exit codes"). The hints name the
 options that fix a problem; they live here, beside the options, and nowhere in the library.
 """
 
@@ -18,6 +18,7 @@ from mrctprep.core.errors import (
     InputError,
     MrctprepError,
     NoModelInputsError,
+    NotABidsDatasetError,
     ResourceError,
     WeightsNotFoundError,
     WorkflowBuildError,
@@ -75,7 +76,12 @@ def _no_inputs_hint(error: NoModelInputsError) -> str:
     return f'{error}; run the participant level with --pipelines mr-preproc first'
 
 
+def _dataset_hint(error: NotABidsDatasetError) -> str:
+    return f'{error} (`mrctprep demo DIR` writes an example dataset)'
+
+
 _HINTS: dict[type[Exception], Callable[..., str]] = {
+    NotABidsDatasetError: _dataset_hint,
     WeightsNotFoundError: _weights_hint,
     DeviceUnavailableError: _device_hint,
     CheckpointError: _checkpoint_hint,

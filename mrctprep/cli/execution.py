@@ -78,7 +78,8 @@ class _Progress:
     """``[3/24] sub-01 reorient_T1w_wf.reorient done (1.2 s)``, as nodes finish."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.started = total, 0, {}
+        self.total, self.done = total, 0
+        self.started: dict[str, float] = {}
 
     def __call__(self, node, status: str) -> None:
         name = _short_node_name(node.fullname)

@@ -100,6 +100,13 @@ def existing_file(value: str) -> Path:
     return Path(os.path.abspath(path))
 
 
+def absolute_path(value: str) -> Path:
+    """A path made absolute against the current directory (links are not resolved)."""
+    return Path(os.path.abspath(value))
+
+
 def available_cpus() -> int:
     """CPUs this process may use (cgroup/SLURM affinity), not the machine's total."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

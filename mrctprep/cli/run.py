@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 from mrctprep.cli.console import add_verbosity_options, setup_logging
@@ -65,11 +63,7 @@ def build_config(opts: argparse.Namespace, verbosity: int) -> Any:
     from mrctprep.core.config import RunConfig
     from mrctprep.core.devices import resolve_device
 
-    paths = {
-        name: _absolute(getattr(opts, name))
-        for name in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir')
-    }
-    check_locations(paths['bids_dir'], paths['output_dir'], paths['work_dir'])
+    check_locations(opts.bids_dir, opts.output_dir, opts.work_dir)
     plugin, plugin_args = (
         read_plugin_file(opts.use_plugin) if opts.use_plugin else ('MultiProc', {})
     )
@@ -81,7 +75,6 @@ def build_config(opts: argparse.Namespace, verbosity: int) -> Any:
             opts.nprocs,
         )
     derived = {
-        **paths,
         'participant_label': strip_prefix(opts.participant_label, 'sub-'),
         'session_label': strip_prefix(opts.session_label, 'ses-'),
         'bids_filters': read_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {},
@@ -94,7 +87,3 @@ def build_config(opts: argparse.Namespace, verbosity: int) -> Any:
         'verbosity': verbosity,
     }
     return RunConfig.from_options({**vars(opts), **derived})
-
-
-def _absolute(path: Path | None) -> Path | None:
-    return None if path is None else Path(os.path.abspath(path))

@@ -5,10 +5,10 @@ configuration: each option's ``dest`` is the name of the field it fills, see
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from mrctprep import __version__
 from mrctprep.cli.option_types import (
+    absolute_path,
     available_cpus,
     device,
     drr_angles,
@@ -40,8 +40,10 @@ class _ListPipelinesAction(argparse.Action):
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option of ``mrctprep BIDS_DIR OUTPUT_DIR {participant,group}``, by section."""
-    parser.add_argument('bids_dir', type=Path, help='the root of the BIDS dataset (read only)')
-    parser.add_argument('output_dir', type=Path, help='where the derivatives are written')
+    parser.add_argument(
+        'bids_dir', type=absolute_path, help='the root of the BIDS dataset (read only)'
+    )
+    parser.add_argument('output_dir', type=absolute_path, help='where the derivatives are written')
     parser.add_argument(
         'analysis_level', choices=['participant', 'group'], help='processing stage'
     )
@@ -90,7 +92,7 @@ def _add_bids_options(parser: argparse.ArgumentParser) -> None:
     )
     bids.add_argument(
         '--bids-database-dir',
-        type=Path,
+        type=absolute_path,
         metavar='DIR',
         help='keep the pybids index here and reuse it (default: a fresh one per run, in the '
         'work directory)',
@@ -206,6 +208,11 @@ def _add_drr_options(parser: argparse.ArgumentParser) -> None:
         'the line integral of attenuation; intensity: energy reaching each pixel (keV per '
         "photon); unset: the preset's",
     )
+    _add_carm_overrides(drr)
+
+
+def _add_carm_overrides(drr: argparse._ArgumentGroup) -> None:
+    """The C-arm's geometry and noise, each overriding the preset's value."""
     drr.add_argument(
         '--drr-detector',
         dest='drr_detector_pixels',
@@ -349,8 +356,8 @@ def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
     flow.add_argument(
         '-w',
         '--work-dir',
-        type=Path,
-        default=Path('work'),
+        type=absolute_path,
+        default='work',
         help='cache of intermediate results; rerun with the same one to resume',
     )
     flow.add_argument('--write-graph', action='store_true', help='draw the workflow (.dot/.svg)')

@@ -14,9 +14,9 @@ from bids import BIDSLayout
 from bids.layout import BIDSLayoutIndexer, Query
 from bids_validator import BIDSValidator
 
-from mrctprep.core.errors import InputError, first_few
+from mrctprep.core.errors import InputError, NotABidsDatasetError, first_few
 
-LOGGER = logging.getLogger('mrctprep.bids')
+LOGGER = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ['.nii', '.nii.gz']
 
@@ -52,10 +52,7 @@ def read_dataset_description(bids_dir: Path) -> dict[str, Any]:
     """The input's dataset_description.json; a BIDS dataset without one is refused."""
     path = bids_dir / 'dataset_description.json'
     if not path.is_file():
-        raise InputError(
-            f'{path} not found: {bids_dir} is not a BIDS dataset '
-            '(`mrctprep demo DIR` writes an example dataset)'
-        )
+        raise NotABidsDatasetError(bids_dir, f'{path} not found')
     try:
         description = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -209,7 +206,8 @@ def read_sidecar(image_path: str | Path) -> dict[str, Any]:
     sidecar = path.with_name(strip_image_suffix(path.name) + '.json')
     if not sidecar.is_file():
         return {}
-    return json.loads(sidecar.read_text())
+    content: dict[str, Any] = json.loads(sidecar.read_text())
+    return content
 
 
 def strip_image_suffix(name: str) -> str:

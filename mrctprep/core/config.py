@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, get_type_hints
 
 import tomli_w
 
@@ -71,6 +71,12 @@ class ExecutionOptions:
     verbosity: int = 0
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__
+
+    def __post_init__(self) -> None:
+        # Factories choose by device (HD-BET's GPU mode, CUDA autocast): 'auto' would read as
+        # the CPU everywhere.
+        if self.device == 'auto':
+            raise ValueError("device 'auto' must be resolved (core.devices.resolve_device) first")
 
     @property
     def workflow_name(self) -> str:
@@ -152,9 +158,6 @@ class ModelOptions:
     reference_site: str | None = None
 
 
-Section = TypeVar('Section')
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides what a run does; paths are absolute."""
@@ -169,11 +172,8 @@ class RunConfig:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RunConfig:
         """Each section from the options named ``<its prefix><field>``; absent ones default."""
-        sections = {
-            section.name: _section_from_options(section.type, options)
-            for section in dataclasses.fields(cls)
-        }
-        return cls(**sections)
+        sections = get_type_hints(cls)
+        return cls(**{name: _section_from_options(sections[name], options) for name in sections})
 
     def subject_log_dir(self, subject: str) -> Path:
         """Where a subject's crash files and settings of this run go (NiPreps layout)."""
@@ -198,33 +198,33 @@ class RunConfig:
     def from_toml(cls, text: str) -> RunConfig:
         tables = tomllib.loads(text)
         tables['inputs']['bids_filters'] = json.loads(tables['inputs'].get('bids_filters', '{}'))
+        sections = get_type_hints(cls)
         return cls(
             **{
-                section.name: _section_from_options(section.type, tables.get(section.name, {}), '')
-                for section in dataclasses.fields(cls)
+                name: _section_from_options(section, tables.get(name, {}), prefix='')
+                for name, section in sections.items()
             }
         )
 
 
 def _section_from_options(
-    section: Any, options: Mapping[str, Any], prefix: str | None = None
+    section: type[Any], options: Mapping[str, Any], prefix: str | None = None
 ) -> Any:
     """``section(**values)`` for the options it has fields for; lists become tuples and paths
     are restored, so that a section is the same whether built from argparse or from TOML."""
-    if isinstance(section, str):  # a postponed annotation (``from __future__ import annotations``)
-        section = globals()[section]
     prefix = section.OPTION_PREFIX if prefix is None else prefix
     values = {}
-    for item in dataclasses.fields(section):
-        key = prefix + item.name
-        if key in options and options[key] is not None:
-            values[item.name] = _restore(item.type, options[key])
+    for item, annotation in get_type_hints(section).items():
+        key = prefix + item
+        if item != 'OPTION_PREFIX' and options.get(key) is not None:
+            values[item] = _restore(annotation, options[key])
     return section(**values)
 
 
-def _restore(annotation: str, value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_restore('', item) for item in value)
-    if 'Path' in annotation and isinstance(value, str):
+def _restore(annotation: Any, value: Any) -> Any:
+    """A value as its field holds it: sequences as (nested) tuples, paths as :class:`Path`."""
+    if isinstance(value, list | tuple):
+        return tuple(_restore(None, item) for item in value)
+    if isinstance(value, str) and annotation in (Path, Path | None):
         return Path(value)
     return value

@@ -141,7 +141,11 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_text_atomically(path: Path, text: str) -> Path:
-    return write_atomically(path, lambda tmp: tmp.write_text(text))
+    return write_atomically(path, lambda tmp: _write_text(tmp, text))
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
 
 
 def write_json_atomically(path: Path, content: Mapping[str, Any]) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextlib import AbstractContextManager
 
 from mrctprep.core.errors import DeviceUnavailableError
 
@@ -52,7 +53,7 @@ def set_torch_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def fast_precision(device: str):
+def fast_precision(device: str) -> AbstractContextManager[object]:
     """The fastest precision that keeps our models' results (measured on the real heads).
 
     CUDA: float16 autocast. CPUs with bfloat16 units (AVX512-BF16/AMX): bfloat16 autocast on

@@ -19,6 +19,14 @@ class InputError(MrctprepError):
     """The BIDS input, labels, filters or output locations are unusable."""
 
 
+class NotABidsDatasetError(InputError):
+    """The input folder is not a BIDS dataset."""
+
+    def __init__(self, bids_dir: Path, reason: str):
+        self.bids_dir, self.reason = bids_dir, reason
+        super().__init__(f'{reason}: {bids_dir} is not a BIDS dataset')
+
+
 class WorkflowBuildError(MrctprepError):
     """The workflow could not be built from the selected pipelines and inputs."""
 
@@ -86,3 +94,13 @@ def first_few(items: Sequence[str], shown: int = 3) -> str:
     """
     rest = f' (and {len(items) - shown} more)' if len(items) > shown else ''
     return ', '.join(items[:shown]) + rest
+
+
+class ExistingImagesError(InputError):
+    """An import would replace CT images that subjects of the BIDS dataset already have;
+    ``existing`` holds their paths relative to ``bids_dir``."""
+
+    def __init__(self, bids_dir: Path, existing: Sequence[Path]):
+        self.bids_dir, self.existing = bids_dir, list(existing)
+        shown = first_few([path.as_posix() for path in self.existing])
+        super().__init__(f'{bids_dir} already has CT images for these subjects ({shown})')

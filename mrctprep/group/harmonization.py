@@ -124,8 +124,12 @@ def regional_table(
     """The long table (image x region) of regional means; ``combat`` is left empty."""
     rows = []
     for image in images:
-        raw = regional_means(nb.load(image.norm))
-        iguane = regional_means(nb.load(image.harmonized)) if image.harmonized else {}
+        raw = regional_means(nb.Nifti1Image.from_filename(image.norm))
+        iguane = (
+            regional_means(nb.Nifti1Image.from_filename(image.harmonized))
+            if image.harmonized
+            else {}
+        )
         for region in REGIONS:
             rows.append(
                 {
@@ -152,13 +156,31 @@ def combat_harmonize(
     left out, since ComBat needs every feature of every sample.
     """
     not_run = pd.Series(math.nan, index=table.index)
+    if not _enough_participants(table, reference_site):
+        return not_run
+    wide = _complete_regions(table.pivot(index='image', columns='region', values='raw'))
+    if wide.empty:
+        LOGGER.info('ComBat not run: no region has a value in every image')
+        return not_run
+    harmonized = _run_combat(wide, _covariates(table, wide.index, sites), reference_site)
+    long = (
+        pd.DataFrame(harmonized, index=wide.index, columns=wide.columns)
+        .reset_index()
+        .melt(id_vars='image', var_name='region', value_name='combat')
+    )
+    merged = table[['image', 'region']].merge(long, on=['image', 'region'], how='left')
+    return pd.Series(merged['combat'].to_numpy(), index=table.index)
+
+
+def _enough_participants(table: pd.DataFrame, reference_site: str | None) -> bool:
+    """Two sites or more, each with two participants or more, and the reference among them."""
     participants = table.groupby('site')['participant_id'].nunique()
     if len(participants) < 2:
         LOGGER.info(
             'ComBat not run: it needs at least 2 sites, the participants were scanned at %s only',
             first_few(list(participants.index)),
         )
-        return not_run
+        return False
     small = participants[participants < 2]
     if len(small):
         LOGGER.info(
@@ -166,14 +188,17 @@ def combat_harmonize(
             'site effect; only 1 at %s',
             first_few(list(small.index)),
         )
-        return not_run
+        return False
     if reference_site is not None and reference_site not in participants.index:
         raise InputError(
             f'reference site {reference_site!r} not found; the participants were scanned at: '
             f'{", ".join(participants.index)}'
         )
+    return True
 
-    wide = table.pivot(index='image', columns='region', values='raw')
+
+def _complete_regions(wide: pd.DataFrame) -> pd.DataFrame:
+    """The regions (columns) that every image has."""
     incomplete = wide.columns[wide.isna().any()]
     if len(incomplete):
         LOGGER.info(
@@ -181,21 +206,29 @@ def combat_harmonize(
             len(incomplete),
             first_few(list(incomplete)),
         )
-        wide = wide.drop(columns=incomplete)
-    if wide.empty:
-        LOGGER.info('ComBat not run: no region has a value in every image')
-        return not_run
-    per_image = table.drop_duplicates('image').set_index('image').loc[wide.index]
+    return wide.drop(columns=incomplete)
+
+
+def _covariates(
+    table: pd.DataFrame, images: pd.Index, sites: Mapping[str, ParticipantInfo]
+) -> pd.DataFrame:
+    """``SITE`` per image, and ``AGE`` where every participant has one and it is usable."""
+    per_image = table.drop_duplicates('image').set_index('image').loc[images]
     covariates = pd.DataFrame({'SITE': per_image['site'].to_numpy()})
     ages = [sites[label.removeprefix('sub-')].age for label in per_image['participant_id']]
-    if all(age is not None for age in ages):
-        covariates['AGE'] = np.array(ages, dtype=float)
-        if _confounded(covariates):
-            LOGGER.info('ComBat without the age covariate: age is confounded with site')
-            covariates = covariates[['SITE']]
-    else:
+    if any(age is None for age in ages):
         LOGGER.info('ComBat without the age covariate: not every participant has an age')
+        return covariates
+    covariates['AGE'] = np.array(ages, dtype=float)
+    if _confounded(covariates):
+        LOGGER.info('ComBat without the age covariate: age is confounded with site')
+        return covariates[['SITE']]
+    return covariates
 
+
+def _run_combat(
+    wide: pd.DataFrame, covariates: pd.DataFrame, reference_site: str | None
+) -> np.ndarray:
     # neuroHarmonize reports through print(), kept out of the command line's output, and
     # builds np.matrix objects, which numpy flags with a PendingDeprecationWarning.
     printed = io.StringIO()
@@ -206,13 +239,7 @@ def combat_harmonize(
         _, harmonized = harmonizationLearn(wide.to_numpy(), covariates, ref_batch=reference_site)
     if printed.getvalue().strip():
         LOGGER.debug('neuroHarmonize: %s', printed.getvalue().strip())
-    long = (
-        pd.DataFrame(harmonized, index=wide.index, columns=wide.columns)
-        .reset_index()
-        .melt(id_vars='image', var_name='region', value_name='combat')
-    )
-    merged = table[['image', 'region']].merge(long, on=['image', 'region'], how='left')
-    return pd.Series(merged['combat'].to_numpy(), index=table.index)
+    return np.asarray(harmonized)
 
 
 def _confounded(covariates: pd.DataFrame) -> bool:

@@ -44,7 +44,7 @@ def write_group_tables(inputs: InputOptions) -> list[Path]:
         image_file = sidecar.with_name(sidecar.name.removesuffix('.json') + '.nii.gz')
         if 'OriginalOrientation' not in metadata or not image_file.is_file():
             continue
-        image = nb.load(image_file)
+        image = nb.Nifti1Image.from_filename(image_file)
         rows[entities['suffix']].append(
             {
                 'participant_id': f'sub-{entities["subject"]}',

@@ -11,11 +11,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import nibabel as nb
 import numpy as np
 from bids.layout import parse_file_entities
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
+    Bunch,
     File,
     InputMultiObject,
     SimpleInterface,
@@ -30,6 +30,7 @@ from mrctprep.core.derivatives import (
     write_atomically,
     write_json_atomically,
 )
+from mrctprep.interfaces.base import load_nifti
 
 #: Entities of the source that its derivatives keep.
 _SOURCE_ENTITIES = ('subject', 'session', 'acquisition', 'ceagent', 'reconstruction', 'run')
@@ -67,7 +68,7 @@ class DerivativesDataSink(SimpleInterface):
     input_spec = _DerivativesDataSinkInputSpec
     output_spec = _DerivativesDataSinkOutputSpec
 
-    def _run_interface(self, runtime):
+    def _run_interface(self, runtime: Bunch) -> Bunch:
         sources = list(self.inputs.source_file)
         source_entities = parse_file_entities(sources[0])
         entities = {
@@ -108,12 +109,12 @@ def _derivative_extension(in_file: str) -> str:
     return Path(name).suffix
 
 
-def _copy_derivative(inputs, destination: Path) -> None:
+def _copy_derivative(inputs: _DerivativesDataSinkInputSpec, destination: Path) -> None:
     """Copy a file; NIfTIs are rewritten compressed, in ``dtype`` when one is given."""
     if not str(destination).endswith(('.nii', '.nii.gz')):
         shutil.copyfile(inputs.in_file, destination)
         return
-    img = nb.load(inputs.in_file)
+    img = load_nifti(inputs.in_file)
     if inputs.dtype:
         data = np.asanyarray(img.dataobj).astype(inputs.dtype)
         img = img.__class__(data, img.affine, img.header)

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    isdefined,
-    traits,
-)
+from typing import Any
+
+import nibabel as nb
+from nipype.interfaces.base import traits
 
 from mrctprep.imaging.hounsfield import conform_ct
 from mrctprep.imaging.io import load_image
-from mrctprep.interfaces.base import save_image
+from mrctprep.interfaces.base import ImageInputSpec, ImageInterface, defined_or_none
 
 
-class _ConformCTInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc='a CT volume (NIfTI)')
+class _ConformCTInputSpec(ImageInputSpec):
     padding_value = traits.Float(desc='HU outside the reconstruction circle, when declared')
 
 
-class _ConformCTOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc='the CT as int16 HU, RAS+, padding set to -1024')
-    metadata = traits.Dict(desc='what was checked and changed, for the sidecar')
+class ConformCT(ImageInterface):
+    """Check a CT is in HU (fixing an HU + 1024 offset), set padding to air, int16, RAS+.
 
-
-class ConformCT(SimpleInterface):
-    """Check a CT is in HU (fixing an HU + 1024 offset), set padding to air, int16, RAS+."""
+    In: a CT volume (NIfTI). Out: the CT as int16 HU, RAS+, padding set to -1024, and what
+    was checked and changed, for the sidecar.
+    """
 
     input_spec = _ConformCTInputSpec
-    output_spec = _ConformCTOutputSpec
+    _out_name = 'conformed.nii.gz'
 
-    def _run_interface(self, runtime):
-        declared = self.inputs.padding_value if isdefined(self.inputs.padding_value) else None
-        conformed, metadata = conform_ct(
-            load_image(self.inputs.in_file), name=self.inputs.in_file, declared_padding=declared
+    def _compute(self) -> tuple[nb.Nifti1Image, dict[str, Any]]:
+        return conform_ct(
+            load_image(self.inputs.in_file),
+            name=self.inputs.in_file,
+            declared_padding=defined_or_none(self.inputs.padding_value),
         )
-        self._results['out_file'] = save_image(conformed, runtime, 'conformed.nii.gz')
-        self._results['metadata'] = metadata
-        return runtime

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
+    Bunch,
     File,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
 from PIL import Image
 
+from mrctprep.core.devices import set_torch_threads
 from mrctprep.imaging.drr.presets import resolve_drr_settings
 from mrctprep.imaging.io import load_image
-from mrctprep.interfaces.base import TorchInputSpec
+from mrctprep.interfaces.base import ImageInputSpec, TorchInputSpec, defined_or_none, load_nifti
+
+if TYPE_CHECKING:
+    from mrctprep.imaging.drr.simulate import DRRImage
 
 
-class _RenderDRRInputSpec(TorchInputSpec):
-    in_file = File(exists=True, mandatory=True, desc='CT in HU (NIfTI)')
+class _RenderDRRInputSpec(ImageInputSpec, TorchInputSpec):
     options = traits.Dict(
         traits.Str,
         traits.Any,
@@ -48,25 +52,25 @@ class _RenderDRROutputSpec(TraitedSpec):
 class RenderDRR(SimpleInterface):
     """DRRs of a CT on a digital C-arm: a NIfTI (detector affine), a PNG and a sidecar per view.
 
-    The NIfTI holds the image as (column, row) with row 0 at the top and the affine from
-    pixel index to the pixel's world position on the detector.
+    In: a CT in HU (NIfTI). The NIfTI holds the image as (column, row) with row 0 at the top
+    and the affine from pixel index to the pixel's world position on the detector.
     """
 
     input_spec = _RenderDRRInputSpec
     output_spec = _RenderDRROutputSpec
 
-    def _run_interface(self, runtime):
-        # Deferred: importing torch costs seconds that building the workflow should not pay.
-        import torch
+    def _run_interface(self, runtime: Bunch) -> Bunch:
+        # Deferred: its module imports torch, which costs seconds that building the workflow
+        # should not pay.
+        from mrctprep.imaging.drr.simulate import simulate_drr
 
-        from mrctprep.imaging.drr.simulate import simulate_drr, to_png16
-
-        torch.set_num_threads(self.inputs.num_threads)
+        set_torch_threads(self.inputs.num_threads)
         settings = resolve_drr_settings(**self.inputs.options)
         ct = load_image(self.inputs.in_file)
-        label_map = None
-        if isdefined(self.inputs.label_map):
-            label_map = np.asanyarray(nb.load(self.inputs.label_map).dataobj)
+        label_map_file = defined_or_none(self.inputs.label_map)
+        label_map = (
+            None if label_map_file is None else np.asanyarray(load_nifti(label_map_file).dataobj)
+        )
         views = simulate_drr(
             ct,
             settings,
@@ -75,18 +79,23 @@ class RenderDRR(SimpleInterface):
             label_map=label_map,
             label_materials=self.inputs.label_materials,
         )
-        outputs = {'out_files': [], 'png_files': [], 'metadata': [], 'labels': []}
-        for view in views:
-            nifti = os.path.join(runtime.cwd, f'drr_{view.label}.nii')
-            drr = nb.Nifti1Image(view.image.T.astype(np.float32), view.geometry.detector_affine())
-            drr.header.set_xyzt_units('mm')
-            drr.to_filename(nifti)
-            png = os.path.join(runtime.cwd, f'drr_{view.label}.png')
-            pixels, scale = to_png16(view.image, settings.output)
-            Image.fromarray(pixels).save(png)
-            outputs['out_files'].append(nifti)
-            outputs['png_files'].append(png)
-            outputs['metadata'].append({**view.metadata, 'PNGScale': scale})
-            outputs['labels'].append(view.label)
-        self._results.update(outputs)
+        saved = [_save_view(view, settings.output, runtime.cwd) for view in views]
+        self._results['out_files'] = [nifti for nifti, _, _ in saved]
+        self._results['png_files'] = [png for _, png, _ in saved]
+        self._results['metadata'] = [sidecar for _, _, sidecar in saved]
+        self._results['labels'] = [view.label for view in views]
         return runtime
+
+
+def _save_view(view: DRRImage, output: str, directory: str) -> tuple[str, str, dict[str, Any]]:
+    """Write one view as NIfTI and PNG; return both paths and its sidecar fields."""
+    from mrctprep.imaging.drr.simulate import to_png16  # deferred, as in RenderDRR
+
+    nifti = os.path.join(directory, f'drr_{view.label}.nii')
+    drr = nb.Nifti1Image(view.image.T.astype(np.float32), view.geometry.detector_affine())
+    drr.header.set_xyzt_units('mm')
+    drr.to_filename(nifti)
+    png = os.path.join(directory, f'drr_{view.label}.png')
+    pixels, scale = to_png16(view.image, output)
+    Image.fromarray(pixels).save(png)
+    return nifti, png, {**view.metadata, 'PNGScale': scale}

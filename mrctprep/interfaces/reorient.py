@@ -3,44 +3,30 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
+import nibabel as nb
 
 from mrctprep.imaging.io import load_anatomical
 from mrctprep.imaging.orientation import reorient_to_ras
-from mrctprep.interfaces.base import save_image
+from mrctprep.interfaces.base import ImageInputSpec, ImageInterface
 
-LOGGER = logging.getLogger('mrctprep')
-
-
-class _ReorientInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc='a 3D NIfTI image')
+LOGGER = logging.getLogger(__name__)
 
 
-class _ReorientOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc='the image with RAS+ voxel axes')
-    metadata = traits.Dict(desc='what was done: original orientation, shape, voxel mapping')
+class Reorient(ImageInterface):
+    """Check an anatomical image and reorder and flip its voxel axes to RAS+ (no resampling).
 
+    In: a 3D NIfTI image. Out: the image with RAS+ voxel axes, and what was done (original
+    orientation, shape, voxel mapping) for the sidecar.
+    """
 
-class Reorient(SimpleInterface):
-    """Check an anatomical image and reorder and flip its voxel axes to RAS+ (no resampling)."""
+    input_spec = ImageInputSpec
+    _out_name = 'reoriented.nii'
 
-    input_spec = _ReorientInputSpec
-    output_spec = _ReorientOutputSpec
-
-    def _run_interface(self, runtime):
+    def _compute(self) -> tuple[nb.Nifti1Image, dict[str, Any]]:
         img, warnings = load_anatomical(self.inputs.in_file)
         for warning in warnings:
             LOGGER.warning(warning)
         reoriented, record = reorient_to_ras(img)
-        self._results['out_file'] = save_image(reoriented, runtime, 'reoriented.nii')
-        self._results['metadata'] = record.to_metadata() | (
-            {'InputWarnings': warnings} if warnings else {}
-        )
-        return runtime
+        return reoriented, record.to_metadata() | ({'InputWarnings': warnings} if warnings else {})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
-import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
+    Bunch,
     File,
     SimpleInterface,
     TraitedSpec,
@@ -23,161 +25,162 @@ from mrctprep.imaging.figures import (
     template_edges,
 )
 from mrctprep.imaging.registration import RigidTransform, mni152_brain_template, resample_to_grid
+from mrctprep.interfaces.base import defined_or_none, load_nifti
 
 
-class _OrthogonalSlicesInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc='an RAS+ image')
+class ReportletInputSpec(BaseInterfaceInputSpec):
+    """What every reportlet is given besides its images."""
+
     title = traits.Str(mandatory=True, desc='figure title')
+
+
+class ReportletOutputSpec(TraitedSpec):
+    out_report = File(exists=True, desc='the figure (SVG, or PNG for a contact sheet)')
+
+
+class ReportletInterface(SimpleInterface, ABC):
+    """A figure drawn into the node's working directory: subclasses say only what they draw.
+
+    ``_report_name`` is the figure's file name (nipype's cache keeps it, so it must not
+    change); its extension sets the format the figure is saved in.
+    """
+
+    output_spec = ReportletOutputSpec
+    _report_name: ClassVar[str]
+
+    def _run_interface(self, runtime: Bunch) -> Bunch:
+        out_report = os.path.join(runtime.cwd, self._report_name)
+        self._plot(out_report)
+        self._results['out_report'] = out_report
+        return runtime
+
+    @abstractmethod
+    def _plot(self, out_report: str) -> None:
+        """Draw the figure into ``out_report``."""
+
+
+class _OrthogonalSlicesInputSpec(ReportletInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='an RAS+ image')
     window = traits.Tuple(
         traits.Float, traits.Float, desc='(level, width) display window; default percentiles'
     )
 
 
-class _ReportOutputSpec(TraitedSpec):
-    out_report = File(exists=True, desc='the SVG figure')
-
-
-class OrthogonalSlicesRPT(SimpleInterface):
+class OrthogonalSlicesRPT(ReportletInterface):
     """Sagittal, coronal and axial planes of an image, as an SVG figure."""
 
     input_spec = _OrthogonalSlicesInputSpec
-    output_spec = _ReportOutputSpec
+    _report_name = 'orthogonal_slices.svg'
 
-    def _run_interface(self, runtime):
-        out_report = os.path.join(runtime.cwd, 'orthogonal_slices.svg')
-        window = self.inputs.window if self.inputs.window else None
+    def _plot(self, out_report: str) -> None:
         plot_orthogonal_slices(
-            nb.load(self.inputs.in_file), out_report, title=self.inputs.title, window=window
+            load_nifti(self.inputs.in_file),
+            out_report,
+            title=self.inputs.title,
+            window=defined_or_none(self.inputs.window),
         )
-        self._results['out_report'] = out_report
-        return runtime
 
 
-class _BeforeAfterInputSpec(BaseInterfaceInputSpec):
+class _BeforeAfterInputSpec(ReportletInputSpec):
     before_file = File(exists=True, mandatory=True, desc='image shown in the top row')
     after_file = File(exists=True, mandatory=True, desc='image on the same RAS+ grid, below')
-    title = traits.Str(mandatory=True, desc='figure title')
     labels = traits.Tuple(
         ('before', 'after'), traits.Str, traits.Str, usedefault=True, desc='row labels'
     )
 
 
-class BeforeAfterRPT(SimpleInterface):
+class BeforeAfterRPT(ReportletInterface):
     """The same three planes of two images on one grid, one above the other, as SVG."""
 
     input_spec = _BeforeAfterInputSpec
-    output_spec = _ReportOutputSpec
+    _report_name = 'before_after.svg'
 
-    def _run_interface(self, runtime):
-        out_report = os.path.join(runtime.cwd, 'before_after.svg')
+    def _plot(self, out_report: str) -> None:
         plot_before_after(
-            nb.load(self.inputs.before_file),
-            nb.load(self.inputs.after_file),
+            load_nifti(self.inputs.before_file),
+            load_nifti(self.inputs.after_file),
             out_report,
             title=self.inputs.title,
             labels=tuple(self.inputs.labels),
         )
-        self._results['out_report'] = out_report
-        return runtime
 
 
-class _CTWindowsInputSpec(BaseInterfaceInputSpec):
+class _CTWindowsInputSpec(ReportletInputSpec):
     in_file = File(exists=True, mandatory=True, desc='a CT in HU, RAS+')
-    title = traits.Str(mandatory=True, desc='figure title')
 
 
-class CTWindowsRPT(SimpleInterface):
+class CTWindowsRPT(ReportletInterface):
     """Three planes of a CT in each standard window (brain, soft tissue, lung, bone), as SVG."""
 
     input_spec = _CTWindowsInputSpec
-    output_spec = _ReportOutputSpec
+    _report_name = 'ct_windows.svg'
 
-    def _run_interface(self, runtime):
-        out_report = os.path.join(runtime.cwd, 'ct_windows.svg')
-        plot_ct_windows(nb.load(self.inputs.in_file), out_report, title=self.inputs.title)
-        self._results['out_report'] = out_report
-        return runtime
+    def _plot(self, out_report: str) -> None:
+        plot_ct_windows(load_nifti(self.inputs.in_file), out_report, title=self.inputs.title)
 
 
-class _ContourOverlayInputSpec(BaseInterfaceInputSpec):
+class _ContourOverlayInputSpec(ReportletInputSpec):
     in_file = File(exists=True, mandatory=True, desc='background image')
     contour_file = File(exists=True, mandatory=True, desc='image whose contour is drawn')
-    title = traits.Str(mandatory=True, desc='figure title')
     level = traits.Float(0.5, usedefault=True, desc='contour level')
 
 
-class ContourOverlayRPT(SimpleInterface):
-    """Three planes with a contour over them, e.g. the brain mask over the T1w."""
+class ContourOverlayRPT(ReportletInterface):
+    """Three planes with a contour over them, e.g. the brain mask over the T1w, as SVG."""
 
     input_spec = _ContourOverlayInputSpec
-    output_spec = _ReportOutputSpec
+    _report_name = 'contour_overlay.svg'
 
-    def _run_interface(self, runtime):
-        out_report = os.path.join(runtime.cwd, 'contour_overlay.svg')
+    def _plot(self, out_report: str) -> None:
         plot_contour_overlay(
-            nb.load(self.inputs.in_file),
-            nb.load(self.inputs.contour_file),
+            load_nifti(self.inputs.in_file),
+            load_nifti(self.inputs.contour_file),
             out_report,
             title=self.inputs.title,
             level=self.inputs.level,
         )
-        self._results['out_report'] = out_report
-        return runtime
 
 
-class _RegistrationInputSpec(BaseInterfaceInputSpec):
+class _RegistrationInputSpec(ReportletInputSpec):
     in_file = File(exists=True, mandatory=True, desc='registered brain on the MNI grid')
     template_file = File(exists=True, desc='template (default: nilearn ICBM 2009a sym)')
-    title = traits.Str(mandatory=True, desc='figure title')
 
 
-class RegistrationRPT(SimpleInterface):
-    """The registered brain with the template's tissue edges over it."""
+class RegistrationRPT(ReportletInterface):
+    """The registered brain with the template's tissue edges over it, as SVG."""
 
     input_spec = _RegistrationInputSpec
-    output_spec = _ReportOutputSpec
+    _report_name = 'registration.svg'
 
-    def _run_interface(self, runtime):
-        registered = nb.load(self.inputs.in_file)
-        template = (
-            nb.load(self.inputs.template_file)
-            if self.inputs.template_file
-            else mni152_brain_template()
-        )
+    def _plot(self, out_report: str) -> None:
+        registered = load_nifti(self.inputs.in_file)
+        template_file = defined_or_none(self.inputs.template_file)
+        template = load_nifti(template_file) if template_file else mni152_brain_template()
+        # The image is already on the template's grid: resampling only matches the grids.
         identity = RigidTransform(np.eye(4))
         edges = template_edges(resample_to_grid(template, registered, identity))
-        out_report = os.path.join(runtime.cwd, 'registration.svg')
         plot_contour_overlay(
             registered, edges, out_report, title=self.inputs.title, level=0.6, colour='lime'
         )
-        self._results['out_report'] = out_report
-        return runtime
 
 
-class _ContactSheetInputSpec(BaseInterfaceInputSpec):
+class _ContactSheetInputSpec(ReportletInputSpec):
     in_files = traits.List(
         File(exists=True), mandatory=True, desc='2D NIfTIs stored as (column, row), row 0 on top'
     )
     labels = traits.List(traits.Str, mandatory=True, desc='one caption per image')
-    title = traits.Str(mandatory=True, desc='figure title')
 
 
-class _ContactSheetOutputSpec(TraitedSpec):
-    out_report = File(exists=True, desc='the PNG contact sheet')
-
-
-class ContactSheetRPT(SimpleInterface):
+class ContactSheetRPT(ReportletInterface):
     """All views of a DRR run side by side, as one PNG."""
 
     input_spec = _ContactSheetInputSpec
-    output_spec = _ContactSheetOutputSpec
+    _report_name = 'contact_sheet.png'
 
-    def _run_interface(self, runtime):
+    def _plot(self, out_report: str) -> None:
+        # Transposed back to (row, column), the order images are drawn in.
         images = [
-            np.asanyarray(nb.load(path).dataobj, dtype=np.float32).T
+            np.asanyarray(load_nifti(path).dataobj, dtype=np.float32).T
             for path in self.inputs.in_files
         ]
-        out_report = os.path.join(runtime.cwd, 'contact_sheet.png')
         plot_contact_sheet(images, list(self.inputs.labels), out_report, title=self.inputs.title)
-        self._results['out_report'] = out_report
-        return runtime

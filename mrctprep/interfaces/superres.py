@@ -6,12 +6,14 @@ import logging
 import os
 
 from nipype.interfaces.base import (
+    Bunch,
     File,
     SimpleInterface,
     TraitedSpec,
     traits,
 )
 
+from mrctprep.core.devices import set_torch_threads
 from mrctprep.imaging.io import load_anatomical
 from mrctprep.imaging.superres.reconstruct import (
     METHODS,
@@ -23,7 +25,7 @@ from mrctprep.imaging.superres.reconstruct import (
 from mrctprep.imaging.superres.solver import SolverSettings
 from mrctprep.interfaces.base import TorchInputSpec, save_image
 
-LOGGER = logging.getLogger('mrctprep.superres')
+LOGGER = logging.getLogger(__name__)
 
 
 class _SuperResolutionInputSpec(TorchInputSpec):
@@ -59,17 +61,9 @@ class SuperResolution(SimpleInterface):
     input_spec = _SuperResolutionInputSpec
     output_spec = _SuperResolutionOutputSpec
 
-    def _run_interface(self, runtime):
-        # Deferred: importing torch costs seconds that building the workflow should not pay.
-        import torch
-
-        torch.set_num_threads(self.inputs.num_threads)
-        scans = []
-        for path, channel in zip(self.inputs.in_files, self.inputs.channels, strict=True):
-            img, warnings = load_anatomical(path)
-            for warning in warnings:
-                LOGGER.info(warning)  # thick slices are what this pipeline is for
-            scans.append(InputScan(img, channel, modality_of(channel), os.path.basename(path)))
+    def _run_interface(self, runtime: Bunch) -> Bunch:
+        set_torch_threads(self.inputs.num_threads)
+        scans = _load_scans(self.inputs.in_files, self.inputs.channels)
         settings = SuperResSettings(
             voxel_size=self.inputs.voxel_size,
             method=self.inputs.method,
@@ -80,14 +74,24 @@ class SuperResolution(SimpleInterface):
             seed=self.inputs.random_seed,
         )
         results = super_resolve(scans, settings, progress=LOGGER.debug)
-        outputs = {'out_files': [], 'input_views': [], 'metadata': []}
-        for result in results:
-            outputs['out_files'].append(
-                save_image(result.image, runtime, f'superres_{result.channel}.nii')
-            )
-            outputs['input_views'].append(
-                save_image(result.input_view, runtime, f'input_{result.channel}.nii')
-            )
-            outputs['metadata'].append(result.metadata)
-        self._results.update(outputs)
+        self._results['out_files'] = [
+            save_image(result.image, runtime, f'superres_{result.channel}.nii')
+            for result in results
+        ]
+        self._results['input_views'] = [
+            save_image(result.input_view, runtime, f'input_{result.channel}.nii')
+            for result in results
+        ]
+        self._results['metadata'] = [result.metadata for result in results]
         return runtime
+
+
+def _load_scans(paths: list[str], channels: list[str]) -> list[InputScan]:
+    """Each scan checked and labelled with its channel and modality."""
+    scans = []
+    for path, channel in zip(paths, channels, strict=True):
+        img, warnings = load_anatomical(path)
+        for warning in warnings:
+            LOGGER.info(warning)  # thick slices are what this pipeline is for
+        scans.append(InputScan(img, channel, modality_of(channel), os.path.basename(path)))
+    return scans

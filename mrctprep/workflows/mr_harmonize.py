@@ -50,7 +50,7 @@ def init_mr_harmonize_wf(
     workflow = init_mr_preproc_wf(
         source_file=source_file, output_dir=output_dir, mr=mr, execution=execution, name=name
     )
-    workflow.__desc__ += _methods_text(weights)
+    workflow.__desc__ = (workflow.__desc__ or '') + _methods_text(weights)
     preproc = workflow.get_node('outputnode')
     harmonize = pe.Node(
         Harmonize(

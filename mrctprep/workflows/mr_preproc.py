@@ -51,6 +51,7 @@ def skull_strip_mode(method: str, device: str) -> tuple[str, bool]:
     return method, method == 'hdbet-accurate'
 
 
+# Longer than most: its ten steps and their connections are the pipeline, read best together.
 def init_mr_preproc_wf(
     *,
     source_file: str,
@@ -76,18 +77,6 @@ def init_mr_preproc_wf(
 
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_file']), name='inputnode')
     inputnode.inputs.source_file = source_file
-    outputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=[
-                't1w_preproc',
-                'brain_mask',
-                'transform',
-                'model_input',
-                'model_input_metadata',
-            ]
-        ),
-        name='outputnode',
-    )
     reorient = pe.Node(Reorient(), name='reorient')
     skull_strip = pe.Node(
         SkullStrip(
@@ -108,16 +97,8 @@ def init_mr_preproc_wf(
     resample_mask = pe.Node(ResampleToMNI(interpolation='nearest'), name='resample_mask')
     normalise = pe.Node(MedianNormalise(), name='normalise')
     crop = pe.Node(IguaneCrop(), name='crop')
-    plot_mask = pe.Node(
-        ContourOverlayRPT(title='Brain mask over the T1w (native space)'), name='plot_mask'
-    )
-    plot_registration = pe.Node(
-        RegistrationRPT(title=f'T1w brain on the MNI grid, {space} template edges in green'),
-        name='plot_registration',
-    )
     if mr.template:
         register.inputs.template_file = str(mr.template)
-        plot_registration.inputs.template_file = str(mr.template)
     # The native T1w's sidecar records both the reorientation and the bias correction.
     t1w_metadata = pe.Node(niu.Merge(2), name='t1w_metadata', run_without_submitting=True)
 
@@ -136,22 +117,58 @@ def init_mr_preproc_wf(
         (resample_t1w, normalise, [('out_file', 'in_file')]),
         (resample_mask, normalise, [('out_file', 'mask_file')]),
         (normalise, crop, [('out_file', 'in_file'), ('metadata', 'in_metadata')]),
-        (n4, plot_mask, [('out_file', 'in_file')]),
-        (skull_strip, plot_mask, [('out_mask', 'contour_file')]),
-        (normalise, plot_registration, [('out_file', 'in_file')]),
         (reorient, t1w_metadata, [('metadata', 'in1')]),
         (n4, t1w_metadata, [('metadata', 'in2')]),
     ])
-    sinks = init_ds_mr_preproc(workflow, output_dir=output_dir, space=space)
+    # fmt: on
+    _add_figures(workflow, space=space, template=mr.template)
+    _add_outputnode(workflow, init_ds_mr_preproc(workflow, output_dir=output_dir, space=space))
+    return workflow
+
+
+def _add_outputnode(workflow: LiterateWorkflow, sinks: dict[str, pe.Node]) -> None:
+    """What mr-harmonize builds on: the written native T1w, mask, transform and model input."""
+    outputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=[
+                't1w_preproc',
+                'brain_mask',
+                'transform',
+                'model_input',
+                'model_input_metadata',
+            ]
+        ),
+        name='outputnode',
+    )
+    # fmt: off
     workflow.connect([
         (sinks['ds_t1w'], outputnode, [('out_file', 't1w_preproc')]),
         (sinks['ds_mask'], outputnode, [('out_file', 'brain_mask')]),
         (sinks['ds_xfm'], outputnode, [('out_file', 'transform')]),
         (sinks['ds_model_input'], outputnode, [('out_file', 'model_input')]),
-        (crop, outputnode, [('metadata', 'model_input_metadata')]),
+        (workflow.get_node('crop'), outputnode, [('metadata', 'model_input_metadata')]),
     ])
     # fmt: on
-    return workflow
+
+
+def _add_figures(workflow: LiterateWorkflow, *, space: str, template: Path | None) -> None:
+    """The brain mask over the native T1w, and the template's edges over the MNI-grid brain."""
+    plot_mask = pe.Node(
+        ContourOverlayRPT(title='Brain mask over the T1w (native space)'), name='plot_mask'
+    )
+    plot_registration = pe.Node(
+        RegistrationRPT(title=f'T1w brain on the MNI grid, {space} template edges in green'),
+        name='plot_registration',
+    )
+    if template:
+        plot_registration.inputs.template_file = str(template)
+    # fmt: off
+    workflow.connect([
+        (workflow.get_node('n4'), plot_mask, [('out_file', 'in_file')]),
+        (workflow.get_node('skull_strip'), plot_mask, [('out_mask', 'contour_file')]),
+        (workflow.get_node('normalise'), plot_registration, [('out_file', 'in_file')]),
+    ])
+    # fmt: on
 
 
 def _methods_text(skull_strip_method: str, space: str) -> str:

@@ -136,6 +136,7 @@ def init_ds_ct_ingest(
     )
 
 
+# Longer than most: a table of eleven outputs, one record each.
 def init_ds_mr_preproc(
     workflow: LiterateWorkflow, *, output_dir: str | Path, space: str
 ) -> dict[str, pe.Node]:
