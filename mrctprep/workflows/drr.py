@@ -13,6 +13,7 @@ from mrctprep.interfaces.drr import RenderDRR
 from mrctprep.interfaces.reports import ContactSheetRPT
 from mrctprep.workflows.ct_conform import init_conform_ct_wf
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_drr
 
 
@@ -45,16 +46,13 @@ def init_drr_wf(
     inputnode.inputs.source_file = source_file
     outputnode = pe.Node(niu.IdentityInterface(fields=['drr_files']), name='outputnode')
     conform_ct_wf = init_conform_ct_wf(source_file=source_file)
-    render = pe.Node(
-        RenderDRR(
-            options=options,
-            random_seed=execution.random_seed,
-            device=execution.device,
-            num_threads=execution.omp_nthreads,
-        ),
+    render = torch_node(
+        RenderDRR,
         name='render',
-        n_procs=execution.omp_nthreads,
+        execution=execution,
         mem_gb=3,
+        options=options,
+        random_seed=execution.random_seed,
     )
     plot_views = pe.Node(
         ContactSheetRPT(labels=labels, title=f'{source_file.rsplit("/", 1)[-1]}: DRR views'),

@@ -12,6 +12,7 @@ from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.models.weights import ModelWeights, resolve_weights
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.mr_preproc import init_mr_preproc_wf, template_space
+from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_mr_harmonize
 
 MODEL_NAME = 'iguane'
@@ -52,16 +53,13 @@ def init_mr_harmonize_wf(
     )
     workflow.__desc__ = (workflow.__desc__ or '') + _methods_text(weights)
     preproc = workflow.get_node('outputnode')
-    harmonize = pe.Node(
-        Harmonize(
-            weights_file=str(weights.path),
-            weights_sha256=weights.sha256,
-            device=execution.device,
-            num_threads=execution.omp_nthreads,
-        ),
+    harmonize = torch_node(
+        Harmonize,
         name='harmonize',
-        n_procs=execution.omp_nthreads,
+        execution=execution,
         mem_gb=4,
+        weights_file=str(weights.path),
+        weights_sha256=weights.sha256,
     )
     if weights.trained_patch_size:
         harmonize.inputs.tile = weights.trained_patch_size

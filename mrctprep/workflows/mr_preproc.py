@@ -21,6 +21,7 @@ from mrctprep.interfaces.mr import (
 from mrctprep.interfaces.reorient import Reorient
 from mrctprep.interfaces.reports import ContourOverlayRPT, RegistrationRPT
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_mr_preproc
 
 _SKULL_STRIP_TEXT = {
@@ -78,16 +79,13 @@ def init_mr_preproc_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_file']), name='inputnode')
     inputnode.inputs.source_file = source_file
     reorient = pe.Node(Reorient(), name='reorient')
-    skull_strip = pe.Node(
-        SkullStrip(
-            method=skull_strip_method,
-            test_time_augmentation=tta,
-            device=execution.device,
-            num_threads=threads,
-        ),
+    skull_strip = torch_node(
+        SkullStrip,
         name='skull_strip',
-        n_procs=threads,
+        execution=execution,
         mem_gb=3,
+        method=skull_strip_method,
+        test_time_augmentation=tta,
     )
     n4 = pe.Node(N4BiasCorrection(num_threads=threads), name='n4', n_procs=threads, mem_gb=1.5)
     register = pe.Node(

@@ -14,6 +14,7 @@ from mrctprep.imaging.superres.solver import SolverSettings
 from mrctprep.interfaces.reports import BeforeAfterRPT
 from mrctprep.interfaces.superres import SuperResolution
 from mrctprep.workflows.literate import LiterateWorkflow
+from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_superres, select
 from mrctprep.workflows.pipelines import ANATOMICAL_INPUTS
 
@@ -58,21 +59,18 @@ def init_superres_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=['source_files']), name='inputnode')
     inputnode.inputs.source_files = source_files
     outputnode = pe.Node(niu.IdentityInterface(fields=['superres_files']), name='outputnode')
-    model = pe.Node(
-        SuperResolution(
-            channels=suffixes,
-            voxel_size=superres.voxel_size,
-            method=superres.method,
-            common_grid=superres.common_grid,
-            max_iter=max_iter,
-            interleaved=superres.interleaved,
-            random_seed=execution.random_seed,
-            device=execution.device,
-            num_threads=execution.omp_nthreads,
-        ),
+    model = torch_node(
+        SuperResolution,
         name='superres',
-        n_procs=execution.omp_nthreads,
+        execution=execution,
         mem_gb=2.5,
+        channels=suffixes,
+        voxel_size=superres.voxel_size,
+        method=superres.method,
+        common_grid=superres.common_grid,
+        max_iter=max_iter,
+        interleaved=superres.interleaved,
+        random_seed=execution.random_seed,
     )
     merge_superres = pe.Node(
         niu.Merge(len(channels)), name='merge_superres', run_without_submitting=True
