@@ -12,10 +12,9 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mrctprep.core.bids import SubjectData
-from mrctprep.core.config import RunConfig
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pybids and nipype are imported when a graph is built, not for --help
+    from mrctprep.core.bids import SubjectData
+    from mrctprep.core.config import RunConfig
     from mrctprep.workflows.literate import LiterateWorkflow
 
 ANATOMICAL_INPUTS = ('t1w', 't2w', 'flair', 'pdw', 'ct')
