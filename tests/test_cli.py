@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -312,3 +313,32 @@ def test_the_configuration_is_frozen_and_round_trips_through_toml(tmp_path):
         config.execution.device = 'cuda'  # type: ignore[misc]
     with pytest.raises(ValueError, match='must be resolved'):
         dataclasses.replace(config.execution, device='auto')
+
+
+@pytest.mark.parametrize(
+    ('method', 'hinted'), [('hdbet', True), ('deepbet', True), ('none', False)]
+)
+def test_a_node_error_gets_the_option_that_fixes_it(method, hinted):
+    """Crash files end with ``module.Class: message``; the summary adds the option to use."""
+    from mrctprep.cli.errors import describe_node_error
+    from mrctprep.core.errors import ImplausibleBrainMaskError
+
+    error = ImplausibleBrainMaskError(method, 12.0, (300.0, 2500.0))
+    line = f'mrctprep.core.errors.ImplausibleBrainMaskError: {error}'
+    described = describe_node_error(line)
+    assert described.startswith(line)
+    assert ('use --skull-strip none' in described) == hinted
+    assert describe_node_error('ValueError: boom') == 'ValueError: boom'
+
+
+def test_library_errors_carry_facts_and_the_command_line_adds_the_option(tmp_path):
+    from mrctprep.cli.errors import EXIT_RESOURCE, describe_error, exit_code_of
+    from mrctprep.core.errors import DeviceUnavailableError, WeightsNotFoundError
+
+    given = WeightsNotFoundError('iguane', [tmp_path / 'w.pt'], given=Path('w.pt'))
+    assert '--' not in str(given) and given.searched == [tmp_path / 'w.pt']
+    assert describe_error(given).startswith('--weights iguane=w.pt: no weights file w.pt')
+    device = DeviceUnavailableError('cuda:1', 'only 1 CUDA device(s) visible')
+    assert str(device) == 'device cuda:1: only 1 CUDA device(s) visible'
+    assert describe_error(device).startswith('--device cuda:1: only 1 CUDA device(s) visible')
+    assert exit_code_of(given) == exit_code_of(device) == EXIT_RESOURCE

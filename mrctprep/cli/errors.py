@@ -88,10 +88,15 @@ _HINTS: dict[type[Exception], Callable[..., str]] = {
     NoModelInputsError: _no_inputs_hint,
 }
 
+def _brain_mask_hint(message: str) -> str | None:
+    if message.startswith('the none brain mask'):  # already the option that would help
+        return None
+    return 'if the image is already skull-stripped, use --skull-strip none'
+
+
 #: Hints for errors raised inside a node, found by their class name in its crash file.
-_NODE_HINTS = {
-    ImplausibleBrainMaskError.__name__: 'if the image is already skull-stripped, use '
-    '--skull-strip none',
+_NODE_HINTS: dict[str, Callable[[str], str | None]] = {
+    ImplausibleBrainMaskError.__name__: _brain_mask_hint,
 }
 
 
@@ -103,8 +108,9 @@ def describe_error(error: Exception) -> str:
 
 def describe_node_error(error_line: str) -> str:
     """A crash file's last line (``module.Class: message``), with the option that fixes it."""
-    name = error_line.partition(':')[0].rsplit('.', 1)[-1]
-    hint = _NODE_HINTS.get(name)
+    qualified_name, _, message = error_line.partition(': ')
+    node_hint = _NODE_HINTS.get(qualified_name.rsplit('.', 1)[-1])
+    hint = node_hint(message) if node_hint else None
     return f'{error_line}; {hint}' if hint else error_line
 
 
