@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mrctprep.imaging.metrics import structural_similarity
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+from helpers.metrics import structural_similarity
 
 SPACE = 'space-MNI152NLin2009aSym_res-1'
 PAIRS = (('01', '02'), ('03', '04'))

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+
 SHARED_HEAD = Path(__file__).resolve().parents[2] / 'shared/data/mr/colin27_t1_head.nii.gz'
 #: The reference UniRes (CPU, these 2 cores) as reported in the issue.
 REFERENCE = {
@@ -47,12 +49,12 @@ def run_case(case: str, head: Path, threads: int, device: str) -> None:
     import torch
     from scipy import ndimage
 
-    from mrctprep.imaging.metrics import peak_signal_to_noise_ratio as psnr
-    from mrctprep.imaging.metrics import structural_similarity as ssim
+    from helpers.metrics import peak_signal_to_noise_ratio as psnr
+    from helpers.metrics import structural_similarity as ssim
+    from helpers.superres_simulation import spline_upsample, thick_slices
     from mrctprep.imaging.superres.grids import OutputGrid
     from mrctprep.imaging.superres.operators import Projection, ScanGeometry
     from mrctprep.imaging.superres.reconstruct import InputScan, SuperResSettings, super_resolve
-    from mrctprep.imaging.superres.simulate import spline_upsample, thick_slices
 
     torch.set_num_threads(threads)
     img = nb.load(head)

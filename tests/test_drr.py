@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from conftest import SHARED_DATA, run_cli, write_bids
-from mrctprep.cli.run_options import parse_args
+from helpers.drr_projection import project_points
+from mrctprep.cli.main import run
 from mrctprep.imaging.drr.geometry import (
     CArm,
     Placement,
     gensyn_angled_views,
-    project_points,
     view_geometry,
     view_grid,
 )
@@ -368,7 +368,7 @@ def test_cuda_and_cpu_agree():
 )
 def test_bad_drr_options_are_usage_errors(tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_args([str(tmp_path), str(tmp_path / 'out'), 'participant', *bad])
+        run([str(tmp_path), str(tmp_path / 'out'), 'participant', *bad])
     assert exit_info.value.code == 2
     assert 'error:' in capsys.readouterr().err
 

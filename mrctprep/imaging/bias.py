@@ -8,14 +8,6 @@ import nibabel as nb
 import numpy as np
 import SimpleITK as sitk
 
-N4_DEFAULTS = {
-    'shrink_factor': 4,
-    'iterations': (50, 50, 50, 50),
-    'convergence_threshold': 1e-3,
-    'control_points': 4,
-    'spline_order': 3,
-}
-
 
 @dataclass(frozen=True)
 class BiasCorrection:
@@ -29,11 +21,11 @@ def n4_bias_correct(
     img: nb.Nifti1Image,
     mask: nb.Nifti1Image,
     *,
-    shrink_factor: int = N4_DEFAULTS['shrink_factor'],
-    iterations: tuple[int, ...] = N4_DEFAULTS['iterations'],
-    convergence_threshold: float = N4_DEFAULTS['convergence_threshold'],
-    control_points: int = N4_DEFAULTS['control_points'],
-    spline_order: int = N4_DEFAULTS['spline_order'],
+    shrink_factor: int = 4,
+    iterations: tuple[int, ...] = (50, 50, 50, 50),
+    convergence_threshold: float = 1e-3,
+    control_points: int = 4,
+    spline_order: int = 3,
     threads: int = 1,
 ) -> BiasCorrection:
     """Fit the field inside ``mask`` on a ``shrink_factor``-times smaller image, then divide

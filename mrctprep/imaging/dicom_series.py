@@ -24,6 +24,7 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -174,6 +175,46 @@ class CTVolume:
     padding_value: float | None
 
 
+@dataclass(frozen=True)
+class _Slices:
+    """A series' decodable slices, sorted along the slice normal."""
+
+    files: list[DicomFile]
+    #: (slice, 3): the centre of each slice's first pixel, LPS mm.
+    positions: np.ndarray
+    #: (slice, row, column) HU.
+    stack: np.ndarray
+    #: The HU range that the declared PixelPaddingValue (and its range limit) stands for.
+    padding_range: tuple[float, float] | None
+    #: Every file left out: beside the series (header unreadable) or in it (pixels undecodable).
+    skipped: list[SkippedFile]
+    undecodable: list[SkippedFile]
+
+
+@dataclass(frozen=True)
+class _SliceGeometry:
+    """Where the sorted slices lie, in LPS millimetres, and whether a NIfTI affine holds them."""
+
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    normal: np.ndarray
+    #: (between rows, between columns).
+    pixel_spacing: tuple[float, float]
+    #: Each slice's distance along the normal.
+    distances: np.ndarray
+    #: Each slice's first pixel from the first slice's, along the row and column directions.
+    in_plane: np.ndarray
+    spacing: SliceSpacing
+    tilted: bool
+    #: Degrees, from the last slice's in-plane offset over the stack's length.
+    measured_tilt: float
+
+    @property
+    def resampled(self) -> bool:
+        """A tilted or unevenly spaced stack holds no affine: it goes onto an orthogonal grid."""
+        return self.tilted or not self.spacing.uniform
+
+
 def is_dicom_file(path: Path) -> bool:
     """A Part 10 file ('DICM' after the preamble), or one named like a DICOM file."""
     if path.suffix.lower() in DICOM_SUFFIXES:
@@ -252,64 +293,111 @@ def convert_series(
     reason = series.unusable_reason()
     if reason:
         raise DicomSeriesError(f'{name}: {reason}')
-    row_dir, col_dir, normal = _directions(series.header)
-    row_spacing, col_spacing = (float(v) for v in series.header.PixelSpacing)
+    directions = _directions(series.header)
+    slices = _sorted_slices(series, directions[2], unreadable, name=name)
+    geometry = _slice_geometry(series.header, directions, slices, name=name)
+    conversion = _conversion_record(slices, geometry)
+    padding_value = _padding_left_in_volume(slices, geometry, conversion)
+    image, slice_spacing = _scanner_image(slices, geometry, conversion, name=name)
+    sidecar = _sidecar(series.header, slices.files, conversion, slice_spacing, padding_value)
+    return CTVolume(image, sidecar, _conversion_messages(slices, geometry), padding_value)
 
+
+def _sorted_slices(
+    series: DicomSeries, normal: np.ndarray, unreadable: Sequence[SkippedFile], *, name: str
+) -> _Slices:
+    """The series' decodable slices in order along ``normal``."""
     positions = np.array([[float(v) for v in f.header.ImagePositionPatient] for f in series.files])
     order = np.argsort(positions @ normal, kind='stable')
     files = [series.files[k] for k in order]
-    positions = positions[order]
-    slices, padding_range, undecodable = _read_slices(files)
+    pixels, padding_range, undecodable = _read_slices(files)
     skipped = [*unreadable, *undecodable]
-    kept = [k for k, s in enumerate(slices) if s is not None]
+    kept = [k for k, decoded in enumerate(pixels) if decoded is not None]
     if len(kept) < 2:
         raise DicomSeriesError(
             f'{name}: fewer than 2 readable slices ({_describe_skipped(skipped)})'
         )
-    files = [files[k] for k in kept]
-    positions = positions[kept]
-    stack = np.stack([slices[k] for k in kept])
-    distances = positions @ normal
+    return _Slices(
+        files=[files[k] for k in kept],
+        positions=positions[order][kept],
+        stack=np.stack([decoded for decoded in pixels if decoded is not None]),
+        padding_range=padding_range,
+        skipped=skipped,
+        undecodable=undecodable,
+    )
 
+
+def _slice_geometry(
+    header: Dataset,
+    directions: tuple[np.ndarray, np.ndarray, np.ndarray],
+    slices: _Slices,
+    *,
+    name: str,
+) -> _SliceGeometry:
+    """Where the slices lie; refuses stacks that are two acquisitions or have lost slices."""
+    row_dir, col_dir, normal = directions
+    row_spacing, col_spacing = (float(v) for v in header.PixelSpacing)
+    distances = slices.positions @ normal
     steps = np.diff(distances)
     if np.any(steps < 1e-2):
         k = int(np.argmin(steps))
         raise DicomSeriesError(
-            f'{name}: {files[k].path.name} and {files[k + 1].path.name} lie at the same '
-            'position: two acquisitions mixed in one series'
+            f'{name}: {slices.files[k].path.name} and {slices.files[k + 1].path.name} lie at '
+            'the same position: two acquisitions mixed in one series'
         )
     spacing = analyse_slice_spacing(distances)
-    if skipped and spacing.missing:
+    if slices.skipped and spacing.missing:
         raise DicomSeriesError(
-            f'{name}: skipping unreadable {_describe_skipped(skipped)} leaves a gap of '
+            f'{name}: skipping unreadable {_describe_skipped(slices.skipped)} leaves a gap of '
             f'{sum(n for _, n in spacing.missing)} slice(s); series refused'
         )
-
-    offsets = positions - positions[0]
+    offsets = slices.positions - slices.positions[0]
     in_plane = np.stack([offsets @ row_dir, offsets @ col_dir], axis=1)
-    tilted = bool(np.abs(in_plane).max() > _TILT_TOLERANCE_PIXELS * min(row_spacing, col_spacing))
-    measured_tilt = math.degrees(
-        math.atan2(np.linalg.norm(in_plane[-1]), distances[-1] - distances[0])
+    return _SliceGeometry(
+        row_dir=row_dir,
+        col_dir=col_dir,
+        normal=normal,
+        pixel_spacing=(row_spacing, col_spacing),
+        distances=distances,
+        in_plane=in_plane,
+        spacing=spacing,
+        tilted=bool(
+            np.abs(in_plane).max() > _TILT_TOLERANCE_PIXELS * min(row_spacing, col_spacing)
+        ),
+        measured_tilt=math.degrees(
+            math.atan2(np.linalg.norm(in_plane[-1]), distances[-1] - distances[0])
+        ),
     )
 
+
+def _conversion_record(slices: _Slices, geometry: _SliceGeometry) -> dict[str, Any]:
+    """How the series was read: the sidecar's ``Conversion``, to which later steps add."""
+    spacing = geometry.spacing
     conversion: dict[str, Any] = {
         'SourceFormat': 'DICOM',
         'Reader': f'pydicom {pydicom.__version__}',
-        'TransferSyntax': sorted({_transfer_syntax(f.header) for f in files}),
+        'TransferSyntax': sorted({_transfer_syntax(f.header) for f in slices.files}),
         'SlicesSortedBy': 'ImagePositionPatient along the slice normal',
-        'SliceCount': len(files),
+        'SliceCount': len(slices.files),
         'SliceSpacings': sorted({round(float(s), 4) for s in spacing.steps}),
-        'GantryTiltMeasured': round(measured_tilt, 3),
-        'GantryTiltCorrected': tilted,
+        'GantryTiltMeasured': round(geometry.measured_tilt, 3),
+        'GantryTiltCorrected': geometry.tilted,
         'SliceSpacingResampled': not spacing.uniform,
     }
-    messages = [f'skipped {s.path.name}: {s.reason}' for s in undecodable]
-    if skipped:
-        conversion['SkippedFiles'] = [f'{s.path.name}: {s.reason}' for s in skipped]
+    if slices.skipped:
+        conversion['SkippedFiles'] = [f'{s.path.name}: {s.reason}' for s in slices.skipped]
     if spacing.missing:
         conversion['MissingSlices'] = [
             {'AfterSlice': k + 1, 'Count': count} for k, count in spacing.missing
         ]
+    return conversion
+
+
+def _conversion_messages(slices: _Slices, geometry: _SliceGeometry) -> tuple[str, ...]:
+    """The warnings of a conversion: files skipped, slices interpolated, the grid resampled."""
+    spacing = geometry.spacing
+    messages = [f'skipped {s.path.name}: {s.reason}' for s in slices.undecodable]
+    if spacing.missing:
         messages.append(
             f'{sum(c for _, c in spacing.missing)} missing slice(s) (after slice(s) '
             f'{", ".join(str(k + 1) for k, _ in spacing.missing)}): interpolated'
@@ -319,47 +407,48 @@ def convert_series(
             f'unequal slice spacing ({spacing.steps.min():.2f}-{spacing.steps.max():.2f} mm): '
             f'resampled to {spacing.spacing:.2f} mm, the most common step'
         )
-    if tilted:
+    if geometry.tilted:
         messages.append(
-            f'gantry tilt of {measured_tilt:.1f} degrees: resampled to an orthogonal grid'
+            f'gantry tilt of {geometry.measured_tilt:.1f} degrees: resampled to an orthogonal grid'
         )
+    return tuple(messages)
 
-    padding_value = None
-    if padding_range is not None:
-        padding = (stack >= padding_range[0]) & (stack <= padding_range[1])
-        if tilted or not spacing.uniform:
-            # Interpolating padding into the body's edge would make values that are neither.
-            stack[padding] = PADDING_FILL_HU
-            conversion['PaddingReplacedBeforeResampling'] = {
-                'PixelPaddingValue': padding_range[0],
-                'ReplacedWith': PADDING_FILL_HU,
-            }
-        elif padding.any():
-            padding_value = padding_range[0]
 
-    if tilted or not spacing.uniform:
-        if not tilted:
-            in_plane = np.zeros_like(in_plane)
-        conversion['Interpolation'] = 'linear'
-        conversion['ResampledSliceSpacing'] = round(spacing.spacing, 6)
-        stack, grid_offset = resample_to_orthogonal_grid(
-            stack,
-            distances,
-            in_plane,
-            (row_spacing, col_spacing),
-            spacing.spacing,
-            fill=PADDING_FILL_HU,
-        )
-        slice_spacing = spacing.spacing
-    else:
-        grid_offset = (0.0, 0.0)
-        slice_spacing = float(distances[-1] - distances[0]) / (len(files) - 1)
+def _padding_left_in_volume(
+    slices: _Slices, geometry: _SliceGeometry, conversion: dict[str, Any]
+) -> float | None:
+    """The declared padding value (HU) if the volume keeps padding voxels, else None.
 
+    A stack about to be resampled has its padding set to air instead: interpolating padding
+    into the body's edge would make values that are neither.
+    """
+    if slices.padding_range is None:
+        return None
+    low, high = slices.padding_range
+    padding = (slices.stack >= low) & (slices.stack <= high)
+    if geometry.resampled:
+        slices.stack[padding] = PADDING_FILL_HU
+        conversion['PaddingReplacedBeforeResampling'] = {
+            'PixelPaddingValue': low,
+            'ReplacedWith': PADDING_FILL_HU,
+        }
+        return None
+    return low if padding.any() else None
+
+
+def _scanner_image(
+    slices: _Slices, geometry: _SliceGeometry, conversion: dict[str, Any], *, name: str
+) -> tuple[nb.Nifti1Image, float]:
+    """The int16 HU image in scanner space, on a grid an affine holds; and its slice spacing."""
+    stack, grid_offset, slice_spacing = _orthogonal_stack(slices, geometry, conversion)
+    row_spacing, col_spacing = geometry.pixel_spacing
     lps_affine = np.eye(4)
-    lps_affine[:3, 0] = row_dir * col_spacing
-    lps_affine[:3, 1] = col_dir * row_spacing
-    lps_affine[:3, 2] = normal * slice_spacing
-    lps_affine[:3, 3] = positions[0] + grid_offset[0] * row_dir + grid_offset[1] * col_dir
+    lps_affine[:3, 0] = geometry.row_dir * col_spacing
+    lps_affine[:3, 1] = geometry.col_dir * row_spacing
+    lps_affine[:3, 2] = geometry.normal * slice_spacing
+    lps_affine[:3, 3] = (
+        slices.positions[0] + grid_offset[0] * geometry.row_dir + grid_offset[1] * geometry.col_dir
+    )
     affine = LPS_FROM_RAS @ lps_affine
     # stack is (slice, row, column); NIfTI's axes are (column, row, slice).
     hu = to_int16(stack, name=name).transpose(2, 1, 0)
@@ -367,10 +456,44 @@ def convert_series(
     image.set_qform(affine, code='scanner')
     image.set_sform(affine, code='scanner')
     image.header.set_xyzt_units('mm')
+    return image, slice_spacing
 
+
+def _orthogonal_stack(
+    slices: _Slices, geometry: _SliceGeometry, conversion: dict[str, Any]
+) -> tuple[np.ndarray, tuple[float, float], float]:
+    """The stack on an orthogonal, evenly spaced grid: its first pixel's offset from the first
+    slice's (mm, along rows and columns) and its slice spacing."""
+    if not geometry.resampled:
+        distances = geometry.distances
+        slice_spacing = float(distances[-1] - distances[0]) / (len(slices.files) - 1)
+        return slices.stack, (0.0, 0.0), slice_spacing
+    spacing = geometry.spacing.spacing
+    conversion['Interpolation'] = 'linear'
+    conversion['ResampledSliceSpacing'] = round(spacing, 6)
+    in_plane = geometry.in_plane if geometry.tilted else np.zeros_like(geometry.in_plane)
+    stack, grid_offset = resample_to_orthogonal_grid(
+        slices.stack,
+        geometry.distances,
+        in_plane,
+        geometry.pixel_spacing,
+        spacing,
+        fill=PADDING_FILL_HU,
+    )
+    return stack, grid_offset, spacing
+
+
+def _sidecar(
+    header: Dataset,
+    files: Sequence[DicomFile],
+    conversion: dict[str, Any],
+    slice_spacing: float,
+    padding_value: float | None,
+) -> dict[str, Any]:
+    """The BIDS sidecar: acquisition facts, the volume's spacing and units, the conversion."""
     sidecar = acquisition_metadata([f.header for f in files], conversion)
     sidecar['SpacingBetweenSlices'] = round(slice_spacing, 6)
-    tilt = series.header.get('GantryDetectorTilt')
+    tilt = header.get('GantryDetectorTilt')
     if tilt is not None:
         conversion['GantryDetectorTilt'] = float(tilt)
     if padding_value is not None:
@@ -381,7 +504,7 @@ def convert_series(
         ConversionSoftwareVersion=__version__,
         Conversion=conversion,
     )
-    return CTVolume(image, sidecar, tuple(messages), padding_value)
+    return sidecar
 
 
 def resample_to_orthogonal_grid(
@@ -561,14 +684,15 @@ def _stored_pixels(file: DicomFile) -> np.ndarray:
     header = file.header
     syntax = getattr(getattr(header, 'file_meta', None), 'TransferSyntaxUID', None)
     element = header.get_item('PixelData', keep_deferred=True)
-    if element is None:
+    if not isinstance(element, DataElement | RawDataElement):
         raise ValueError('no PixelData')
     if syntax not in _NATIVE_LITTLE_ENDIAN or header.BitsAllocated != 16:
         return pydicom.dcmread(file.path, force=True).pixel_array
     rows, columns = int(header.Rows), int(header.Columns)
     expected = rows * columns * 2
     raw = element.value
-    if raw is None:
+    if raw is None and isinstance(element, RawDataElement):
+        # A deferred element: its value is still in the file.
         with file.path.open('rb') as stream:
             stream.seek(element.value_tell)
             raw = stream.read(expected)

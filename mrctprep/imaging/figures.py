@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nb  # noqa: E402
 import numpy as np  # noqa: E402
 from nibabel.orientations import aff2axcodes  # noqa: E402
+
+from mrctprep.imaging.axes import three  # noqa: E402
 
 #: (level, width) display windows in HU for CT figures.
 CT_WINDOWS = {
@@ -142,7 +145,7 @@ def plot_ct_windows(
     out_file: str | Path,
     *,
     title: str,
-    windows: dict[str, tuple[float, float]] = CT_WINDOWS,
+    windows: Mapping[str, tuple[float, float]] = CT_WINDOWS,
 ) -> Path:
     """One row per display window (default: brain, soft tissue, lung, bone), three planes each.
 
@@ -170,8 +173,8 @@ def plot_ct_windows(
 
 def _foreground_centre(foreground: np.ndarray) -> tuple[int, int, int]:
     if not foreground.any():
-        return tuple(n // 2 for n in foreground.shape)
-    return tuple(int(np.median(np.nonzero(foreground)[axis])) for axis in range(3))
+        return three(n // 2 for n in foreground.shape)
+    return three(int(np.median(np.nonzero(foreground)[axis])) for axis in range(3))
 
 
 def plot_contour_overlay(

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import nibabel as nb
 import numpy as np
 
+from mrctprep.imaging.axes import three
+
 MEDIAN_TARGET = 500.0
 #: The generator halves each axis four times: every crop size is a multiple of this.
 SIZE_MULTIPLE = 16
@@ -27,7 +29,7 @@ class CropBox:
     size: tuple[int, int, int]
 
     def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(b, b + n) for b, n in zip(self.start, self.size, strict=True))
+        return three(slice(b, b + n) for b, n in zip(self.start, self.size, strict=True))
 
     def to_metadata(self) -> dict:
         return {key: list(value) for key, value in asdict(self).items()}
@@ -82,7 +84,7 @@ def iguane_crop_box(data: np.ndarray) -> CropBox:
         else:
             starts.append(fallback_start)
             sizes.append(fallback_size)
-    return CropBox(tuple(starts), tuple(sizes))
+    return CropBox(three(starts), three(sizes))
 
 
 def crop(img: nb.Nifti1Image, box: CropBox) -> nb.Nifti1Image:

@@ -1,14 +1,17 @@
-"""Reading images with errors that name the file and the problem."""
+"""Reading images: inputs, with errors that name the file and the problem, and templates."""
 
 from __future__ import annotations
 
 import gzip
+import importlib.resources
 import zlib
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 from nibabel.wrapstruct import WrapStructError
+
+from mrctprep.core.templates import mni152_template_file
 
 
 class ImageReadError(ValueError):
@@ -91,3 +94,18 @@ def load_anatomical(path: str | Path) -> tuple[nb.Nifti1Image, list[str]]:
     if max(zooms) > 2 * min(zooms):
         warnings.append(f'{path.name}: anisotropic {size} mm voxels')
     return img, warnings
+
+
+def load_mni152_template(kind: str) -> nb.Nifti1Image:
+    """nilearn's bundled MNI152 2009a map ``kind`` (``'t1'``, ``'gm'``, ``'wm'``) in float32,
+    read while the file is at hand (for a zipped package it is a temporary copy)."""
+    with importlib.resources.as_file(mni152_template_file(kind)) as path:
+        img = nb.Nifti1Image.from_filename(path)
+        return nb.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine, img.header)
+
+
+def load_mni152_unit_map(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled template map (T1 intensity or tissue probability, stored 0-255) as 0..1, and
+    its affine."""
+    img = load_mni152_template(kind)
+    return img.get_fdata(dtype=np.float32) / np.float32(255), img.affine

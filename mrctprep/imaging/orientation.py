@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import nibabel as nb
 import numpy as np
+from nibabel.arrayproxy import ArrayProxy
 from nibabel.orientations import aff2axcodes, inv_ornt_aff, io_orientation
 
 
@@ -65,7 +66,7 @@ def reorient_to_ras(img: nb.Nifti1Image) -> tuple[nb.Nifti1Image, Reorientation]
 
 def _is_scaled(img: nb.Nifti1Image) -> bool:
     """Whether stored voxels are scaled (nibabel moves scl_slope/scl_inter into the proxy)."""
-    if nb.is_proxy(img.dataobj):
+    if isinstance(img.dataobj, ArrayProxy):
         return img.dataobj.slope != 1.0 or img.dataobj.inter != 0.0
     slope, inter = img.header.get_slope_inter()
     return slope not in (None, 1.0) or inter not in (None, 0.0)

@@ -18,14 +18,13 @@ matter falls in the posterior inferior regions).
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import itertools
 
 import nibabel as nb
 import numpy as np
 from scipy import ndimage as ndi
 
-from mrctprep.core.templates import mni152_template_file
+from mrctprep.imaging.io import load_mni152_unit_map
 
 _TISSUES = ('gm', 'wm')
 _HEMISPHERES = ('left', 'right')
@@ -80,10 +79,13 @@ def _region_atlas(shape: tuple[int, ...], affine: tuple[float, ...]) -> np.ndarr
 @functools.cache
 def _template_atlas() -> tuple[np.ndarray, np.ndarray]:
     """The region labels on nilearn's ICBM 2009a grid, and that grid's affine."""
-    t1, affine = _template_map('t1')
+    t1, affine = load_mni152_unit_map('t1')
     brain = t1 > 0
     tissue = np.select(
-        [brain & (_template_map('gm')[0] >= 0.5), brain & (_template_map('wm')[0] >= 0.5)],
+        [
+            brain & (load_mni152_unit_map('gm')[0] >= 0.5),
+            brain & (load_mni152_unit_map('wm')[0] >= 0.5),
+        ],
         [1, 2],
         0,
     )
@@ -101,10 +103,3 @@ def _template_atlas() -> tuple[np.ndarray, np.ndarray]:
     )
     labels = np.where((tissue > 0) & (hemisphere > 0), index + 1, 0).astype(np.uint8)
     return labels, affine
-
-
-def _template_map(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """A bundled template map: T1 intensity or tissue probability (stored 0-255) as 0..1."""
-    with importlib.resources.as_file(mni152_template_file(kind)) as path:
-        img = nb.load(path)
-        return img.get_fdata(dtype=np.float32) / np.float32(255), img.affine

@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nb
@@ -19,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from mrctprep.core.templates import mni152_template_file
 from mrctprep.imaging.intensity import CropBox, uncrop
+from mrctprep.imaging.io import load_mni152_template
 
 #: FSL's MNI152 1 mm grid (LAS, 182 x 218 x 182), on which the IGUANe model was trained.
 FSL_MNI152_SHAPE = (182, 218, 182)
@@ -64,9 +63,7 @@ class RigidTransform:
 
 def mni152_brain_template() -> nb.Nifti1Image:
     """The 1 mm ICBM 2009a symmetric T1 brain that nilearn ships (no download)."""
-    with resources.as_file(mni152_template_file('t1')) as path:
-        img = nb.load(path)
-        return nb.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine, img.header)
+    return load_mni152_template('t1')
 
 
 def fsl_mni152_grid() -> nb.Nifti1Image:

@@ -116,7 +116,7 @@ def _predict_softmax(network, volume: np.ndarray, *, mirror: bool, device: str) 
         for axes in flips:
             probabilities = network(batch.flip(axes) if axes else batch).float()
             total += probabilities.flip(axes) if axes else probabilities
-    crop = (0, slice(None), *(slice(0, n) for n in volume.shape))
+    crop: tuple[int | slice, ...] = (0, slice(None), *(slice(0, n) for n in volume.shape))
     return (total[crop] / len(flips)).cpu().numpy()
 
 

@@ -11,17 +11,16 @@ every boundary carries partial volume.
 
 from __future__ import annotations
 
-import importlib.resources
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 from nibabel.affines import apply_affine, from_matvec, voxel_sizes
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 from scipy import ndimage as ndi
 
-from mrctprep.core.templates import mni152_template_file
+from mrctprep.imaging.axes import three
+from mrctprep.imaging.io import load_mni152_unit_map
 
 #: Tissue classes whose fractions, together with air, add up to one in every voxel.
 TISSUE_CLASSES = ('gm', 'wm', 'csf', 'outer_csf', 'cortical_bone', 'diploe', 'fat', 'muscle')
@@ -79,13 +78,6 @@ class T1Contrast:
     muscle: float
 
 
-def _load_template_map(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    with importlib.resources.as_file(mni152_template_file(kind)) as path:
-        img = nib.load(path)
-        # Stored as uint8 0-255; probabilities and intensities become 0..1.
-        return img.get_fdata(dtype=np.float32) / np.float32(255), img.affine
-
-
 def load_mni152_tissues(margin_mm: float = 20.0) -> HeadModel:
     """The template's brain: T1 intensity, brain mask and GM/WM/CSF fractions.
 
@@ -93,11 +85,11 @@ def load_mni152_tissues(margin_mm: float = 20.0) -> HeadModel:
     it); the template's lowest slice already cuts through the brainstem, so nothing is added
     below it.
     """
-    t1, affine = _load_template_map('t1')
+    t1, affine = load_mni152_unit_map('t1')
     brain = (t1 > 0).astype(np.float32)
     # The probability maps leak a little beyond the skull-stripped T1; the T1 mask is the brain.
-    gm = _load_template_map('gm')[0] * brain
-    wm = _load_template_map('wm')[0] * brain
+    gm = load_mni152_unit_map('gm')[0] * brain
+    wm = load_mni152_unit_map('wm')[0] * brain
     csf = np.clip(brain - gm - wm, 0, 1)
     t1 /= np.median(t1[wm > 0.9])
 
@@ -259,7 +251,8 @@ def _neck_column(
 
 def head_mask(model: HeadModel) -> np.ndarray:
     """Voxels that are mostly tissue rather than air."""
-    return sum(model.maps[name] for name in TISSUE_CLASSES if name in model.maps) > 0.5
+    tissues = [model.maps[name] for name in TISSUE_CLASSES if name in model.maps]
+    return sum(tissues, np.zeros(model.shape, np.float32)) > 0.5
 
 
 def t1w_from_tissues(model: HeadModel, contrast: T1Contrast) -> np.ndarray:
@@ -285,9 +278,9 @@ def bias_field(
 
 def add_rician_noise(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of the signal plus complex Gaussian noise, as a magnitude MR image has."""
-    sigma = np.float32(sigma)
-    real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
-    imaginary = sigma * rng.standard_normal(signal.shape, dtype=np.float32)
+    sd = np.float32(sigma)
+    real = signal + sd * rng.standard_normal(signal.shape, dtype=np.float32)
+    imaginary = sd * rng.standard_normal(signal.shape, dtype=np.float32)
     return np.hypot(real, imaginary)
 
 
@@ -362,7 +355,7 @@ def acquisition_grid(
     shape = [0, 0, 0]
     for ras_axis, (axis, _) in enumerate(ornt):
         shape[int(axis)] = int(ras_shape[ras_axis])
-    return tuple(shape), ras_affine @ inv_ornt_aff(ornt, ras_shape)
+    return three(shape), ras_affine @ inv_ornt_aff(ornt, ras_shape)
 
 
 def apply_head_pose(

@@ -256,8 +256,12 @@ def init_ds_mr_harmonize(
     return add_outputs(workflow, outputs, output_dir=output_dir)
 
 
-def select(items: list[Any], index: int) -> Any:
-    """``items[index]``: a connection function (nipype copies its source into the graph)."""
+def select(items: list, index: int) -> object:
+    """``items[index]``: a connection function.
+
+    nipype copies its source into the graph and runs it without this module's imports, so
+    its annotations may name builtins only.
+    """
     return items[index]
 
 

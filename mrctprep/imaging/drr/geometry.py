@@ -146,14 +146,6 @@ def view_geometry(
     )
 
 
-def project_points(projection_matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(column, row) image positions of world points (..., 3)."""
-    points = np.asarray(points, dtype=np.float64)
-    homogeneous = np.concatenate([points, np.ones((*points.shape[:-1], 1))], axis=-1)
-    projected = homogeneous @ projection_matrix.T
-    return projected[..., :2] / projected[..., 2:]
-
-
 def view_grid(start: float, stop: float, step: float) -> list[tuple[float, float]]:
     """Every (orbital, angulation) pair of ``start, start + step, ..., stop`` in both angles."""
     if step <= 0 or stop < start:

@@ -87,11 +87,11 @@ def polyenergetic_intensity(
     ``sum_E E p(E) exp(-sum_m (mu/rho)_m(E) L_m)`` and probability
     ``sum_E p(E) exp(...)``. ``path_integrals``: (len(MATERIALS), ...) in g/cm^2.
     """
-    kwargs = {'dtype': path_integrals.dtype, 'device': path_integrals.device}
-    coefficients = torch.as_tensor(attenuation_matrix(spectrum), **kwargs)
-    fractions = torch.as_tensor(spectrum.photon_fractions, **kwargs)
-    energies = torch.as_tensor(spectrum.energies_kev, **kwargs)
-    intensity = torch.zeros(path_integrals.shape[1:], **kwargs)
+    dtype, device = path_integrals.dtype, path_integrals.device
+    coefficients = torch.as_tensor(attenuation_matrix(spectrum), dtype=dtype, device=device)
+    fractions = torch.as_tensor(spectrum.photon_fractions, dtype=dtype, device=device)
+    energies = torch.as_tensor(spectrum.energies_kev, dtype=dtype, device=device)
+    intensity = torch.zeros(path_integrals.shape[1:], dtype=dtype, device=device)
     probability = torch.zeros_like(intensity)
     for bin_index in range(len(energies)):
         transmitted = fractions[bin_index] * torch.exp(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mrctprep.imaging.drr.geometry import (
     CArm,
@@ -53,24 +54,18 @@ class DRRSettings:
         return unique_view_labels(self.placement, self.views)
 
 
+#: deepdrr.MobileCArm's defaults (Siemens Cios Fusion): 1536 x 1536 px of 0.194 mm.
+_DEEPDRR_CARM = CArm(
+    source_to_detector_mm=1020, source_to_isocentre_mm=530, pixels=1536, pixel_size_mm=0.194
+)
+
 PRESETS = {
-    # deepdrr.MobileCArm defaults (Siemens Cios Fusion): 1536 x 1536 px of 0.194 mm.
-    'deepdrr': DRRSettings(
-        preset='deepdrr',
-        carm=CArm(
-            source_to_detector_mm=1020,
-            source_to_isocentre_mm=530,
-            pixels=1536,
-            pixel_size_mm=0.194,
-        ),
-    ),
+    'deepdrr': DRRSettings(preset='deepdrr', carm=_DEEPDRR_CARM),
     # Thesis, RAD-ChestCT centre view (final script): default C-arm distances, 2500 x 0.2 mm,
     # isocentre 750 mm below the volume's centre (the chest lies beyond the detector).
     'gensyn-center': DRRSettings(
         preset='gensyn-center',
-        carm=CArm(
-            source_to_detector_mm=1020, source_to_isocentre_mm=530, pixels=2500, pixel_size_mm=0.2
-        ),
+        carm=replace(_DEEPDRR_CARM, pixels=2500, pixel_size_mm=0.2),
         isocentre_offset_mm=(0.0, 0.0, -750.0),
     ),
     # Thesis, RAD-ChestCT angled views: SDD = source-isocentre = 2000 mm, 2500 x 0.18 mm.
@@ -100,26 +95,27 @@ def resolve_drr_settings(
     source_to_isocentre_mm: float | None = None,
     noise_photons: int | None = None,
 ) -> DRRSettings:
-    """A preset with the command line's overrides; ``angles`` or ``grid`` replace its views."""
+    """A preset with overrides; ``angles`` or ``grid`` replace its views."""
     if preset not in PRESETS:
         raise ValueError(f'unknown DRR preset {preset!r}; choose one of {sorted(PRESETS)}')
     settings = PRESETS[preset]
-    carm_changes = {
-        name: value
-        for name, value in (
-            ('pixels', detector_pixels),
-            ('pixel_size_mm', pixel_size_mm),
-            ('source_to_detector_mm', source_to_detector_mm),
-            ('source_to_isocentre_mm', source_to_isocentre_mm),
-        )
-        if value is not None
-    }
-    changes = {'carm': replace(settings.carm, **carm_changes)}
+    carm = replace(
+        settings.carm,
+        **_given(
+            pixels=detector_pixels,
+            pixel_size_mm=pixel_size_mm,
+            source_to_detector_mm=source_to_detector_mm,
+            source_to_isocentre_mm=source_to_isocentre_mm,
+        ),
+    )
+    changes = {'carm': carm, **_given(kvp=kvp, output=output, noise_photons=noise_photons)}
     if angles:
         changes['views'] = tuple((float(a), float(b)) for a, b in angles)
     elif grid:
         changes['views'] = tuple(view_grid(*grid))
-    for name, value in (('kvp', kvp), ('output', output), ('noise_photons', noise_photons)):
-        if value is not None:
-            changes[name] = value
     return replace(settings, **changes)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments that are not None: the fields an override changes."""
+    return {name: value for name, value in values.items() if value is not None}

@@ -2,6 +2,5 @@
 
 ``operators`` the forward model of each scan and its exact adjoint, ``noise`` the histogram
 estimates of noise and contrast, ``solver`` joint total variation by ADMM, ``grids`` the
-output grids, ``registration`` the rigid co-registration of the inputs, ``reconstruct`` the
-whole method on images, ``simulate`` thick-slice scans and quality measures for evaluation.
+output grids, ``reconstruct`` the whole method on images (the inputs rigidly co-registered).
 """

@@ -9,6 +9,8 @@ import nibabel as nb
 import numpy as np
 from nibabel.orientations import inv_ornt_aff, io_orientation
 
+from mrctprep.imaging.axes import three
+
 #: Sizes of UniRes's common grid are 2 * 2^n or 3 * 2^n (friendly to CNNs), at most this.
 MAX_COMMON_SIZE = 256
 
@@ -20,7 +22,7 @@ class OutputGrid:
 
     @property
     def voxel_size(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return three(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
     def to_metadata(self) -> dict:
         return {'GridShape': list(self.shape), 'GridAffine': np.round(self.affine, 6).tolist()}
@@ -41,16 +43,16 @@ def scan_grid(scans: list[tuple[tuple[int, ...], np.ndarray]], voxel_size: float
     grid[:3, :3] = u @ vt * voxel_size
     grid[:3, 3] = ras[:3, 3]
     to_grid = np.linalg.inv(grid)
-    corners = []
+    scan_corners = []
     for scan_shape, scan_affine in scans:
         box = np.array(np.meshgrid(*[[0, n - 1] for n in scan_shape[:3]], indexing='ij'))
         points = np.vstack([box.reshape(3, -1), np.ones((1, 8))])
-        corners.append((to_grid @ scan_affine @ points)[:3])
-    corners = np.hstack(corners)
+        scan_corners.append((to_grid @ scan_affine @ points)[:3])
+    corners = np.hstack(scan_corners)
     low = np.floor(corners.min(axis=1) + 1e-3)
     high = np.ceil(corners.max(axis=1) - 1e-3)
     grid[:3, 3] = (grid @ np.append(low, 1))[:3]
-    return OutputGrid(tuple(int(n) for n in high - low + 1), grid)
+    return OutputGrid(three(int(n) for n in high - low + 1), grid)
 
 
 def common_size(n: int) -> int:
@@ -75,4 +77,4 @@ def common_grid(
     shape = [common_size(math.ceil(e / voxel_size) + 1) for e in extent]
     grid = np.diag([voxel_size] * 3 + [1.0])
     grid[:3, 3] = centre[:3] - voxel_size * (np.array(shape) - 1) / 2
-    return OutputGrid(tuple(shape), template_to_subject @ grid)
+    return OutputGrid(three(shape), template_to_subject @ grid)

@@ -176,8 +176,8 @@ def _initial_mixture(x: np.ndarray, counts: np.ndarray) -> _Mixture:
         weights.append(c.sum())
         means.append(mean)
         sds.append(max(float(np.sqrt((c * (v - mean) ** 2).sum() / c.sum())), 1e-3))
-    weights = np.array(weights)
-    return _Mixture(weights / weights.sum(), np.array(means), np.array(sds))
+    mixing = np.array(weights)
+    return _Mixture(mixing / mixing.sum(), np.array(means), np.array(sds))
 
 
 def _responsibilities(log_p: np.ndarray) -> np.ndarray:

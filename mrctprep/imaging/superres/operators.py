@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from scipy.integrate import trapezoid
 
+from mrctprep.imaging.axes import three
+
 #: A scan counts as aligned with the output grid when treating it as aligned moves none of its
 #: voxels by more than this many output voxels, at the edge of the field of view (the centre
 #: is exact). Co-registration of scans of one head leaves rotations of about 0.1 degree (0.2
@@ -103,7 +105,7 @@ class Profile:
 
     @property
     def halves(self) -> tuple[int, int, int]:
-        return tuple((len(t) - 1) // 2 for t in self.taps)
+        return three((len(t) - 1) // 2 for t in self.taps)
 
 
 def slice_profile(scan: ScanGeometry, output_affine: np.ndarray) -> Profile:
@@ -111,7 +113,7 @@ def slice_profile(scan: ScanGeometry, output_affine: np.ndarray) -> Profile:
     relative = np.linalg.inv(output_affine[:3, :3]) @ scan.affine[:3, :3]
     sizes = np.linalg.norm(relative, axis=0)
     # A 5.0000001 ratio from rounding in the affines is 5, not 6.
-    ratios = tuple(max(1, math.ceil(size - 1e-3)) for size in sizes)
+    ratios = three(max(1, math.ceil(size - 1e-3)) for size in sizes)
     thick = scan.thick_axis
     kinds, taps = [], []
     for axis, ratio in enumerate(ratios):
@@ -123,7 +125,7 @@ def slice_profile(scan: ScanGeometry, output_affine: np.ndarray) -> Profile:
             kind, fwhm = 'gaussian', float(ratio)
         kinds.append(kind)
         taps.append(profile_taps(kind, fwhm))
-    return Profile(ratios, tuple(taps), tuple(kinds))
+    return Profile(ratios, three(taps), three(kinds))
 
 
 def mode_product(volume: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
@@ -252,7 +254,7 @@ class Projection:
         self.permutation = _axis_permutation(self.transform, self.intermediate_shape)
         if self.permutation is not None:
             matrices = [
-                convolution @ self._interpolation(axis)
+                convolution @ self._interpolation(axis, self.permutation[axis])
                 for axis, convolution in enumerate(convolutions)
             ]
         else:
@@ -291,10 +293,9 @@ class Projection:
         thick = self.scan.thick_axis
         self.axes[thick] = AxisOperator(factors[:, None] * self._thick_matrix, self.device)
 
-    def _interpolation(self, axis: int) -> np.ndarray:
-        """Linear interpolation of output axis ``permutation[axis]`` at the intermediate
-        samples of scan axis ``axis``, taken through the centre of the intermediate grid."""
-        target = self.permutation[axis]
+    def _interpolation(self, axis: int, target: int) -> np.ndarray:
+        """Linear interpolation of output axis ``target`` at the intermediate samples of scan
+        axis ``axis``, taken through the centre of the intermediate grid."""
         centre = (np.array(self.intermediate_shape) - 1) / 2
         row = self.transform[target]
         steps = np.arange(self.intermediate_shape[axis])
@@ -309,7 +310,7 @@ class Projection:
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """``A y``: output-grid volume -> the scan's grid."""
-        if self.is_separable:
+        if self.permutation is not None:
             for axis in self._order():
                 volume = self.axes[axis].forward(volume, self.permutation[axis])
             return volume.permute(*self.permutation)
@@ -330,7 +331,7 @@ class Projection:
 
     def adjoint(self, volume: torch.Tensor) -> torch.Tensor:
         """``A^T x``: scan-grid volume -> the output grid (the exact transpose of forward)."""
-        if self.is_separable:
+        if self.permutation is not None:
             volume = volume.permute(*np.argsort(self.permutation).tolist())
             for axis in reversed(self._order()):
                 volume = self.axes[axis].adjoint(volume, self.permutation[axis])
@@ -349,7 +350,7 @@ class Projection:
     def _sample_grid(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the intermediate samples fall in the output grid (grid_sample's normalised
         coordinates), and which fall within :attr:`reach` of it."""
-        grid = F.affine_grid(self.theta, (1, 1, *self.intermediate_shape), align_corners=True)
+        grid = F.affine_grid(self.theta, [1, 1, *self.intermediate_shape], align_corners=True)
         # Normalised coordinates run (W, H, D): output axes reversed.
         sizes = torch.tensor(self.output_shape[::-1], dtype=grid.dtype, device=grid.device)
         limit = 1 + 2 * self.reach / (sizes - 1).clamp(min=1)
@@ -358,7 +359,7 @@ class Projection:
 
     def gram(self, volume: torch.Tensor) -> torch.Tensor:
         """``A^T A y``; axis by axis (no trip through the scan's grid) when separable."""
-        if not self.is_separable:
+        if self.permutation is None:
             return self.adjoint(self.forward(volume))
         for axis, operator in enumerate(self.axes):
             if not operator.is_identity:

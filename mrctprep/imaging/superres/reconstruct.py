@@ -6,16 +6,17 @@ CT); several scans of one channel (runs) are repeats of it, all explained by one
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nibabel as nb
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mrctprep.imaging.axes import three
 from mrctprep.imaging.registration import (
     RigidTransform,
     mni152_brain_template,
@@ -26,8 +27,6 @@ from mrctprep.imaging.superres.grids import OutputGrid, common_grid, scan_grid
 from mrctprep.imaging.superres.noise import AIR, NoiseEstimate, estimate_noise
 from mrctprep.imaging.superres.operators import Projection, ScanGeometry, grid_sample_theta
 from mrctprep.imaging.superres.solver import Scan, SolverSettings, fit
-
-LOGGER = logging.getLogger('mrctprep.superres')
 
 METHODS = ('unires', 'linear')
 #: ANTs' full rigid schedule: QuickRigid leaves ~1 degree between thick-slice scans.
@@ -88,110 +87,149 @@ def super_resolve(
     registered = time.perf_counter()
     if grid is None:
         grid = _output_grid(scans, affines, settings)
-    channels = list(dict.fromkeys(scan.channel for scan in scans))
-    data = [torch.as_tensor(scan.img.get_fdata(dtype=np.float32), device=device) for scan in scans]
-    members = {c: [i for i, scan in enumerate(scans) if scan.channel == c] for c in channels}
+    inputs = _Inputs(
+        scans,
+        [torch.as_tensor(scan.img.get_fdata(dtype=np.float32), device=device) for scan in scans],
+        affines,
+    )
     initial = [
-        _mean_trilinear([data[i] for i in members[c]], [affines[i] for i in members[c]], grid)
-        for c in channels
+        _mean_trilinear([inputs.data[i] for i in members], [affines[i] for i in members], grid)
+        for members in inputs.members.values()
     ]
-    common = {
+    common: dict[str, Any] = {
         'Method': settings.method,
         'VoxelSize': settings.voxel_size,
         'CommonGrid': settings.common_grid,
         'Device': str(device),
         **grid.to_metadata(),
-        'Channels': channels,
+        'Channels': inputs.channels,
         'Inputs': [scan.name for scan in scans],
         'Coregistration': registration,
     }
     if settings.method == 'linear':
-        images, per_channel = initial, [{} for _ in channels]
+        images = initial
+        per_channel: list[dict[str, Any]] = [{} for _ in inputs.channels]
     else:
-        model = [
-            [
-                Scan(
-                    data[i],
-                    Projection(
-                        ScanGeometry(
-                            tuple(scans[i].img.shape[:3]), affines[i], settings.slice_gap
-                        ),
-                        grid.shape,
-                        grid.affine,
-                        device=device,
-                    ),
-                    _estimate_noise(scans[i], data[i], affines[i]),
-                    scans[i].modality,
-                )
-                for i in members[c]
-            ]
-            for c in channels
-        ]
-        solver_settings = SolverSettings(
-            max_iter=settings.max_iter, interleaved=settings.interleaved
-        )
-        result = fit(model, initial, grid.voxel_size, solver_settings, progress=progress)
-        images = result.images
-        if len(scans) == 1:
-            # UniRes's clean_fov: a single scan says nothing outside its field of view.
-            outside = ~model[0][0].projection.field_of_view()
-            images[0][outside] = AIR[scans[0].modality]
-        common.update(
-            {
-                'Iterations': result.iterations,
-                'Converged': result.converged,
-                'RegularisationSchedule': result.schedule,
-                'Rho': round(result.rho, 6),
-                'ObjectiveFirstLast': [
-                    round(result.objective[0], 3),
-                    round(result.objective[-1], 3),
-                ],
-                'ConjugateGradientIterationsMean': round(float(np.mean(result.cg_iterations)), 2),
-            }
-        )
-        per_channel = [
-            {
-                'Lambda': round(result.lambdas[k], 8),
-                'Noise': [
-                    {
-                        'Input': scans[i].name,
-                        **scan.noise.to_metadata(),
-                        'SeparableOperator': scan.projection.is_separable,
-                        **({} if scale is None else {'InterleaveScale': round(scale, 5)}),
-                    }
-                    for i, scan, scale in zip(
-                        members[c], model[k], result.interleave_scales[k], strict=True
-                    )
-                ],
-            }
-            for k, c in enumerate(channels)
-        ]
+        images, fit_metadata, per_channel = _unires(inputs, grid, initial, settings, progress)
+        common.update(fit_metadata)
     common['CoregistrationSeconds'] = round(registered - started, 2)
     common['Seconds'] = round(time.perf_counter() - started, 2)
-    results = []
-    for k, channel in enumerate(channels):
-        # The range of the channel's inputs bounds the result (CT keeps its HU range).
-        low = min(float(data[i].min()) for i in members[channel])
-        high = max(float(data[i].max()) for i in members[channel])
-        volume = images[k].clamp_(low, high).cpu().numpy().astype(np.float32)
-        out = nb.Nifti1Image(volume, grid.affine)
-        code = int(scans[members[channel][0]].img.header['sform_code']) or 1
-        out.set_qform(grid.affine, code=code)
-        out.set_sform(grid.affine, code=code)
-        out.header.set_xyzt_units('mm')
-        first = members[channel][0]
-        input_view = resample_to_grid(
-            nb.Nifti1Image(data[first].cpu().numpy(), affines[first]),
-            out,
-            RigidTransform(np.eye(4)),
-            interpolation='nearest',
-        )
-        results.append(ChannelResult(channel, out, input_view, {**common, **per_channel[k]}))
-    return results
+    return [
+        _channel_result(inputs, channel, images[k], grid, {**common, **per_channel[k]})
+        for k, channel in enumerate(inputs.channels)
+    ]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The scans, their voxels on the device and their co-registered affines."""
+
+    scans: list[InputScan]
+    data: list[torch.Tensor]
+    affines: list[np.ndarray]
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels in the order of their first scan."""
+        return list(dict.fromkeys(scan.channel for scan in self.scans))
+
+    @property
+    def members(self) -> dict[str, list[int]]:
+        """Each channel's scans, by index."""
+        return {
+            c: [i for i, scan in enumerate(self.scans) if scan.channel == c] for c in self.channels
+        }
+
+
+def _unires(
+    inputs: _Inputs,
+    grid: OutputGrid,
+    initial: list[torch.Tensor],
+    settings: SuperResSettings,
+    progress: Callable[[str], None] | None,
+) -> tuple[list[torch.Tensor], dict[str, Any], list[dict[str, Any]]]:
+    """UniRes's fit from ``initial``: the images, the fit's metadata and each channel's."""
+    model = [
+        [_observed_scan(inputs, i, grid, settings) for i in members]
+        for members in inputs.members.values()
+    ]
+    solver_settings = SolverSettings(max_iter=settings.max_iter, interleaved=settings.interleaved)
+    result = fit(model, initial, grid.voxel_size, solver_settings, progress=progress)
+    images = result.images
+    if len(inputs.scans) == 1:
+        # UniRes's clean_fov: a single scan says nothing outside its field of view.
+        outside = ~model[0][0].projection.field_of_view()
+        images[0][outside] = AIR[inputs.scans[0].modality]
+    fit_metadata = {
+        'Iterations': result.iterations,
+        'Converged': result.converged,
+        'RegularisationSchedule': result.schedule,
+        'Rho': round(result.rho, 6),
+        'ObjectiveFirstLast': [round(result.objective[0], 3), round(result.objective[-1], 3)],
+        'ConjugateGradientIterationsMean': round(float(np.mean(result.cg_iterations)), 2),
+    }
+    per_channel = [
+        {
+            'Lambda': round(result.lambdas[k], 8),
+            'Noise': [
+                {
+                    'Input': inputs.scans[i].name,
+                    **scan.noise.to_metadata(),
+                    'SeparableOperator': scan.projection.is_separable,
+                    **({} if scale is None else {'InterleaveScale': round(scale, 5)}),
+                }
+                for i, scan, scale in zip(
+                    members, model[k], result.interleave_scales[k], strict=True
+                )
+            ],
+        }
+        for k, members in enumerate(inputs.members.values())
+    ]
+    return images, fit_metadata, per_channel
+
+
+def _observed_scan(inputs: _Inputs, i: int, grid: OutputGrid, settings: SuperResSettings) -> Scan:
+    """Scan ``i`` as the solver sees it: its voxels, forward model onto ``grid`` and noise."""
+    scan, data, affine = inputs.scans[i], inputs.data[i], inputs.affines[i]
+    projection = Projection(
+        ScanGeometry(three(scan.img.shape[:3]), affine, settings.slice_gap),
+        grid.shape,
+        grid.affine,
+        device=torch.device(settings.device),
+    )
+    return Scan(data, projection, _estimate_noise(scan, data, affine), scan.modality)
+
+
+def _channel_result(
+    inputs: _Inputs,
+    channel: str,
+    image: torch.Tensor,
+    grid: OutputGrid,
+    metadata: dict[str, Any],
+) -> ChannelResult:
+    """A channel's image as NIfTI, within its inputs' range, beside its first scan's view."""
+    members = inputs.members[channel]
+    # The range of the channel's inputs bounds the result (CT keeps its HU range).
+    low = min(float(inputs.data[i].min()) for i in members)
+    high = max(float(inputs.data[i].max()) for i in members)
+    volume = image.clamp_(low, high).cpu().numpy().astype(np.float32)
+    out = nb.Nifti1Image(volume, grid.affine)
+    first = members[0]
+    code = int(inputs.scans[first].img.header['sform_code']) or 1
+    out.set_qform(grid.affine, code=code)
+    out.set_sform(grid.affine, code=code)
+    out.header.set_xyzt_units('mm')
+    input_view = resample_to_grid(
+        nb.Nifti1Image(inputs.data[first].cpu().numpy(), inputs.affines[first]),
+        out,
+        RigidTransform(np.eye(4)),
+        interpolation='nearest',
+    )
+    return ChannelResult(channel, out, input_view, metadata)
 
 
 def _estimate_noise(scan: InputScan, data: torch.Tensor, affine: np.ndarray) -> NoiseEstimate:
-    voxel_size = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    voxel_size = three(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     try:
         return estimate_noise(data.cpu().numpy(), voxel_size, modality=scan.modality)
     except ValueError as exc:
@@ -259,7 +297,7 @@ def _mean_trilinear(
     for volume, affine in zip(volumes, affines, strict=True):
         transform = np.linalg.inv(affine) @ grid.affine
         theta = grid_sample_theta(transform, tuple(volume.shape), grid.shape, volume.device)
-        sample_grid = F.affine_grid(theta, (1, 1, *grid.shape), align_corners=True)
+        sample_grid = F.affine_grid(theta, [1, 1, *grid.shape], align_corners=True)
         stacked = torch.stack([volume, torch.ones_like(volume)])[None]
         resampled, inside = F.grid_sample(
             stacked, sample_grid, mode='bilinear', padding_mode='zeros', align_corners=True

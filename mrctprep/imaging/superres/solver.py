@@ -15,7 +15,6 @@ the run stops by its rules (see :class:`SolverSettings`).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ import torch
 
 from mrctprep.imaging.superres.noise import NoiseEstimate
 from mrctprep.imaging.superres.operators import Projection
-
-LOGGER = logging.getLogger('mrctprep.superres')
 
 
 @dataclass(frozen=True)
@@ -101,14 +98,7 @@ def fit(
 ) -> SolverResult:
     """Run ADMM from ``initial`` (one volume per channel; updated in place)."""
     all_scans = [scan for scans in channels for scan in scans]
-    schedule = regularisation_schedule(len(all_scans), settings)
-    # With an iteration cap too small for the schedule, every stage gets an equal share, so
-    # that the last (target) regularisation is always reached.
-    stage_min = min(settings.stage_min_iter, max(1, settings.max_iter // (len(schedule) + 1)))
-    n_channels = len(channels)
-    contrasts = [sum(scan.contrast for scan in scans) / len(scans) for scans in channels]
-    mean_tau = sum(scan.noise.precision for scan in all_scans) / len(all_scans)
-    any_ct = any(scan.modality == 'ct' for scan in all_scans)
+    stages = _Stages(regularisation_schedule(len(all_scans), settings), settings)
     weights = torch.tensor([1 / v**2 for v in voxel_size])
     # No scan thicker than the output voxels is UniRes's denoising mode: no slices to correct.
     denoising = all(max(scan.projection.profile.ratios) == 1 for scan in all_scans)
@@ -119,66 +109,136 @@ def fit(
     y = initial
     z = [torch.zeros((3, *image.shape), device=image.device) for image in y]
     w = [torch.zeros_like(zc) for zc in z]
-    stage, stage_iter, small_gains = 0, 0, 0
-    history, objective, cg_counts = [], [], []
+    objective: list[float] = []
+    cg_counts: list[int] = []
     converged, iteration = False, 0
-
-    def hyper_parameters(scale):
-        lambdas = [scale * math.sqrt(1 / n_channels) / contrast for contrast in contrasts]
-        rho = (
-            1.0
-            if any_ct
-            else settings.rho_scale * math.sqrt(mean_tau) / (sum(lambdas) / n_channels)
-        )
-        return lambdas, rho
-
-    lambdas, rho = hyper_parameters(schedule[0])
+    lambdas, rho = _penalties(stages.scale, channels, settings)
     for iteration in range(1, settings.max_iter + 1):
-        for c, scans in enumerate(channels):
-            lam = lambdas[c]
-            rhs = lam * divergence(rho * z[c] - w[c], voxel_size)
-            for scan in scans:
-                rhs.add_(scan.projection.adjoint(scan.data), alpha=scan.noise.precision)
-            hessian = _hessian(scans, rho * lam**2, weights)
-            cg_counts.append(
-                conjugate_gradient(hessian, rhs, y[c], settings.cg_max_iter, settings.cg_tolerance)
-            )
+        cg_counts += _update_images(channels, y, z, w, lambdas, rho, voxel_size, weights, settings)
         value = _shrink(y, z, w, lambdas, rho, voxel_size) + sum(
             _data_term(scan, y[c]) for c, scans in enumerate(channels) for scan in scans
         )
         objective.append(value)
-        history.append(value)
         for c, scans in enumerate(channels):
             for scan in filter(corrected, scans):
                 _update_interleave_scale(scan, y[c], settings.interleave_line_search)
-        stage_iter += 1
-        gain = _gain(history)
-        last_stage = stage == len(schedule) - 1
-        threshold = settings.tolerance if last_stage else settings.stage_tolerance
-        small_gains = small_gains + 1 if gain is not None and abs(gain) < threshold else 0
+        gain = stages.record(value)
         if progress:
             progress(
-                f'iteration {iteration}: stage {stage + 1}/{len(schedule)}, objective '
-                f'{value:.6g}, gain {gain if gain is not None else float("nan"):.2e}, '
+                f'iteration {iteration}: stage {stages.stage + 1}/{len(stages.schedule)}, '
+                f'objective {value:.6g}, gain {gain if gain is not None else float("nan"):.2e}, '
                 f'CG {cg_counts[-1]}'
             )
-        if last_stage:
-            if stage_iter > settings.last_stage_min_iter and small_gains >= settings.patience:
-                converged = True
-                break
-        elif stage_iter >= stage_min and (
-            small_gains >= settings.patience
-            or settings.max_iter - iteration <= stage_min * (len(schedule) - 1 - stage)
-        ):
-            stage, stage_iter, small_gains, history = stage + 1, 0, 0, []
-            lambdas, rho = hyper_parameters(schedule[stage])
+        if stages.converged():
+            converged = True
+            break
+        if stages.advance(iteration):
+            lambdas, rho = _penalties(stages.scale, channels, settings)
     scales = [
         [scan.projection.interleave_scale if corrected(scan) else None for scan in scans]
         for scans in channels
     ]
     return SolverResult(
-        y, iteration, converged, lambdas, rho, schedule, objective, cg_counts, scales
+        y, iteration, converged, lambdas, rho, stages.schedule, objective, cg_counts, scales
     )
+
+
+@dataclass
+class _Stages:
+    """Where a run is in the coarse-to-fine schedule, and UniRes's rules to move on or stop."""
+
+    schedule: list[float]
+    settings: SolverSettings
+    stage: int = 0
+    #: Iterations in this stage, and how many of the last ones gained little.
+    stage_iter: int = 0
+    small_gains: int = 0
+    #: The objective over this stage.
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def scale(self) -> float:
+        return self.schedule[self.stage]
+
+    @property
+    def last(self) -> bool:
+        return self.stage == len(self.schedule) - 1
+
+    @property
+    def min_iter(self) -> int:
+        # With an iteration cap too small for the schedule, every stage gets an equal share,
+        # so that the last (target) regularisation is always reached.
+        cap_share = max(1, self.settings.max_iter // (len(self.schedule) + 1))
+        return min(self.settings.stage_min_iter, cap_share)
+
+    def record(self, value: float) -> float | None:
+        """Count an iteration that reached objective ``value``; returns its gain."""
+        self.history.append(value)
+        self.stage_iter += 1
+        gain = _gain(self.history)
+        threshold = self.settings.tolerance if self.last else self.settings.stage_tolerance
+        self.small_gains = (
+            self.small_gains + 1 if gain is not None and abs(gain) < threshold else 0
+        )
+        return gain
+
+    def converged(self) -> bool:
+        return (
+            self.last
+            and self.stage_iter > self.settings.last_stage_min_iter
+            and self.small_gains >= self.settings.patience
+        )
+
+    def advance(self, iteration: int) -> bool:
+        """Move to the next stage when this one is done (or the cap nears); True if it moved."""
+        if self.last or self.stage_iter < self.min_iter:
+            return False
+        stages_left = len(self.schedule) - 1 - self.stage
+        cap_near = self.settings.max_iter - iteration <= self.min_iter * stages_left
+        if self.small_gains < self.settings.patience and not cap_near:
+            return False
+        self.stage, self.stage_iter, self.small_gains, self.history = self.stage + 1, 0, 0, []
+        return True
+
+
+def _penalties(
+    scale: float, channels: list[list[Scan]], settings: SolverSettings
+) -> tuple[list[float], float]:
+    """Each channel's regularisation weight lambda at ``scale``, and ADMM's penalty rho."""
+    all_scans = [scan for scans in channels for scan in scans]
+    n_channels = len(channels)
+    contrasts = [sum(scan.contrast for scan in scans) / len(scans) for scans in channels]
+    lambdas = [scale * math.sqrt(1 / n_channels) / contrast for contrast in contrasts]
+    if any(scan.modality == 'ct' for scan in all_scans):
+        return lambdas, 1.0
+    mean_tau = sum(scan.noise.precision for scan in all_scans) / len(all_scans)
+    return lambdas, settings.rho_scale * math.sqrt(mean_tau) / (sum(lambdas) / n_channels)
+
+
+def _update_images(
+    channels: list[list[Scan]],
+    y: list[torch.Tensor],
+    z: list[torch.Tensor],
+    w: list[torch.Tensor],
+    lambdas: list[float],
+    rho: float,
+    voxel_size: tuple[float, float, float],
+    weights: torch.Tensor,
+    settings: SolverSettings,
+) -> list[int]:
+    """ADMM's y-update: each channel's quadratic solved in place by conjugate gradients, warm
+    started; returns each solve's iterations."""
+    counts = []
+    for c, scans in enumerate(channels):
+        lam = lambdas[c]
+        rhs = lam * divergence(rho * z[c] - w[c], voxel_size)
+        for scan in scans:
+            rhs.add_(scan.projection.adjoint(scan.data), alpha=scan.noise.precision)
+        hessian = _hessian(scans, rho * lam**2, weights)
+        counts.append(
+            conjugate_gradient(hessian, rhs, y[c], settings.cg_max_iter, settings.cg_tolerance)
+        )
+    return counts
 
 
 def _update_interleave_scale(scan: Scan, image: torch.Tensor, trials: int) -> None:

@@ -1,8 +1,8 @@
-"""Thick-slice scans simulated from a high-resolution image, baselines and quality measures.
+"""Thick-slice scans simulated from a high-resolution image, and the spline baseline.
 
 Used by the tests and the benchmark: a 1 mm head is blurred along one axis by a Gaussian
 slice profile (FWHM = slice thickness) and sampled every ``thickness`` mm; reconstructions are
-scored by PSNR and SSIM inside a mask against the 1 mm truth, beside spline upsampling.
+scored (:mod:`helpers.metrics`) inside a mask against the 1 mm truth, beside spline upsampling.
 """
 
 from __future__ import annotations
