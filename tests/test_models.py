@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from conftest import run_cli
-from mrctprep.cli.run_options import parse_args
+from mrctprep.cli.errors import EXIT_RESOURCE, describe_error, exit_code_of
+from mrctprep.cli.main import run as parse_args
 from mrctprep.core.devices import fast_precision
-from mrctprep.core.errors import EXIT_RESOURCE, ResourceError
+from mrctprep.core.errors import ResourceError
 from mrctprep.models.iguane import (
     IguaneDiscriminator,
     IguaneGenerator,
@@ -111,11 +112,11 @@ def test_weights_are_found_in_order_output_dir_then_env_then_cache(isolated_weig
 def test_missing_weights_say_where_they_were_expected_and_how_to_train(isolated_weights):
     with pytest.raises(ResourceError) as error:
         resolve_weights('iguane', output_dir=isolated_weights / 'out')
-    message = str(error.value)
+    message = describe_error(error.value)  # the facts, and the options the command line adds
     assert str(isolated_weights / 'out' / 'models' / 'iguane' / 'iguane.pt') in message
     assert str(isolated_weights / 'cache' / 'mrctprep' / 'weights' / 'iguane.pt') in message
     assert 'group --train iguane' in message and '\n' not in message
-    assert error.value.exit_code == EXIT_RESOURCE == 126
+    assert exit_code_of(error.value) == EXIT_RESOURCE == 126
 
 
 def test_corrupt_or_card_less_weights_are_refused(isolated_weights):

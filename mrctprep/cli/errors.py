@@ -14,6 +14,7 @@ from collections.abc import Callable
 from mrctprep.core.errors import (
     CheckpointError,
     DeviceUnavailableError,
+    ExistingImagesError,
     ImplausibleBrainMaskError,
     InputError,
     MrctprepError,
@@ -76,17 +77,23 @@ def _no_inputs_hint(error: NoModelInputsError) -> str:
     return f'{error}; run the participant level with --pipelines mr-preproc first'
 
 
+def _existing_images_hint(error: ExistingImagesError) -> str:
+    return f'{error}; pass --overwrite to replace them'
+
+
 def _dataset_hint(error: NotABidsDatasetError) -> str:
     return f'{error} (`mrctprep demo DIR` writes an example dataset)'
 
 
 _HINTS: dict[type[Exception], Callable[..., str]] = {
     NotABidsDatasetError: _dataset_hint,
+    ExistingImagesError: _existing_images_hint,
     WeightsNotFoundError: _weights_hint,
     DeviceUnavailableError: _device_hint,
     CheckpointError: _checkpoint_hint,
     NoModelInputsError: _no_inputs_hint,
 }
+
 
 def _brain_mask_hint(message: str) -> str | None:
     if message.startswith('the none brain mask'):  # already the option that would help

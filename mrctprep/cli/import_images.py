@@ -10,11 +10,9 @@ from typing import Any
 from mrctprep.cli.console import add_verbosity_options, setup_logging
 from mrctprep.cli.errors import EXIT_OK, report_error
 from mrctprep.core.errors import MrctprepError
+from mrctprep.importing import FORMATS
 
 LOGGER = logging.getLogger(__name__)
-
-#: ``--format`` choices: the formats the import tool reads (see mrctprep.importing.ct.FORMATS)
-FORMATS = ('dcm', 'nrrd', 'nii')
 
 
 def add_parser(subparsers: Any, name: str) -> None:

@@ -68,3 +68,20 @@ def fast_precision(device: str) -> AbstractContextManager[object]:
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
         return torch.autocast('cpu', dtype=torch.bfloat16)
     return torch.backends.mkldnn.flags(enabled=False)
+
+
+def training_precision(device: str) -> AbstractContextManager[object]:
+    """The precision of training steps: float16 autocast on CUDA (with loss scaling), float32
+    on every CPU.
+
+    The bfloat16 autocast that :func:`fast_precision` uses for inference on CPUs with bfloat16
+    units made IGUANe training unrepeatable (a resumed run's losses differed from the straight
+    run's in the sixth digit) and drove its generator losses to NaN within a few steps
+    (measured on an AVX512-BF16 CPU); float32 without oneDNN is what CPUs without those units
+    always ran.
+    """
+    import torch
+
+    if device.startswith('cuda'):
+        return torch.autocast('cuda', dtype=torch.float16)
+    return torch.backends.mkldnn.flags(enabled=False)

@@ -47,7 +47,7 @@ from mrctprep.imaging.synthetic_head import (
     to_int16_hu,
 )
 
-logger = logging.getLogger('mrctprep.demo')
+LOGGER = logging.getLogger(__name__)
 
 # Noise dominates the images: gzip levels above 6 shrink them by ~1% but take several times longer.
 _GZIP_LEVEL = 6
@@ -440,7 +440,7 @@ def _write_dataset(root: Path, seed: int) -> None:
         for participant in (p for p in PARTICIPANTS if p.anatomy == name):
             start = time.perf_counter()
             _write_participant(root, participant, anatomy, seed)
-            logger.info(
+            LOGGER.info(
                 'sub-%s (anatomy %s, %s) written in %.1f s',
                 participant.label,
                 participant.anatomy,

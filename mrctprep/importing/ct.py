@@ -1,19 +1,19 @@
-"""``mrctprep import``: CT images as DICOM, NRRD or NIfTI into a BIDS dataset, in HU.
+"""CT images as DICOM, NRRD or NIfTI into a BIDS dataset, in HU (``mrctprep import``).
 
 Sources come in folders of cases: ``Dicom_Data/case_1/*.dcm``, ``Nrrd_Data/case_1.nrrd``,
-``Nifti_Data/case_1.nii.gz`` (or the cases directly in SOURCE). A case is a folder or an
-image file directly under SOURCE or under one of its format folders (``Dicom_Data``, ``nrrd``,
-``NIfTI``…); the same case name in several formats is one case, taken from the first format
-present in DICOM, NRRD, NIfTI order unless ``--format`` says otherwise. Each case becomes one
-subject, labelled by its name (``case_1`` -> ``sub-case1``, ``sub-01_ct`` -> ``sub-01``); a
-case with several CT volumes (DICOM series in separate folders, several files) gets runs.
-DICOM series of different studies (PatientID/StudyInstanceUID) belong to different subjects,
-so such a case is refused, as is a study split over several cases.
+``Nifti_Data/case_1.nii.gz`` (or the cases directly in the source folder). A case is a folder
+or an image file directly under the source folder or under one of its format folders
+(``Dicom_Data``, ``nrrd``, ``NIfTI``…); the same case name in several formats is one case, taken
+from the first format present in DICOM, NRRD, NIfTI order unless ``source_format`` names one.
+Each case becomes one subject, labelled by its name (``case_1`` -> ``sub-case1``,
+``sub-01_ct`` -> ``sub-01``); a case with several CT volumes (DICOM series in separate folders,
+several files) gets runs. DICOM series of different studies (PatientID/StudyInstanceUID)
+belong to different subjects, so such a case is refused, as is a study split over several cases.
 
 Everything is planned and converted before anything is written: conversions go to a hidden
-staging folder (``.mrctprep-import-*`` in BIDS_DIR, or beside a new one), and only when every
-case has converted are the files renamed into place, so a refused case leaves the dataset as
-it was, and an import killed before those renames leaves only the hidden staging folder.
+staging folder (``.mrctprep-import-*`` in the BIDS dataset, or beside a new one), and only when
+every case has converted are the files renamed into place, so a refused case leaves the dataset
+as it was, and an import killed before those renames leaves only the hidden staging folder.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 from mrctprep import __version__
 from mrctprep.core.bids import strip_image_suffix
 from mrctprep.core.derivatives import write_json_atomically, write_text_atomically
-from mrctprep.core.errors import InputError, first_few
+from mrctprep.core.errors import ExistingImagesError, InputError
 from mrctprep.imaging.dicom_series import (
     DicomSeries,
     DicomSeriesError,
@@ -56,11 +56,10 @@ from mrctprep.imaging.hounsfield import (
 )
 from mrctprep.imaging.io import ImageReadError, load_image
 from mrctprep.imaging.nrrd import NRRD_EXTENSIONS, load_nrrd, nrrd_files
+from mrctprep.importing import FORMATS
 
-LOGGER = logging.getLogger('mrctprep.import')
+LOGGER = logging.getLogger(__name__)
 
-#: The formats in the order ``--format auto`` prefers them: DICOM carries the most facts.
-FORMATS = ('dcm', 'nrrd', 'nii')
 _FORMAT_NAMES = {'dcm': 'DICOM', 'nrrd': 'NRRD', 'nii': 'NIfTI'}
 #: Folders that group cases by format rather than being cases: Dicom_Data, NRRD, nifti-files…
 _FORMAT_FOLDER = re.compile(r'(dicom|dcm|nrrd|nifti|nii)s?([ _-]?(data|files|images))?', re.I)
@@ -120,8 +119,8 @@ def import_dataset(
     """Import every case of ``source`` into ``bids_dir`` (created or extended); see the module.
 
     Raises :class:`InputError` (one line, naming the case and the problem) before anything
-    is written when a case cannot be imported or a subject already has a CT and
-    ``overwrite`` is false.
+    is written when a case cannot be imported, or :class:`ExistingImagesError` when a subject
+    already has a CT and ``overwrite`` is false.
     """
     source, bids_dir = Path(os.path.abspath(source)), Path(os.path.abspath(bids_dir))
     _check_locations(source, bids_dir)
@@ -129,7 +128,7 @@ def import_dataset(
     _check_conflicts(plan, bids_dir, overwrite)
 
     # Staged beside the final files (one file system, so renames are atomic); a new
-    # BIDS_DIR is made only once everything has converted.
+    # dataset folder is made only once everything has converted.
     staging_parent = bids_dir if bids_dir.is_dir() else bids_dir.parent
     staging_parent.mkdir(parents=True, exist_ok=True)
     staging = staging_parent / f'.mrctprep-import-{uuid.uuid4().hex[:12]}'
@@ -208,7 +207,7 @@ def convert_source(image: SourceImage, *, name: str) -> tuple[nb.Nifti1Image, di
     Raises :class:`InputError` naming ``name`` when the image is unreadable or not HU.
     """
     try:
-        if image.format == 'dcm':
+        if image.series is not None:
             volume = convert_series(image.series, name=name, unreadable=image.unreadable)
             for message in volume.warnings:
                 LOGGER.warning('%s: %s', name, message)
@@ -222,7 +221,7 @@ def convert_source(image: SourceImage, *, name: str) -> tuple[nb.Nifti1Image, di
 
 def _find_cases(source: Path) -> dict[str, _Case]:
     cases: dict[str, _Case] = {}
-    detached_data = set()
+    detached_data: set[Path] = set()
     for path in sorted(_walk(source)):
         image_format = _image_format(path)
         if image_format is None or path in detached_data:
@@ -424,14 +423,17 @@ def _commit(plan: Sequence[PlannedCT], staging: Path, bids_dir: Path, overwrite:
 
 def _check_locations(source: Path, bids_dir: Path) -> None:
     if not source.is_dir():
-        raise InputError(f'{source}: no such folder (SOURCE must be a folder of cases)')
+        raise InputError(f'{source}: no such folder (the source must be a folder of cases)')
     if bids_dir.exists() and not bids_dir.is_dir():
         raise InputError(f'{bids_dir} exists and is not a folder')
     if bids_dir == source or source in bids_dir.parents:
-        raise InputError(f'BIDS_DIR {bids_dir} must not lie inside SOURCE {source}')
+        raise InputError(
+            f'the BIDS dataset {bids_dir} must not lie inside the source folder {source}'
+        )
     if bids_dir in source.parents and source.relative_to(bids_dir).parts[0] != 'sourcedata':
         raise InputError(
-            f'SOURCE {source} lies inside BIDS_DIR {bids_dir}; only its sourcedata/ may hold it'
+            f'the source folder {source} lies inside the BIDS dataset {bids_dir}; only its '
+            'sourcedata/ may hold it'
         )
 
 
@@ -439,15 +441,12 @@ def _check_conflicts(plan: Sequence[PlannedCT], bids_dir: Path, overwrite: bool)
     if overwrite:
         return
     existing = [
-        path.relative_to(bids_dir).as_posix()
+        path.relative_to(bids_dir)
         for subject in sorted({p.subject for p in plan})
         for path in _existing_cts(bids_dir, subject)
     ]
     if existing:
-        raise InputError(
-            f'{bids_dir} already has CT images for these subjects ({first_few(existing)}); '
-            'pass --overwrite to replace them'
-        )
+        raise ExistingImagesError(bids_dir, existing)
 
 
 def _existing_cts(bids_dir: Path, subject: str) -> list[Path]:

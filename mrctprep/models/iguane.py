@@ -16,15 +16,17 @@ torch.Size([1, 1, 16, 32, 16])
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from torch.nn import functional
 
 from mrctprep.core.devices import fast_precision
 from mrctprep.imaging.intensity import MEDIAN_TARGET, SIZE_MULTIPLE
-from mrctprep.models.inference import predict_in_tiles, predict_whole_or_tiled
+from mrctprep.models.inference import Shape3D, predict_in_tiles, predict_whole_or_tiled
 
 ENCODER_CHANNELS = (16, 32, 64, 128)
 BOTTLENECK_CHANNELS = 256
@@ -40,7 +42,7 @@ class MeanAbsoluteDeviationNorm(nn.Module):
 
     epsilon = 1e-3
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(channels))
         self.offset = nn.Parameter(torch.zeros(channels))
@@ -59,7 +61,7 @@ class MeanAbsoluteDeviationNorm(nn.Module):
 class ConvReluNorm(nn.Sequential):
     """IGUANe's block: convolution, then ReLU, then the norm (norm *after* the activation)."""
 
-    def __init__(self, conv: nn.Module, channels: int):
+    def __init__(self, conv: nn.Module, channels: int) -> None:
         super().__init__(conv, nn.ReLU(), MeanAbsoluteDeviationNorm(channels))
 
 
@@ -76,7 +78,7 @@ def _up(in_channels: int, out_channels: int) -> nn.ConvTranspose3d:
     return conv
 
 
-def _glorot(conv: nn.Module) -> None:
+def _glorot(conv: nn.Conv3d | nn.ConvTranspose3d) -> None:
     """Keras' default initialisation: Glorot-uniform kernels, zero biases."""
     nn.init.xavier_uniform_(conv.weight)
     if conv.bias is not None:
@@ -90,7 +92,7 @@ class IguaneGenerator(nn.Module):
     background 0), each of D, H, W divisible by 16.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
@@ -115,7 +117,7 @@ class IguaneGenerator(nn.Module):
             raise ValueError(
                 f'IGUANe needs volume sizes divisible by {SIZE_MULTIPLE}, got {tuple(x.shape[2:])}'
             )
-        skips = []
+        skips: list[torch.Tensor] = []
         features = x
         for encode, down in zip(self.encoders, self.downs, strict=True):
             features = encode(features)
@@ -135,7 +137,7 @@ class IguaneDiscriminator(nn.Module):
     the first, unpadded convolution sees where the volume ends.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         first, second, third = DISCRIMINATOR_CHANNELS
         self.layers = nn.Sequential(
@@ -155,14 +157,17 @@ class IguaneDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = functional.pad(x, (1,) * 6, mode='constant', value=-1.0)
-        return self.layers(padded).float()
+        patches: torch.Tensor = self.layers(padded)
+        return patches.float()
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def to_network_space(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_network_space(
+    data: npt.NDArray[np.floating[Any]],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """IGUANe's input convention: ``I / 500 - 1`` in the brain, 0 outside; and the brain mask.
 
     ``data`` is a skull-stripped image whose brain median is 500 (background exactly 0).
@@ -172,25 +177,27 @@ def to_network_space(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return network_input, mask
 
 
-def from_network_space(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def from_network_space(
+    output: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
     """``(G(v) + 1) * 500`` in the brain, 0 outside, never negative."""
     return np.where(mask, np.clip((output + 1) * MEDIAN_TARGET, 0, None), 0).astype(np.float32)
 
 
 def harmonize_volume(
-    data: np.ndarray,
+    data: npt.NDArray[np.floating[Any]],
     generator: IguaneGenerator,
     device: str,
     *,
-    tile: tuple[int, int, int] | None = None,
-) -> np.ndarray:
+    tile: Shape3D | None = None,
+) -> npt.NDArray[np.float32]:
     """The generator applied to a median-500 brain volume, in IGUANe's intensity convention.
 
     Volumes whose sizes are not multiples of 16 are padded with background and cropped back.
-    ``tile`` is the crop size a generator was trained on (``--train-patch-size``): its instance
-    norms learnt the statistics of such crops, not of a whole volume that is half background,
-    so it runs on crops of that size again, overlapping by half and Gaussian-blended. Crops
-    without brain come out as background without running the network.
+    ``tile`` is the crop size a generator was trained on (its card's ``trained.PatchSize``):
+    its instance norms learnt the statistics of such crops, not of a whole volume that is half
+    background, so it runs on crops of that size again, overlapping by half and
+    Gaussian-blended. Crops without brain come out as background without running the network.
     """
     network_input, mask = to_network_space(data)
     padded_shape = [-(-size // SIZE_MULTIPLE) * SIZE_MULTIPLE for size in data.shape]
@@ -212,8 +219,8 @@ def harmonize_volume(
             output = predict_in_tiles(
                 generate_brain, volume, tile=tile, overlap=0.5, tiles_per_call=CROPS_PER_CALL
             )
-    output = output[(0, 0, *(slice(0, n) for n in data.shape))].float().numpy()
-    return from_network_space(output, mask)
+    unpadded = output[0, 0][tuple(slice(0, n) for n in data.shape)]
+    return from_network_space(unpadded.float().numpy(), mask)
 
 
 @cache

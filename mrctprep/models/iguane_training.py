@@ -1,4 +1,4 @@
-"""IGUANe's many-to-one CycleGAN training (design note section 5), as a :class:`TrainingTask`.
+"""IGUANe's many-to-one CycleGAN training (Roca et al., 2025), as a :class:`TrainingTask`.
 
 One universal generator ``G`` maps every source site to the reference site; each source site
 ``i`` has its own backward generator ``F_i`` and discriminators ``D_ref,i`` (real reference vs
@@ -9,23 +9,24 @@ as the sentinel -1 (for augmentation and masks) and set to 0 before any network 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nb
 import numpy as np
+import numpy.typing as npt
 import torch
+from nibabel.dataobj_images import DataobjImage
 from scipy import ndimage
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
-from mrctprep.core.devices import fast_precision
+from mrctprep.core.devices import training_precision
 from mrctprep.imaging.intensity import SIZE_MULTIPLE
 from mrctprep.models.iguane import IguaneDiscriminator, IguaneGenerator, to_network_space
-
-LOGGER = logging.getLogger('mrctprep.models')
+from mrctprep.models.inference import Shape3D
 
 BACKGROUND = -1.0
 LEARNING_RATE = 2e-4
@@ -42,6 +43,9 @@ DEFAULT_STEPS = 100 * 200
 AGE_BIN_YEARS = 10.0
 CACHED_VOLUMES_GB = 4.0
 
+#: An image in IGUANe's network space, background at the sentinel -1.
+Volume = npt.NDArray[np.float32]
+
 
 @dataclass(frozen=True)
 class TrainingImage:
@@ -56,21 +60,26 @@ class TrainingImage:
 class IguaneTrainingSettings:
     steps: int = DEFAULT_STEPS
     #: Random crops of this size (each divisible by 16); None trains on whole volumes.
-    patch_size: tuple[int, int, int] | None = None
+    patch_size: Shape3D | None = None
     device: str = 'cpu'
     seed: int = 0
     #: Pair reference and source images of the same age bin (needs every age).
     age_matched: bool = True
 
 
-def load_network_space(path: Path) -> np.ndarray:
+def load_network_space(path: Path) -> Volume:
     """A median-500 image as ``I / 500 - 1`` with the background at the sentinel -1."""
-    network_input, brain = to_network_space(np.asanyarray(nb.load(path).dataobj, np.float32))
+    image = nb.load(path)
+    # nibabel's load() is typed for any file-based image; only images with voxels come here
+    assert isinstance(image, DataobjImage)
+    network_input, brain = to_network_space(np.asanyarray(image.dataobj, np.float32))
     network_input[~brain] = BACKGROUND
     return network_input
 
 
-def age_bin_probabilities(reference_counts: np.ndarray, source_counts: np.ndarray) -> np.ndarray:
+def age_bin_probabilities(
+    reference_counts: npt.NDArray[np.integer[Any]], source_counts: npt.NDArray[np.integer[Any]]
+) -> npt.NDArray[np.float64]:
     """Sampling weights of age bins such that reference and source draws share a bin.
 
     IGUANe's ``harm_probas``: start from both normalised histograms; visit the bins in
@@ -81,7 +90,9 @@ def age_bin_probabilities(reference_counts: np.ndarray, source_counts: np.ndarra
     >>> age_bin_probabilities(np.array([4, 4, 2]), np.array([0, 5, 5])).round(3).tolist()
     [0.0, 0.667, 0.333]
     """
-    sides = [np.asarray(c, float) / np.sum(c) for c in (reference_counts, source_counts)]
+    sides: list[npt.NDArray[np.float64]] = [
+        np.asarray(c, np.float64) / np.sum(c) for c in (reference_counts, source_counts)
+    ]
     smaller = np.minimum(reference_counts, source_counts)
     unfixed = set(range(len(smaller)))
     for bin_index in np.argsort(smaller, kind='stable')[:-1]:
@@ -93,7 +104,35 @@ def age_bin_probabilities(reference_counts: np.ndarray, source_counts: np.ndarra
         rest = sorted(unfixed)
         if rest and side[rest].sum() > 0:
             side[rest] += difference * side[rest] / side[rest].sum()
-    return sides[0] / sides[0].sum()
+    return sides[0] / float(sides[0].sum())
+
+
+class AgeBins(NamedTuple):
+    """Age bins to draw from, and the bin of each reference and each source image."""
+
+    probabilities: npt.NDArray[np.float64]
+    reference_bins: npt.NDArray[np.intp]
+    source_bins: npt.NDArray[np.intp]
+
+    @classmethod
+    def of(
+        cls, reference: Sequence[TrainingImage], source: Sequence[TrainingImage]
+    ) -> AgeBins | None:
+        """Bins of :data:`AGE_BIN_YEARS`; None unless every image has an age."""
+        reference_ages = [image.age for image in reference if image.age is not None]
+        source_ages = [image.age for image in source if image.age is not None]
+        if len(reference_ages) < len(reference) or len(source_ages) < len(source):
+            return None
+        ages = reference_ages + source_ages
+        low = np.floor(min(ages) / AGE_BIN_YEARS) * AGE_BIN_YEARS
+        edges = np.arange(low, max(ages) + AGE_BIN_YEARS, AGE_BIN_YEARS)
+        reference_bins = np.digitize(reference_ages, edges) - 1
+        source_bins = np.digitize(source_ages, edges) - 1
+        probabilities = age_bin_probabilities(
+            np.bincount(reference_bins, minlength=len(edges)),
+            np.bincount(source_bins, minlength=len(edges)),
+        )
+        return cls(probabilities, reference_bins, source_bins)
 
 
 class PairSampler:
@@ -105,21 +144,9 @@ class PairSampler:
         source: Sequence[TrainingImage],
         *,
         age_matched: bool,
-    ):
+    ) -> None:
         self.reference, self.source = list(reference), list(source)
-        ages = [image.age for image in (*self.reference, *self.source)]
-        self.bins = None
-        if age_matched and all(age is not None for age in ages):
-            low = np.floor(min(ages) / AGE_BIN_YEARS) * AGE_BIN_YEARS
-            edges = np.arange(low, max(ages) + AGE_BIN_YEARS, AGE_BIN_YEARS)
-            reference_bins = np.digitize([i.age for i in self.reference], edges) - 1
-            source_bins = np.digitize([i.age for i in self.source], edges) - 1
-            counts = len(edges)
-            probabilities = age_bin_probabilities(
-                np.bincount(reference_bins, minlength=counts),
-                np.bincount(source_bins, minlength=counts),
-            )
-            self.bins = (probabilities, reference_bins, source_bins)
+        self.bins = AgeBins.of(self.reference, self.source) if age_matched else None
 
     def draw(self, rng: np.random.Generator) -> tuple[TrainingImage, TrainingImage]:
         if self.bins is None:
@@ -134,7 +161,7 @@ class PairSampler:
         return self.reference[reference], self.source[source]
 
 
-def augment(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment(volume: Volume, rng: np.random.Generator) -> Volume:
     """IGUANe's augmentation in network space: with p = 0.5 a rotation of U(-10, 10) degrees
     in one random plane (cubic spline, filled with -1), then an integer shift of U{-5..5}
     voxels per axis (filled with -1)."""
@@ -155,9 +182,7 @@ def augment(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return shifted
 
 
-def random_patch(
-    volume: np.ndarray, patch_size: tuple[int, int, int] | None, rng: np.random.Generator
-) -> np.ndarray:
+def random_patch(volume: Volume, patch_size: Shape3D | None, rng: np.random.Generator) -> Volume:
     """An augmented training sample: the whole volume, or a patch centred on a random brain
     voxel. A patch is augmented with a margin around it, so that it is rotated and shifted as
     a piece of the whole volume would be, then cut to size."""
@@ -177,7 +202,7 @@ def random_patch(
     return np.ascontiguousarray(augmented[(slice(margin, -margin),) * 3])
 
 
-def _random_brain_voxel(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _random_brain_voxel(volume: Volume, rng: np.random.Generator) -> npt.NDArray[np.int64]:
     """A uniformly drawn brain voxel (by rejection: the brain fills a good part of the crop,
     and listing its millions of voxels at every draw would cost more than the step)."""
     for _ in range(1000):
@@ -185,6 +210,18 @@ def _random_brain_voxel(volume: np.ndarray, rng: np.random.Generator) -> np.ndar
         if volume[tuple(voxel)] > BACKGROUND:
             return voxel
     return np.array(volume.shape) // 2
+
+
+class MaskedBatch(NamedTuple):
+    """Images in network space with the background set to 0, and their brain masks (1 in the
+    brain, else 0), each ``(count, 1, ...)``."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+
+
+#: An optimiser and the schedule of its learning rate.
+ScheduledOptimiser = tuple[torch.optim.Adam, LambdaLR]
 
 
 class IguaneTraining:
@@ -195,7 +232,7 @@ class IguaneTraining:
         reference: Sequence[TrainingImage],
         sources: Mapping[str, Sequence[TrainingImage]],
         settings: IguaneTrainingSettings,
-    ):
+    ) -> None:
         if settings.patch_size and any(p % SIZE_MULTIPLE for p in settings.patch_size):
             raise ValueError(
                 f'patch sizes must be multiples of {SIZE_MULTIPLE}: {settings.patch_size}'
@@ -209,7 +246,7 @@ class IguaneTraining:
             site: PairSampler(reference, sources[site], age_matched=settings.age_matched)
             for site in self.site_names
         }
-        self.volumes: dict[Path, np.ndarray] = {}
+        self.volumes: dict[Path, Volume] = {}
         self.generator = IguaneGenerator().to(self.device)
         # ModuleDict keys must be identifiers: sites are numbered in sorted order
         self.backward = nn.ModuleDict({f'site{i}': IguaneGenerator() for i in self._indices})
@@ -238,17 +275,17 @@ class IguaneTraining:
     def _indices(self) -> range:
         return range(len(self.site_names))
 
-    def _adam(self, module: nn.Module, updates: int):
+    def _adam(self, module: nn.Module, updates: int) -> ScheduledOptimiser:
         optimiser = torch.optim.Adam(
             module.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS, eps=ADAM_EPSILON
         )
         decay = 1 - FINAL_LEARNING_RATE / LEARNING_RATE
-        schedule = torch.optim.lr_scheduler.LambdaLR(
+        schedule = LambdaLR(
             optimiser, lambda update: 1 - decay * min(update / max(updates, 1), 1.0)
         )
         return optimiser, schedule
 
-    def _volume(self, image: TrainingImage) -> np.ndarray:
+    def _volume(self, image: TrainingImage) -> Volume:
         """The image in network space, from a cache of the most recently used volumes that
         holds at most ``CACHED_VOLUMES_GB`` (a multi-site study does not fit in memory)."""
         if image.path in self.volumes:
@@ -260,21 +297,20 @@ class IguaneTraining:
         self.volumes[image.path] = volume
         return volume
 
-    def _draw(self, site: str, count: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """``count`` augmented (reference, source) pairs: for each side a ``(count, 1, ...)``
-        batch with the background set to 0, and its brain mask (1 in the brain, else 0)."""
+    def _draw(self, site: str, count: int) -> tuple[MaskedBatch, MaskedBatch]:
+        """``count`` augmented (reference, source) pairs, as a reference and a source batch."""
         references, sources = [], []
         for _ in range(count):
             reference, source = self.samplers[site].draw(self.rng)
             patch_size = self.settings.patch_size
             references.append(random_patch(self._volume(reference), patch_size, self.rng))
             sources.append(random_patch(self._volume(source), patch_size, self.rng))
-        batches = []
-        for volumes in (references, sources):
-            batch = torch.from_numpy(np.stack(volumes)[:, None]).to(self.device)
-            mask = (batch > BACKGROUND).float()
-            batches.append((batch * mask, mask))
-        return tuple(batches)
+        return self._masked_batch(references), self._masked_batch(sources)
+
+    def _masked_batch(self, volumes: Sequence[Volume]) -> MaskedBatch:
+        batch = torch.from_numpy(np.stack(volumes)[:, None]).to(self.device)
+        mask = (batch > BACKGROUND).float()
+        return MaskedBatch(batch * mask, mask)
 
     def train_step(self) -> dict[str, float]:
         """One step: every source site once, in a fresh random order; losses averaged."""
@@ -285,69 +321,86 @@ class IguaneTraining:
         return totals
 
     def _site_step(self, i: int) -> dict[str, float]:
-        site, key = self.site_names[i], f'site{i}'
-        backward = self.backward[key]
-        disc_reference, disc_source = self.disc_reference[key], self.disc_source[key]
-        precision = self.device.type
+        """Source site ``i``'s discriminators, then G and F_i, each trained on fresh pairs."""
+        site = self.site_names[i]
+        losses = self._train_discriminators(i, *self._draw(site, DISCRIMINATOR_PAIRS))
+        return losses | self._train_generators(i, *self._draw(site, 1))
 
-        # discriminators: D_ref on ref[2:4] vs G(src[2:4]); D_src on src[0:2] vs F(ref[0:2])
-        (references, reference_masks), (sources, source_masks) = self._draw(
-            site, DISCRIMINATOR_PAIRS
-        )
-        with torch.no_grad(), fast_precision(precision):
+    def _train_discriminators(
+        self, i: int, reference_batch: MaskedBatch, source_batch: MaskedBatch
+    ) -> dict[str, float]:
+        """D_ref,i on ref[2:4] vs G(src[2:4]); D_src,i on src[0:2] vs F_i(ref[0:2])."""
+        key = f'site{i}'
+        references, reference_masks = reference_batch
+        sources, source_masks = source_batch
+        with torch.no_grad(), training_precision(self.device.type):
             fake_references = self.generator(sources[2:4]) * source_masks[2:4]
-            fake_sources = backward(references[0:2]) * reference_masks[0:2]
+            fake_sources = self.backward[key](references[0:2]) * reference_masks[0:2]
         losses = {}
         for name, discriminator, real, fake in (
-            ('disc_reference', disc_reference, references[2:4], fake_references),
-            ('disc_source', disc_source, sources[0:2], fake_sources),
+            ('disc_reference', self.disc_reference[key], references[2:4], fake_references),
+            ('disc_source', self.disc_source[key], sources[0:2], fake_sources),
         ):
             optimiser, schedule = self.optimisers[f'{name}{i}']
             optimiser.zero_grad(set_to_none=True)
-            with fast_precision(precision):
+            with training_precision(self.device.type):
                 loss = ((discriminator(real) - 1) ** 2).mean() + (discriminator(fake) ** 2).mean()
-            self.scaler.scale(loss).backward()
+            torch.autograd.backward(self.scaler.scale(loss))
             self.scaler.step(optimiser)
             schedule.step()
             losses[f'loss_{name}'] = loss.item()
+        return losses
 
-        # generators G and F_i: one fresh pair; every generated image masked by its input's mask
-        (reference, reference_mask), (source, source_mask) = self._draw(site, 1)
-        disc_reference.requires_grad_(False)
-        disc_source.requires_grad_(False)
+    def _train_generators(
+        self, i: int, reference_pair: MaskedBatch, source_pair: MaskedBatch
+    ) -> dict[str, float]:
+        """G and F_i on one pair, with site ``i``'s discriminators frozen meanwhile."""
+        discriminators = (self.disc_reference[f'site{i}'], self.disc_source[f'site{i}'])
+        for discriminator in discriminators:
+            discriminator.requires_grad_(False)
         updated = (self.optimisers['generator'], self.optimisers[f'backward{i}'])
         for optimiser, _ in updated:
             optimiser.zero_grad(set_to_none=True)
-        with fast_precision(precision):
+        losses = self._generator_losses(i, reference_pair, source_pair)
+        # L_G and L_F share the cycle term; G's other terms do not depend on F nor F's on G, so
+        # L_G + L_F - 30 cycle has L_G's gradient for G and L_F's for F: one backward pass
+        both = losses['loss_G'] + losses['loss_F'] - CYCLE_WEIGHT * losses['cycle']
+        torch.autograd.backward(self.scaler.scale(both))
+        for optimiser, schedule in updated:
+            self.scaler.step(optimiser)
+            schedule.step()
+        self.scaler.update()
+        for discriminator in discriminators:
+            discriminator.requires_grad_(True)
+        return {name: loss.item() for name, loss in losses.items()}
+
+    def _generator_losses(
+        self, i: int, reference_pair: MaskedBatch, source_pair: MaskedBatch
+    ) -> dict[str, torch.Tensor]:
+        """L_G and L_F, and their cycle and identity terms; every generated image is masked by
+        its input's mask."""
+        key = f'site{i}'
+        backward = self.backward[key]
+        reference, reference_mask = reference_pair
+        source, source_mask = source_pair
+        with training_precision(self.device.type):
             fake_reference = self.generator(source) * source_mask
             fake_source = backward(reference) * reference_mask
             cycled_reference = self.generator(fake_source) * reference_mask
             cycled_source = backward(fake_reference) * source_mask
             identity_reference = self.generator(reference) * reference_mask
             identity_source = backward(source) * source_mask
-            adversarial_g = ((disc_reference(fake_reference) - 1) ** 2).mean()
-            adversarial_f = ((disc_source(fake_source) - 1) ** 2).mean()
+            adversarial_g = ((self.disc_reference[key](fake_reference) - 1) ** 2).mean()
+            adversarial_f = ((self.disc_source[key](fake_source) - 1) ** 2).mean()
         cycle = (reference - cycled_reference).abs().mean() + (source - cycled_source).abs().mean()
         identity_g = (reference - identity_reference).abs().mean()
         identity_f = (source - identity_source).abs().mean()
-        loss_g = adversarial_g + CYCLE_WEIGHT * cycle + IDENTITY_WEIGHT * identity_g
-        loss_f = adversarial_f + CYCLE_WEIGHT * cycle + IDENTITY_WEIGHT * identity_f
-        # L_G and L_F share the cycle term; G's other terms do not depend on F nor F's on G, so
-        # L_G + L_F - 30 cycle has L_G's gradient for G and L_F's for F: one backward pass
-        self.scaler.scale(loss_g + loss_f - CYCLE_WEIGHT * cycle).backward()
-        for optimiser, schedule in updated:
-            self.scaler.step(optimiser)
-            schedule.step()
-        self.scaler.update()
-        disc_reference.requires_grad_(True)
-        disc_source.requires_grad_(True)
         return {
-            **losses,
-            'loss_G': loss_g.item(),
-            'loss_F': loss_f.item(),
-            'cycle': cycle.item(),
-            'identity_G': identity_g.item(),
-            'identity_F': identity_f.item(),
+            'loss_G': adversarial_g + CYCLE_WEIGHT * cycle + IDENTITY_WEIGHT * identity_g,
+            'loss_F': adversarial_f + CYCLE_WEIGHT * cycle + IDENTITY_WEIGHT * identity_f,
+            'cycle': cycle,
+            'identity_G': identity_g,
+            'identity_F': identity_f,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from types import EllipsisType
 
 import numpy as np
 import torch
 
-LOGGER = logging.getLogger('mrctprep.models')
+LOGGER = logging.getLogger(__name__)
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
+Shape3D = tuple[int, int, int]
+#: A tile of a ``(N, C, D, H, W)`` batch or of a ``(D, H, W)`` volume alike.
+Window = tuple[EllipsisType | slice, ...]
 
 
 def predict_whole_or_tiled(
@@ -35,9 +39,9 @@ def predict_whole_or_tiled(
             volume.device,
             tuple(volume.shape[2:]),
         )
-    tile = tuple(volume.shape[2:])
+    tile = _spatial_shape(volume)
     while max(tile) > min_tile:
-        tile = tuple(max(min_tile, _round_up(size // 2, multiple)) for size in tile)
+        tile = _halved(tile, multiple=multiple, min_tile=min_tile)
         _release_cached_memory(volume.device)
         try:
             return predict_in_tiles(predict, volume, tile=tile)
@@ -52,7 +56,7 @@ def predict_in_tiles(
     predict: Predict,
     volume: torch.Tensor,
     *,
-    tile: tuple[int, int, int],
+    tile: Shape3D,
     overlap: float = 0.25,
     tiles_per_call: int = 1,
 ) -> torch.Tensor:
@@ -62,26 +66,39 @@ def predict_in_tiles(
     tile edges' lack of context, weighted down by the blending. ``tiles_per_call`` tiles go to
     ``predict`` stacked along the batch axis (faster where memory allows).
     """
-    spatial = tuple(volume.shape[2:])
-    tile = tuple(min(t, s) for t, s in zip(tile, spatial, strict=True))
-    starts = [_tile_starts(size, t, overlap) for size, t in zip(spatial, tile, strict=True)]
-    corners = list(itertools.product(*starts))
-    weight = _blend_weights(tile)
-    output = None
+    spatial = _spatial_shape(volume)
+    clipped = tuple(min(t, s) for t, s in zip(tile, spatial, strict=True))
+    starts = [_tile_starts(size, t, overlap) for size, t in zip(spatial, clipped, strict=True)]
+    windows = [_window(corner, clipped) for corner in itertools.product(*starts)]
+    weight = _blend_weights(clipped)
+    output: torch.Tensor | None = None
     weight_sum = torch.zeros(spatial)
-    for first in range(0, len(corners), tiles_per_call):
-        windows = [
-            tuple(slice(c, c + t) for c, t in zip(corner, tile, strict=True))
-            for corner in corners[first : first + tiles_per_call]
-        ]
-        batch = torch.cat([volume[(..., *window)] for window in windows])
-        predictions = predict(batch).float().cpu().split(volume.shape[0])
-        for window, prediction in zip(windows, predictions, strict=True):
+    for first in range(0, len(windows), tiles_per_call):
+        called = windows[first : first + tiles_per_call]
+        batch = torch.cat([volume[window] for window in called])
+        predictions = torch.split(predict(batch).float().cpu(), volume.shape[0])
+        for window, prediction in zip(called, predictions, strict=True):
             if output is None:
                 output = torch.zeros((*prediction.shape[:2], *spatial))
-            output[(..., *window)] += prediction * weight
+            output[window] += prediction * weight
             weight_sum[window] += weight
+    assert output is not None  # every volume has at least one tile
     return output / weight_sum
+
+
+def _spatial_shape(volume: torch.Tensor) -> Shape3D:
+    depth, height, width = volume.shape[2:]
+    return depth, height, width
+
+
+def _halved(tile: Shape3D, *, multiple: int, min_tile: int) -> Shape3D:
+    """Each side halved and rounded up to ``multiple``, but not below ``min_tile``."""
+    depth, height, width = (max(min_tile, _round_up(size // 2, multiple)) for size in tile)
+    return depth, height, width
+
+
+def _window(corner: tuple[int, ...], tile: tuple[int, ...]) -> Window:
+    return (..., *(slice(c, c + t) for c, t in zip(corner, tile, strict=True)))
 
 
 def _tile_starts(size: int, tile: int, overlap: float) -> list[int]:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -42,6 +44,8 @@ _KERAS_LAYER = {
     MeanAbsoluteDeviationNorm: 'instance_normalization',
 }
 _KERAS_WEIGHT = {'weight': 'kernel'}
+#: A Keras layer's weights by name, in the layer's order; dtypes as the file stores them.
+KerasArrays = dict[str, npt.NDArray[Any]]
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class KerasWeight:
         return self.weight == 'kernel'
 
 
-def read_keras_weights(h5_file: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+def read_keras_weights(h5_file: Path) -> list[tuple[str, KerasArrays]]:
     """The layers of a Keras 2 HDF5 weights (or whole-model) file that hold weights, in the
     file's order, each with its weights by name (``conv3d_3/kernel:0``) in the layer's order.
     """
@@ -165,7 +169,7 @@ def keras_generator_state_dict(h5_file: Path) -> dict[str, torch.Tensor]:
     return {key: converted[key] for key in generator.state_dict()}
 
 
-def _mismatch(arrays: dict[str, np.ndarray], weights: list[KerasWeight]) -> str | None:
+def _mismatch(arrays: KerasArrays, weights: list[KerasWeight]) -> str | None:
     if len(arrays) != len(weights):
         wanted = ', '.join(f'{w.layer}/{w.weight}' for w in weights)
         return f'weights {", ".join(arrays)}, expected {wanted}'

@@ -24,7 +24,7 @@ import torch
 from mrctprep.core.derivatives import write_atomically, write_text_atomically
 from mrctprep.core.errors import CheckpointError
 
-LOGGER = logging.getLogger('mrctprep.models')
+LOGGER = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0
 BAR_WIDTH = 20
 

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,16 @@ WEIGHTS_DIR_ENV = 'MRCTPREP_WEIGHTS_DIR'
 WEIGHTS_SUFFIX = '.pt'
 
 
+def _bundled_card_folder() -> Traversable:
+    return resources.files('mrctprep') / 'data' / 'models'
+
+
 def model_names() -> list[str]:
     """The models whose cards ship with mrctprep."""
-    cards = resources.files('mrctprep') / 'data' / 'models'
     return sorted(
-        card.name.removesuffix('.json') for card in cards.iterdir() if card.name.endswith('.json')
+        card.name.removesuffix('.json')
+        for card in _bundled_card_folder().iterdir()
+        if card.name.endswith('.json')
     )
 
 
@@ -36,8 +42,8 @@ def bundled_card(name: str) -> dict[str, Any]:
     """The model's card as shipped: what it is, before any weights exist."""
     if name not in model_names():
         raise ResourceError(f'unknown model {name!r}; models: {", ".join(model_names())}')
-    card = resources.files('mrctprep') / 'data' / 'models' / f'{name}.json'
-    return json.loads(card.read_text())
+    card: dict[str, Any] = json.loads((_bundled_card_folder() / f'{name}.json').read_text())
+    return card
 
 
 def card_path(weights_file: Path) -> Path:
@@ -84,19 +90,21 @@ class ModelWeights:
 
     @property
     def sha256(self) -> str:
-        return self.card['sha256']
+        sha256: str = self.card['sha256']
+        return sha256
 
     @property
     def trained_patch_size(self) -> tuple[int, int, int] | None:
-        """The crop size ``--train-patch-size`` trained these weights on; None for weights
-        trained on whole volumes (or imported)."""
+        """The crop size these weights were trained on; None for weights trained on whole
+        volumes (or imported)."""
         patch_size = self.card.get('trained', {}).get('PatchSize')
         return tuple(patch_size) if isinstance(patch_size, list) else None
 
     def load_state_dict(self) -> dict[str, Any]:
         import torch
 
-        return torch.load(self.path, map_location='cpu', weights_only=True)
+        state_dict: dict[str, Any] = torch.load(self.path, map_location='cpu', weights_only=True)
+        return state_dict
 
 
 def resolve_weights(

@@ -1,8 +1,9 @@
 """DRR settings: DeepDRR's default C-arm and the GENSYN thesis' settings, with overrides.
 
-From ../shared/design/drr.md (DeepDRR v1.1.3, CasperAntonPoulsen/Thesis-Synthex). The thesis
-segmented most CTs with DeepDRR's V-Net; these presets use the HU thresholds (its final
-centre script's choice), since the V-Net weights are not shipped.
+From DeepDRR v1.1.3 (arcadelab/deepdrr) and the GENSYN thesis' code
+(CasperAntonPoulsen/Thesis-Synthex). The thesis segmented most CTs with DeepDRR's V-Net; these
+presets use the HU thresholds (its final centre script's choice), since the V-Net weights are
+not shipped.
 """
 
 from __future__ import annotations
