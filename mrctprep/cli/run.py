@@ -13,6 +13,7 @@ from typing import Any
 from mrctprep.cli.console import add_verbosity_options, setup_logging
 from mrctprep.cli.errors import report_error
 from mrctprep.cli.run_options import add_run_arguments, check_options
+from mrctprep.core.config import RunConfig
 from mrctprep.core.errors import MrctprepError
 
 LOGGER = logging.getLogger(__name__)
@@ -55,12 +56,11 @@ def handle(opts: argparse.Namespace) -> int:
         return report_error(exc, verbosity)
 
 
-def build_config(opts: argparse.Namespace, verbosity: int) -> Any:
+def build_config(opts: argparse.Namespace, verbosity: int) -> RunConfig:
     """The run's configuration: the options by name, plus what is derived from them (files
     read, labels without prefixes, the device resolved, threads per process)."""
     from mrctprep.cli.execution import read_plugin_file
     from mrctprep.core.bids import check_locations, read_bids_filters, strip_prefix
-    from mrctprep.core.config import RunConfig
     from mrctprep.core.devices import resolve_device
 
     check_locations(opts.bids_dir, opts.output_dir, opts.work_dir)
