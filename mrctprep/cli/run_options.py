@@ -376,6 +376,13 @@ def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
         help='write the methods text (logs/CITATION.md) and exit',
     )
     flow.add_argument('--random-seed', type=int, default=0, help='seed for every random step')
+    flow.add_argument(
+        '--config-file',
+        type=existing_file,
+        metavar='FILE',
+        help='repeat an earlier run: its settings, saved as OUTPUT_DIR/sub-<label>/log/<run_uuid>/'
+        'mrctprep.toml, are read from FILE; the options given here override them',
+    )
     flow.add_argument('--notrack', action='store_true', help='accepted; mrctprep sends nothing')
 
 
