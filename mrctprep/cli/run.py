@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mrctprep.cli.console import add_verbosity_options, setup_logging
+from mrctprep.cli.console import HelpFormatter, add_verbosity_options, setup_logging
 from mrctprep.cli.errors import report_error
 from mrctprep.cli.run_options import add_run_arguments, check_options
 from mrctprep.core.config import RunConfig, read_saved_options
@@ -33,7 +33,7 @@ def add_parser(subparsers: Any, name: str) -> None:
         prog='mrctprep',
         description=_DESCRIPTION,
         help='the BIDS App (the word "run" may be left out)',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_run_arguments(parser)
     add_verbosity_options(parser)
