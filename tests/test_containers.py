@@ -101,9 +101,22 @@ def test_the_readme_demo_command_sets_up_as_ci_does_and_runs_the_default_pipelin
         == tests[:3]
         == ['python3 -m venv .venv', '. .venv/bin/activate', 'pip install torch==2.13.0']
     )
-    assert (main[3], tests[3]) == ('pip install .', "pip install -e '.[test]'")
+    assert (main[3], tests[3]) == ('pip install .', "pip install -e '.[test,combat]'")
     demo, run = (shlex.split(step) for step in main[4:])
     assert demo[:2] == ['mrctprep', 'demo'] and run[0] == 'mrctprep'
     opts = parse_command_line(run[1:])
     assert opts.bids_dir.name == Path(demo[2]).name and opts.analysis_level == 'participant'
     assert opts.pipelines == DEFAULT_PIPELINES
+
+
+def test_every_folder_of_modules_is_installed_as_a_package():
+    """``packages = find:`` installs only folders with an ``__init__.py``: one without would
+    work from the source tree and break once installed (``pip install .``)."""
+    from setuptools import find_packages
+
+    folders = {
+        '.'.join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / 'mrctprep').rglob('*.py')
+        if '__pycache__' not in path.parts
+    }
+    assert folders <= set(find_packages(str(ROOT), include=['mrctprep*']))
