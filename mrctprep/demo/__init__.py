@@ -1,1 +1,1 @@
-"""`mrctprep demo`: a small synthetic travelling-subject BIDS dataset of MR and CT heads."""
+"""``mrctprep demo``: the example BIDS dataset (T1w and CT of two anatomies at two sites)."""
