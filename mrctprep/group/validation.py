@@ -148,8 +148,9 @@ class HarmonizationScore:
                 for (i, j), raw in zip(self.pairs, self.raw_differences, strict=True)
             ]
             figures['travelling_difference'] = float(np.mean(ratios))
-        score = sum(v for k, v in figures.items() if k != 'ssim_min') + SSIM_PENALTY * shortfall
-        return {'score': score, **figures}
+        # the site effect is NaN with fewer than two held-out images per site: left out
+        terms = [v for k, v in figures.items() if k != 'ssim_min' and not np.isnan(v)]
+        return {'score': sum(terms) + SSIM_PENALTY * shortfall, **figures}
 
     def _site_effect(self, volumes: Sequence[npt.NDArray[np.float32]]) -> float:
         rows = [
