@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
-from helpers.metrics import structural_similarity
+from mrctprep.imaging.similarity import structural_similarity
 
 SPACE = 'space-MNI152NLin2009aSym_res-1'
 PAIRS = (('01', '02'), ('03', '04'))

@@ -50,8 +50,8 @@ def run_case(case: str, head: Path, threads: int, device: str) -> None:
     from scipy import ndimage
 
     from helpers.metrics import peak_signal_to_noise_ratio as psnr
-    from helpers.metrics import structural_similarity as ssim
     from helpers.superres_simulation import spline_upsample, thick_slices
+    from mrctprep.imaging.similarity import structural_similarity as ssim
     from mrctprep.imaging.superres.grids import OutputGrid
     from mrctprep.imaging.superres.operators import Projection, ScanGeometry
     from mrctprep.imaging.superres.reconstruct import InputScan, SuperResSettings, super_resolve

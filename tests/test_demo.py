@@ -129,12 +129,12 @@ def test_participants_travel_between_sites(bids_dir: Path) -> None:
     with open(bids_dir / 'participants.tsv', newline='') as f:
         rows = list(csv.DictReader(f, delimiter='\t'))
     assert [r['participant_id'] for r in rows] == [f'sub-{label}' for label in SUBJECTS]
-    assert {(r['site'], r['anatomy']) for r in rows} == {
+    assert {(r['site'], r['traveller']) for r in rows} == {
         (site, anatomy) for site in ('siteA', 'siteB') for anatomy in ('A', 'B')
     }
     # A traveller is one person: same age and sex at both sites.
     for anatomy in ('A', 'B'):
-        assert len({(r['age'], r['sex']) for r in rows if r['anatomy'] == anatomy}) == 1
+        assert len({(r['age'], r['sex']) for r in rows if r['traveller'] == anatomy}) == 1
     columns = json.loads((bids_dir / 'participants.json').read_text())
     assert set(rows[0]) - {'participant_id'} <= set(columns)
 
@@ -376,3 +376,19 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(RuntimeError, match='interrupted'):
         demo.write_demo_dataset(tmp_path / 'bids')
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_larger_demo_keeps_the_travelling_design_and_the_default_unchanged() -> None:
+    assert demo.demo_participants() == demo.PARTICIPANTS
+    cohort = demo.demo_participants(per_site=8, sites=3)
+    assert len(cohort) == 24 and len({p.label for p in cohort}) == 24
+    for anatomy in {p.anatomy for p in cohort}:
+        scans = [p for p in cohort if p.anatomy == anatomy]
+        assert sorted(p.site for p in scans) == ['siteA', 'siteB', 'siteC']
+        assert len({(p.age, p.sex) for p in scans}) == 1
+    extra = demo.site_protocols('siteC').t1w
+    low, high = sorted(demo.SITES[s].t1w.contrast.white_matter for s in ('siteA', 'siteB'))
+    assert low < extra.contrast.white_matter < high
+    assert extra.orientation not in {demo.SITES[s].t1w.orientation for s in demo.SITES}
+    with pytest.raises(ValueError, match='1 to 26 participants per site'):
+        demo.demo_participants(per_site=27)

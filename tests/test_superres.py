@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from conftest import SHARED_DATA, run_cli, write_bids
 from helpers.metrics import peak_signal_to_noise_ratio as psnr
-from helpers.metrics import structural_similarity as ssim
 from helpers.superres_simulation import spline_upsample, thick_slices
+from mrctprep.imaging.similarity import structural_similarity as ssim
 from mrctprep.imaging.superres.grids import OutputGrid, common_grid, scan_grid
 from mrctprep.imaging.superres.noise import estimate_noise
 from mrctprep.imaging.superres.operators import Projection, ScanGeometry, profile_taps

@@ -10,6 +10,7 @@ from typing import Any
 
 from mrctprep.cli.console import setup_logging
 from mrctprep.cli.errors import EXIT_OK, EXIT_USAGE
+from mrctprep.cli.option_types import positive_int
 
 LOGGER = logging.getLogger(__name__)
 
@@ -19,8 +20,8 @@ def add_parser(subparsers: Any, name: str) -> None:
         name,
         prog=f'mrctprep {name}',
         help='write a small example BIDS dataset',
-        description='Write a small BIDS dataset (4 subjects: 2 anatomies x 2 sites; T1w + CT, '
-        'CT also as DICOM and NRRD under sourcedata/) built from the MNI152 template.',
+        description='Write a small BIDS dataset (by default 4 subjects: 2 travellers x 2 sites; '
+        'T1w + CT, CT also as DICOM and NRRD under sourcedata/) built from the MNI152 template.',
     )
     parser.add_argument(
         'bids_dir', type=Path, help='where to write it (must not exist or be empty)'
@@ -31,6 +32,21 @@ def add_parser(subparsers: Any, name: str) -> None:
         default=0,
         help="random seed of the scanners' noise and bias fields (the anatomies are fixed)",
     )
+    parser.add_argument(
+        '--participants-per-site',
+        type=positive_int,
+        default=2,
+        metavar='N',
+        help='travellers, each scanned at every site (default 2; at most 26; about 10 MB and '
+        '10 s per participant)',
+    )
+    parser.add_argument(
+        '--sites',
+        type=positive_int,
+        default=2,
+        metavar='N',
+        help='sites (default 2: siteA 3 T, siteB 1.5 T; further ones lie between the two)',
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -39,8 +55,13 @@ def handle(opts: argparse.Namespace) -> int:
 
     setup_logging(0)
     try:
-        labels = write_demo_dataset(opts.bids_dir.absolute(), seed=opts.seed)
-    except OSError as exc:  # FileExistsError included: the folder is not empty
+        labels = write_demo_dataset(
+            opts.bids_dir.absolute(),
+            seed=opts.seed,
+            participants_per_site=opts.participants_per_site,
+            sites=opts.sites,
+        )
+    except (OSError, ValueError) as exc:  # FileExistsError: the folder is not empty
         print(f'mrctprep: error: {exc}', file=sys.stderr)
         return EXIT_USAGE
     LOGGER.info(

@@ -17,6 +17,7 @@ from mrctprep.core.errors import (
     ExistingImagesError,
     ImplausibleBrainMaskError,
     InputError,
+    InsufficientMemoryError,
     MrctprepError,
     NoModelInputsError,
     NotABidsDatasetError,
@@ -73,6 +74,12 @@ def _checkpoint_hint(error: CheckpointError) -> str:
     return f'--resume: {error}; {advice}'
 
 
+def _memory_hint(error: InsufficientMemoryError) -> str:
+    if error.fitting_patch:
+        return f'{error}; --train-patch-size {error.fitting_patch} fits'
+    return f'{error}; use a machine or GPU (--device cuda) with more memory'
+
+
 def _no_inputs_hint(error: NoModelInputsError) -> str:
     return f'{error}; run the participant level with --pipelines mr-preproc first'
 
@@ -92,6 +99,7 @@ _HINTS: dict[type[Exception], Callable[..., str]] = {
     DeviceUnavailableError: _device_hint,
     CheckpointError: _checkpoint_hint,
     NoModelInputsError: _no_inputs_hint,
+    InsufficientMemoryError: _memory_hint,
 }
 
 

@@ -36,6 +36,16 @@ def positive_int(value: str) -> int:
     return number
 
 
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a whole number of 0 or more')
+    return number
+
+
 def positive_float(value: str) -> float:
     try:
         number = float(value)

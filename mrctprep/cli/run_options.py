@@ -14,6 +14,7 @@ from mrctprep.cli.option_types import (
     drr_angles,
     drr_view_grid,
     existing_file,
+    non_negative_int,
     parse_memory_gb,
     positive_float,
     positive_int,
@@ -343,6 +344,22 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar='SITE',
         help='harmonization target site (default: the site with the most participants)',
     )
+    models.add_argument(
+        '--validation-participants',
+        type=non_negative_int,
+        metavar='N',
+        help='hold N participants of every site out of training and keep the weights that score '
+        'best on them (default: a quarter of each site, at least 2, none when a site has fewer '
+        'than 6; 0: keep the last weights)',
+    )
+    models.add_argument(
+        '--validate-every',
+        type=positive_int,
+        default=1000,
+        metavar='N',
+        help='score the weights on the held-out participants every N steps (default 1000: '
+        "IGUANe's every 5 epochs)",
+    )
 
 
 def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
@@ -404,8 +421,12 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
             '--train runs at the group level: mrctprep BIDS_DIR OUTPUT_DIR group --train '
             f'{opts.train}'
         )
-    if (opts.resume or opts.steps or opts.train_patch_size) and not opts.train:
-        parser.error('--resume, --steps and --train-patch-size go with --train NAME')
+    training_only = (opts.resume, opts.steps, opts.train_patch_size, opts.validation_participants)
+    if any(value not in (None, False, []) for value in training_only) and not opts.train:
+        parser.error(
+            '--resume, --steps, --train-patch-size and --validation-participants go with '
+            '--train NAME'
+        )
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
         parser.error(

@@ -157,6 +157,10 @@ class ModelOptions:
     checkpoint_every: int = 200
     resume: bool = False
     reference_site: str | None = None
+    #: participants of each site held out of training to choose the best weights (None: the
+    #: default share)
+    validation_participants: int | None = None
+    validate_every: int = 1000
 
 
 @dataclass(frozen=True)

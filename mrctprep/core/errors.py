@@ -56,6 +56,21 @@ class WeightsNotFoundError(ResourceError):
         super().__init__(message)
 
 
+class InsufficientMemoryError(ResourceError):
+    """A training or inference step would need more memory than the device has.
+
+    ``fitting_patch`` is the largest training patch side that would fit (None when none does,
+    or when the step has no patch size to choose).
+    """
+
+    def __init__(
+        self, what: str, needed: str, available: str, device: str, fitting_patch: int | None
+    ):
+        self.what, self.needed, self.available = what, needed, available
+        self.device, self.fitting_patch = device, fitting_patch
+        super().__init__(f'{what} needs about {needed}; {available} available on {device}')
+
+
 class CheckpointError(InputError):
     """A training checkpoint to resume from is missing or belongs to another training."""
 

@@ -18,7 +18,8 @@ import shutil
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import nibabel as nib
@@ -195,24 +196,87 @@ SITES = {
     ),
 }
 
-PARTICIPANTS = (
-    Participant(label='01', anatomy='A', site='siteA', age=34, sex='F'),
-    Participant(label='02', anatomy='A', site='siteB', age=34, sex='F'),
-    Participant(label='03', anatomy='B', site='siteA', age=41, sex='M'),
-    Participant(label='04', anatomy='B', site='siteB', age=41, sex='M'),
-)
+#: The default cohort's two travellers; further ones get a seeded age and sex.
+_TRAVELLERS = {'A': (34, 'F'), 'B': (41, 'M')}
+MAX_PARTICIPANTS_PER_SITE = 26  # travellers are named A to Z
+_EXTRA_ORIENTATIONS = ('LPS', 'PIR', 'RAS', 'ASL')
 
-ANATOMIES = {
-    'A': 'the MNI152 template brain in a synthetic head',
-    'B': 'anatomy A smoothly deformed (up to 2.5 mm along each axis), with its own skull',
-}
+
+def demo_participants(per_site: int = 2, sites: int = 2) -> tuple[Participant, ...]:
+    """Every traveller (anatomy ``A``, ``B``, ...) scanned at every site, numbered in that
+    order: the default is sub-01 (A at siteA), sub-02 (A at siteB), sub-03 and sub-04 (B)."""
+    if not (1 <= per_site <= MAX_PARTICIPANTS_PER_SITE and 1 <= sites <= 26):
+        raise ValueError(
+            f'the demo has 1 to {MAX_PARTICIPANTS_PER_SITE} participants per site at 1 to 26 '
+            f'sites, not {per_site} per site at {sites} site(s)'
+        )
+    anatomies = [chr(ord('A') + k) for k in range(per_site)]
+    site_names = [f'site{chr(ord("A") + k)}' for k in range(sites)]
+    width = max(2, len(str(per_site * sites)))
+    participants: list[Participant] = []
+    for anatomy in anatomies:
+        age, sex = _TRAVELLERS.get(anatomy) or _drawn_age_and_sex(anatomy)
+        for site in site_names:
+            label = f'{len(participants) + 1:0{width}d}'
+            participants.append(Participant(label, anatomy, site, age, sex))
+    return tuple(participants)
+
+
+def _drawn_age_and_sex(anatomy: str) -> tuple[int, str]:
+    rng = np.random.default_rng(zlib.crc32(f'traveller-{anatomy}'.encode()))
+    return int(rng.integers(20, 80)), str(rng.choice(['F', 'M']))
+
+
+def site_protocols(name: str) -> Site:
+    """siteA and siteB as defined above; a further site lies between the two in contrast,
+    noise and bias (drawn from its name), with its own pose and voxel order."""
+    if name in SITES:
+        return SITES[name]
+    index = ord(name.removeprefix('site')) - ord('A')
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    mix = float(rng.uniform(0.2, 0.8))
+    first, second = SITES['siteA'].t1w, SITES['siteB'].t1w
+    contrast = T1Contrast(
+        **{
+            f.name: (1 - mix) * getattr(first.contrast, f.name)
+            + mix * getattr(second.contrast, f.name)
+            for f in fields(T1Contrast)
+        }
+    )
+    pose = Pose(
+        rotation_deg=tuple(rng.uniform(-5, 5, 3).round(1).tolist()),
+        translation_mm=tuple(rng.uniform(-5, 5, 3).round(1).tolist()),
+    )
+    t1w = T1wProtocol(
+        contrast=contrast,
+        noise_sd=2.0,
+        bias_strength=round(float(rng.uniform(0.08, 0.2)), 2),
+        orientation=_EXTRA_ORIENTATIONS[(index - len(SITES)) % len(_EXTRA_ORIENTATIONS)],
+        pose=pose,
+        sidecar={**first.sidecar, 'Manufacturer': 'Philips', 'ManufacturerModelName': 'Ingenia'},
+    )
+    ct = SITES['siteA' if index % 2 == 0 else 'siteB'].ct
+    return Site(name=name, t1w=t1w, ct=ct)
+
+
+PARTICIPANTS = demo_participants()
+
+
+def anatomy_description(name: str) -> str:
+    """>>> anatomy_description('C')
+    'anatomy A smoothly deformed (up to 2.5 mm along each axis), with its own skull'
+    """
+    if name == 'A':
+        return 'the MNI152 template brain in a synthetic head'
+    return 'anatomy A smoothly deformed (up to 2.5 mm along each axis), with its own skull'
+
 
 _README = """\
 mrctprep demo
 =============
 
 A synthetic travelling-subject dataset written by `mrctprep demo` (mrctprep {version},
-seed {seed}). Two anatomies are each scanned at two sites:
+seed {seed}). Each anatomy is scanned at every site (a travelling subject):
 
 {participants}
 Each participant has a T1-weighted MR image (`anat/*_T1w.nii.gz`) and a head CT in Hounsfield
@@ -235,18 +299,19 @@ the template itself remains under the terms of its authors (McConnell Brain Imag
 see http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009).
 """
 
-_PARTICIPANTS_JSON = {
+_SITE_LEVELS = {
+    'siteA': 'Siemens Prisma 3 T MPRAGE; Siemens SOMATOM Definition AS CT, B30f kernel',
+    'siteB': 'GE Signa HDxt 1.5 T IR-SPGR; GE LightSpeed VCT CT, STANDARD kernel',
+}
+
+_PARTICIPANTS_JSON: dict[str, dict[str, object]] = {
     'participant_id': {'Description': 'Participant label'},
     'site': {
         'Description': 'Scanning site (MR and CT scanners and protocols)',
-        'Levels': {
-            'siteA': 'Siemens Prisma 3 T MPRAGE; Siemens SOMATOM Definition AS CT, B30f kernel',
-            'siteB': 'GE Signa HDxt 1.5 T IR-SPGR; GE LightSpeed VCT CT, STANDARD kernel',
-        },
     },
-    'anatomy': {
-        'Description': 'Which head was scanned; the same anatomy at two sites is one traveller',
-        'Levels': ANATOMIES,
+    'traveller': {
+        'Description': 'The person (head) scanned: the same traveller at several sites is one '
+        'travelling subject',
     },
     'age': {'Description': 'Age of the (synthetic) participant', 'Units': 'year'},
     'sex': {
@@ -257,13 +322,12 @@ _PARTICIPANTS_JSON = {
 
 
 def build_anatomy(name: str, template: HeadModel) -> HeadModel:
-    """Head model of anatomy ``'A'`` (the template) or ``'B'`` (a deformed copy)."""
+    """Head model of anatomy ``'A'`` (the template) or of another letter (a deformed copy,
+    its deformation and skull drawn from its name)."""
     rng = np.random.default_rng(zlib.crc32(f'anatomy-{name}'.encode()))
-    if name == 'B':
+    if name != 'A':
         displacement = smooth_deformation(template.shape, template.voxel_size, 2.5, rng)
         template = deform_head_model(template, displacement)
-    elif name != 'A':
-        raise ValueError(f'unknown anatomy {name!r}; expected one of {sorted(ANATOMIES)}')
     return add_scalp_and_skull(template, rng)
 
 
@@ -380,7 +444,7 @@ def _write_nrrd(img: nib.Nifti1Image, path: Path) -> None:
 def _write_participant(
     root: Path, participant: Participant, anatomy: HeadModel, seed: int
 ) -> None:
-    site = SITES[participant.site]
+    site = site_protocols(participant.site)
     subject = f'sub-{participant.label}'
     anat = root / subject / 'anat'
     anat.mkdir(parents=True)
@@ -405,7 +469,7 @@ def _write_participant(
     _write_nrrd(ct, sourcedata / 'nrrd' / f'{subject}_ct.nrrd')
 
 
-def _write_dataset(root: Path, seed: int) -> None:
+def _write_metadata(root: Path, seed: int, participants: Sequence[Participant]) -> None:
     _write_json(
         root / 'dataset_description.json',
         {
@@ -426,18 +490,35 @@ def _write_dataset(root: Path, seed: int) -> None:
             ],
         },
     )
-    rows = ''.join(f'- sub-{p.label}: anatomy {p.anatomy} at {p.site}\n' for p in PARTICIPANTS)
+    rows = ''.join(f'- sub-{p.label}: anatomy {p.anatomy} at {p.site}\n' for p in participants)
     (root / 'README').write_text(_README.format(version=__version__, seed=seed, participants=rows))
     (root / '.bidsignore').write_text('*_ct.*\n')
-    lines = ['participant_id\tsite\tanatomy\tage\tsex']
-    lines += [f'sub-{p.label}\t{p.site}\t{p.anatomy}\t{p.age}\t{p.sex}' for p in PARTICIPANTS]
+    lines = ['participant_id\tsite\ttraveller\tage\tsex']
+    lines += [f'sub-{p.label}\t{p.site}\t{p.anatomy}\t{p.age}\t{p.sex}' for p in participants]
     (root / 'participants.tsv').write_text('\n'.join(lines) + '\n')
-    _write_json(root / 'participants.json', _PARTICIPANTS_JSON)
+    _write_json(root / 'participants.json', _participants_json(participants))
 
+
+def _participants_json(participants: Sequence[Participant]) -> dict[str, object]:
+    levels: dict[str, str] = {}
+    for site in dict.fromkeys(p.site for p in participants):
+        levels[site] = _SITE_LEVELS.get(site) or (
+            'Philips Ingenia 3 T (synthetic): contrast and bias between those of siteA and siteB'
+        )
+    travellers = {p.anatomy: anatomy_description(p.anatomy) for p in participants}
+    return {
+        **_PARTICIPANTS_JSON,
+        'site': {**_PARTICIPANTS_JSON['site'], 'Levels': levels},
+        'traveller': {**_PARTICIPANTS_JSON['traveller'], 'Levels': travellers},
+    }
+
+
+def _write_dataset(root: Path, seed: int, participants: Sequence[Participant]) -> None:
+    _write_metadata(root, seed, participants)
     template = load_mni152_tissues()
-    for name in ANATOMIES:
+    for name in dict.fromkeys(p.anatomy for p in participants):
         anatomy = build_anatomy(name, template)
-        for participant in (p for p in PARTICIPANTS if p.anatomy == name):
+        for participant in (p for p in participants if p.anatomy == name):
             start = time.perf_counter()
             _write_participant(root, participant, anatomy, seed)
             LOGGER.info(
@@ -449,8 +530,12 @@ def _write_dataset(root: Path, seed: int) -> None:
             )
 
 
-def write_demo_dataset(bids_dir: Path | str, *, seed: int = 0) -> list[str]:
+def write_demo_dataset(
+    bids_dir: Path | str, *, seed: int = 0, participants_per_site: int = 2, sites: int = 2
+) -> list[str]:
     """Write the demo BIDS dataset into ``bids_dir`` (new or empty); return its labels.
+
+    ``participants_per_site`` travellers are each scanned at every one of ``sites`` sites.
 
     The dataset is built in a hidden sibling directory and renamed into place at the end, so
     an interrupted run leaves nothing half-written behind.
@@ -462,9 +547,10 @@ def write_demo_dataset(bids_dir: Path | str, *, seed: int = 0) -> list[str]:
             'the demo dataset needs a new or empty one'
         )
     bids_dir.parent.mkdir(parents=True, exist_ok=True)
+    participants = demo_participants(participants_per_site, sites)
     staging = Path(tempfile.mkdtemp(prefix=f'.{bids_dir.name}.', dir=bids_dir.parent))
     try:
-        _write_dataset(staging, seed)
+        _write_dataset(staging, seed, participants)
         staging.chmod(0o755)
         if bids_dir.exists():
             bids_dir.rmdir()
@@ -472,4 +558,4 @@ def write_demo_dataset(bids_dir: Path | str, *, seed: int = 0) -> list[str]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return [p.label for p in PARTICIPANTS]
+    return [p.label for p in participants]

@@ -2,7 +2,9 @@
 
 The site comes from the ``site`` column of participants.tsv (the column `mrctprep demo`
 writes and participants.json documents); failing that, from the scanner the raw T1w
-sidecars name (Manufacturer, ManufacturerModelName, MagneticFieldStrength).
+sidecars name (Manufacturer, ManufacturerModelName, MagneticFieldStrength). A ``traveller``
+column, where present, names the person: the same value at several sites marks a travelling
+subject, whom validation compares across sites.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ _MISSING = {'', 'n/a'}
 
 @dataclass(frozen=True)
 class ParticipantInfo:
-    """One participant's site (a batch for harmonization) and age in years, when known."""
+    """One participant's site (a batch for harmonization), and age in years and traveller
+    (the person, for a travelling subject), when known."""
 
     subject: str  # label without 'sub-'
     site: str
     age: float | None
+    traveller: str | None = None
 
 
 def read_participant_sites(bids_dir: Path, subjects: Iterable[str]) -> dict[str, ParticipantInfo]:
@@ -48,7 +52,13 @@ def read_participant_sites(bids_dir: Path, subjects: Iterable[str]) -> dict[str,
         site = row.get('site', '')
         if site in _MISSING:
             site = _site_from_sidecars(bids_dir, label)
-        infos[label] = ParticipantInfo(subject=label, site=site, age=_age(row.get('age', '')))
+        traveller = row.get('traveller', '')
+        infos[label] = ParticipantInfo(
+            subject=label,
+            site=site,
+            age=_age(row.get('age', '')),
+            traveller=None if traveller in _MISSING else traveller,
+        )
     return infos
 
 

@@ -9,11 +9,14 @@ result is the same as one uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import logging
+import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +51,51 @@ class TrainingSettings:
     fingerprint: str = ''
 
 
+class ModelSelection:
+    """Keeps the weights that scored best on held-out data, scoring them every ``every`` steps.
+
+    ``score()`` returns named figures, among them ``'score'`` (lower is better); ``weights()``
+    the state to keep (a GAN's generator, say). GAN training drifts rather than converges,
+    so the last weights are seldom the best ones; the last state stays in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        score: Callable[[], dict[str, float]],
+        weights: Callable[[], dict[str, torch.Tensor]],
+        every: int,
+    ) -> None:
+        self.score, self.weights, self.every = score, weights, every
+        self.best_step, self.best_score = 0, math.inf
+        self.best_weights: dict[str, torch.Tensor] = {}
+
+    def observe(self, step: int) -> dict[str, float]:
+        """Score the current weights, keep them if they are the best so far; the figures as
+        ``val_<name>`` columns of the training log."""
+        figures = self.score()
+        if figures['score'] < self.best_score:
+            self.best_step, self.best_score = step, figures['score']
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in self.weights().items()}
+        LOGGER.info(
+            'validation at step %d: %s (best: step %d)',
+            step,
+            '  '.join(f'{name} {value:.4g}' for name, value in figures.items()),
+            self.best_step,
+        )
+        return {f'val_{name}': value for name, value in figures.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            'step': self.best_step,
+            'score': self.best_score,
+            'weights': copy.copy(self.best_weights),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_step, self.best_score = state['step'], state['score']
+        self.best_weights = dict(state['weights'])
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy's legacy global generator and torch (tasks use their own Generator)."""
     random.seed(seed)
@@ -55,12 +103,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_training(task: TrainingTask, settings: TrainingSettings) -> list[dict[str, float]]:
-    """Train ``task`` up to ``settings.steps`` steps; return one row of losses per step."""
+def run_training(
+    task: TrainingTask, settings: TrainingSettings, selection: ModelSelection | None = None
+) -> list[dict[str, float]]:
+    """Train ``task`` up to ``settings.steps`` steps; return one row of losses per step (and
+    the validation figures on the steps ``selection`` scores, and at the last step)."""
     history: list[dict[str, float]] = []
     first_step = 0
     if settings.resume:
-        first_step, history = _load_checkpoint(task, settings)
+        first_step, history = _load_checkpoint(task, settings, selection)
         LOGGER.info(
             '%s: resuming at step %d of %d from %s',
             settings.name,
@@ -73,15 +124,22 @@ def run_training(task: TrainingTask, settings: TrainingSettings) -> list[dict[st
         losses = task.train_step()
         history.append({'step': step, **losses})
         progress.update(step, losses)
+        if selection and (step % selection.every == 0 or step == settings.steps):
+            history[-1].update(selection.observe(step))
         if step % settings.checkpoint_every == 0 or step == settings.steps:
-            _save_checkpoint(task, settings, step, history)
+            _save_checkpoint(task, settings, step, history, selection)
     return history
 
 
 def _save_checkpoint(
-    task: TrainingTask, settings: TrainingSettings, step: int, history: list[dict[str, float]]
+    task: TrainingTask,
+    settings: TrainingSettings,
+    step: int,
+    history: list[dict[str, float]],
+    selection: ModelSelection | None,
 ) -> None:
     state = {
+        'selection': selection.state_dict() if selection else None,
         'step': step,
         'fingerprint': settings.fingerprint,
         'task': task.state_dict(),
@@ -94,7 +152,7 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    task: TrainingTask, settings: TrainingSettings
+    task: TrainingTask, settings: TrainingSettings, selection: ModelSelection | None
 ) -> tuple[int, list[dict[str, float]]]:
     if not settings.checkpoint_file.is_file():
         raise CheckpointError(settings.checkpoint_file, 'no checkpoint to resume from')
@@ -107,6 +165,8 @@ def _load_checkpoint(
             '(participants, sites, patch size or seed differ)',
         )
     task.load_state_dict(state['task'])
+    if selection and state.get('selection'):
+        selection.load_state_dict(state['selection'])
     torch.set_rng_state(state['torch_rng'])
     if state['cuda_rng'] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda_rng'])
@@ -154,10 +214,11 @@ def _duration(seconds: float) -> str:
 
 
 def write_training_log(history: list[dict[str, float]], tsv_file: Path, plot_file: Path) -> None:
-    """The loss history as a TSV (one row per step) and a PNG of the loss curves."""
-    columns = list(history[0])
+    """The loss history as a TSV (one row per step; validation figures, where scored, as
+    ``val_*`` columns, n/a elsewhere) and a PNG of the curves."""
+    columns = list(dict.fromkeys(key for row in history for key in row))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, delimiter='\t', lineterminator='\n')
+    writer = csv.DictWriter(buffer, columns, delimiter='\t', lineterminator='\n', restval='n/a')
     writer.writeheader()
     writer.writerows({key: f'{value:.6g}' for key, value in row.items()} for row in history)
     write_text_atomically(tsv_file, buffer.getvalue())
@@ -170,15 +231,19 @@ def _plot_losses(history: list[dict[str, float]], out_file: Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    steps = np.array([row['step'] for row in history])
-    names = [key for key in history[0] if key != 'step']
+    names = [key for key in dict.fromkeys(k for row in history for k in row) if key != 'step']
     figure, axes = plt.subplots(len(names), 1, figsize=(7, 1.6 * len(names)), sharex=True)
     for axis, name in zip(np.atleast_1d(axes), names, strict=True):
-        values = np.array([row[name] for row in history])
-        axis.plot(steps, values, color='0.75', linewidth=0.8)
-        window = max(1, len(values) // 20)
-        smooth = np.convolve(values, np.ones(window) / window, mode='valid')
-        axis.plot(steps[window - 1 :], smooth, color='tab:blue', linewidth=1.5)
+        rows = [row for row in history if name in row]
+        steps = np.array([row['step'] for row in rows])
+        values = np.array([row[name] for row in rows])
+        if name.startswith('val_'):  # scored now and then: the points themselves
+            axis.plot(steps, values, 'o-', color='tab:orange', markersize=3)
+        else:
+            axis.plot(steps, values, color='0.75', linewidth=0.8)
+            window = max(1, len(values) // 20)
+            smooth = np.convolve(values, np.ones(window) / window, mode='valid')
+            axis.plot(steps[window - 1 :], smooth, color='tab:blue', linewidth=1.5)
         axis.set_ylabel(name, rotation=0, ha='right', va='center')
         axis.grid(alpha=0.3)
     np.atleast_1d(axes)[-1].set_xlabel('training step')

@@ -1,0 +1,158 @@
+"""Memory a network needs, estimated before anything is loaded, against what the device has.
+
+A fully convolutional network keeps, for its backward pass, activations whose size grows in
+proportion to the number of input voxels. :func:`saved_bytes_per_voxel` measures that
+proportion once, on a small probe input, by counting the tensors autograd saves; a model's
+estimate then adds its weights, optimiser states and images by arithmetic. The OOM killer of a
+CPU machine gives no error message, so training refuses what does not fit before it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mrctprep.core.devices import training_precision
+from mrctprep.core.errors import InsufficientMemoryError
+
+LOGGER = logging.getLogger(__name__)
+
+#: Adam keeps two moments per parameter, beside the parameter and its gradient.
+BYTES_PER_TRAINED_PARAMETER = 4 * 4
+PROBE_SIZE = 16
+_CGROUP_LIMIT = Path('/sys/fs/cgroup/memory.max')
+_CGROUP_USAGE = Path('/sys/fs/cgroup/memory.current')
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """A model step's memory as a function of its input: activations in proportion to the
+    voxels, and fixed parts (networks, optimisers, image caches, runtime)."""
+
+    activation_bytes_per_voxel: float
+    fixed: dict[str, int]
+
+    def at(self, voxels: int) -> MemoryEstimate:
+        activations = int(self.activation_bytes_per_voxel * voxels)
+        return MemoryEstimate({'activations': activations, **self.fixed})
+
+    def largest_fitting_cube(self, available: int, *, multiple: int, limit: int) -> int | None:
+        """The largest cube side (a multiple of ``multiple``, at most ``limit``) that fits."""
+        sides = range(multiple, limit + 1, multiple)
+        fitting = [side for side in sides if self.at(side**3).total <= available]
+        return fitting[-1] if fitting else None
+
+
+def check_fits(
+    memory: StepMemory,
+    *,
+    voxels: int,
+    device: str,
+    what: str,
+    patch_multiple: int | None = None,
+    patch_limit: int = 0,
+) -> MemoryEstimate:
+    """The estimate at ``voxels``; :class:`InsufficientMemoryError` when it does not fit,
+    naming the largest patch side that would (for steps that take patches)."""
+    estimate = memory.at(voxels)
+    available = available_bytes(device)
+    if estimate.total > available:
+        fitting = (
+            memory.largest_fitting_cube(available, multiple=patch_multiple, limit=patch_limit)
+            if patch_multiple
+            else None
+        )
+        raise InsufficientMemoryError(
+            what, estimate.describe(), gigabytes(available), device, fitting
+        )
+    LOGGER.info(
+        '%s: about %s of the %s available on %s',
+        what,
+        estimate.describe(),
+        gigabytes(available),
+        device,
+    )
+    return estimate
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """The peak of one step, by what takes it (bytes)."""
+
+    parts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        """``'5.1 GB (activations 3.9 GB, weights and optimiser 0.3 GB, ...)'``."""
+        shown = ', '.join(f'{name} {gigabytes(size)}' for name, size in self.parts.items())
+        return f'{gigabytes(self.total)} ({shown})'
+
+
+def gigabytes(size: int) -> str:
+    """>>> gigabytes(3 * 2**30 // 2)
+    '1.5 GB'
+    """
+    return f'{size / 2**30:.1f} GB'
+
+
+def saved_bytes_per_voxel(network: nn.Module, *, channels: int = 1, device: str = 'cpu') -> float:
+    """Bytes that a forward pass of ``network`` keeps for its backward pass, per input voxel.
+
+    Measured on a :data:`PROBE_SIZE`-cube of zeros in the precision training runs in; the
+    network's own parameters, which autograd also references, are not counted.
+    """
+    parameters = {p.data_ptr() for p in network.parameters()}
+    saved: dict[tuple[int, int], int] = {}
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.data_ptr() not in parameters:
+            saved[tensor.data_ptr(), tensor.numel()] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    probe = torch.zeros((1, channels, PROBE_SIZE, PROBE_SIZE, PROBE_SIZE), device=device)
+    with (
+        torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor),
+        training_precision(torch.device(device).type),
+    ):
+        network(probe)
+    return sum(saved.values()) / PROBE_SIZE**3
+
+
+def trained_parameter_bytes(*networks: nn.Module) -> int:
+    """Parameters, gradients and Adam's two moments of ``networks``, in float32."""
+    count = sum(p.numel() for network in networks for p in network.parameters())
+    return count * BYTES_PER_TRAINED_PARAMETER
+
+
+def resident_bytes() -> int:
+    """What this process holds in memory now (its resident set)."""
+    pages = int(Path('/proc/self/statm').read_text().split()[1])
+    return pages * os.sysconf('SC_PAGE_SIZE')
+
+
+def available_bytes(device: str) -> int:
+    """Memory a new allocation can take on ``device``: the GPU's free memory, or the RAM
+    the kernel can give this process (the smaller of the machine's available memory and
+    what its cgroup's limit leaves)."""
+    if torch.device(device).type == 'cuda':
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    available = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    meminfo = Path('/proc/meminfo')
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith('MemAvailable:'):
+                available = int(line.split()[1]) * 1024
+    if _CGROUP_LIMIT.is_file() and _CGROUP_USAGE.is_file():
+        limit = _CGROUP_LIMIT.read_text().strip()
+        if limit != 'max':
+            available = min(available, int(limit) - int(_CGROUP_USAGE.read_text()))
+    return available
