@@ -50,9 +50,14 @@ ReturnToService=2
 MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 EOF
+    # A GPU the scheduler can hand out (no device behind it): jobs asking for one are accepted
+    # and routed as on a real cluster, so the tests can check where model nodes go.
+    echo "NodeName=localhost Name=gpu File=/dev/null" >/etc/slurm/gres.conf
     echo "$cpus CPUs, $mem_mb MB"
 }
 
@@ -66,7 +71,7 @@ start_munge() {
 wait_until_idle() {
     local _
     for _ in $(seq 1 60); do
-        [ "$(sinfo -h -N -n localhost -o %t 2>/dev/null)" = idle ] && return 0
+        [ "$(sinfo -h -N -n localhost -o %t 2>/dev/null | sort -u)" = idle ] && return 0
         sleep 0.5
     done
     return 1
