@@ -29,9 +29,9 @@ LOGGER = logging.getLogger(__name__)
 SLURM_PLUGINS = ('SLURM', 'SLURMGraph')
 #: the plugin file's key (beside nipype's ``sbatch_args``) for nodes that run a torch model
 MODEL_SBATCH_ARGS = 'model_sbatch_args'
-#: what a job needs beyond its node's estimate: Python with nipype, numpy and the interface's
-#: imports, measured at 0.35 GB peak RSS for a reorient job and 0.6 GB with torch imported
-JOB_OVERHEAD_GB = 0.75
+#: what a job needs beyond its node's estimate: Python with nipype and the interface's imports,
+#: measured at 0.21 GB peak RSS for reorient's interfaces and 0.38 GB with torch
+JOB_OVERHEAD_GB = 0.5
 #: squeue's states of jobs that are over (squeue keeps them for the cluster's MinJobAge)
 _ENDED = {'CD', 'F', 'CA', 'TO', 'OOM', 'NF', 'BF', 'DL', 'PR', 'RV', 'SE'}
 
