@@ -112,3 +112,104 @@ def test_plugin_run_equals_multiproc_and_names_the_real_error(
             np.testing.assert_array_equal(nb.load(path).affine, nb.load(expected[name]).affine)
         elif name.endswith('.json'):
             assert path.read_text() == expected[name].read_text(), name
+
+
+def _wait_for_job(job_id: str, timeout_s: float = 300) -> str:
+    """The job's final state (squeue keeps ended jobs for the cluster's MinJobAge)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            ['squeue', '-h', '-t', 'all', '-j', job_id, '-o', '%t'], capture_output=True, text=True
+        ).stdout.strip()
+        if state in ('CD', 'F', 'CA', 'TO', 'OOM', 'NF'):
+            return state
+        time.sleep(1)
+    raise TimeoutError(f'job {job_id} still queued after {timeout_s} s')
+
+
+def test_array_script_runs_every_participant_then_the_group_level(demo_bids, tmp_path):
+    script = tmp_path / 'mrctprep_array.sh'
+    out, work = tmp_path / 'out', tmp_path / 'work'
+    # The command of docs/hpc.md, with the tests' paths.
+    written = run_cli(
+        'slurm-array', demo_bids, out, '-w', work, '-o', script,
+        '--cpus-per-task', '1', '--mem', '2G', '--time', '0:30:00',
+        '--sbatch-args=--partition=cpu', '--run-args=--pipelines reorient',
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    text = script.read_text()
+    assert 'participants=(01 02 03 04)' in text
+    assert '#SBATCH --cpus-per-task=1\n#SBATCH --mem=2048M\n#SBATCH --time=0:30:00\n' in text
+    started = time.monotonic()
+    submitted = subprocess.run(['bash', script], capture_output=True, text=True, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    array, group = re.fullmatch(
+        r'job array (\d+) \(4 participants\), then group job (\d+)\n', submitted.stdout
+    ).groups()
+    assert _wait_for_job(group) == 'CD', (work / 'slurm-logs').glob('*')
+    print(f'array of 4 demo subjects + group job: {time.monotonic() - started:.1f} s')
+    for task in range(4):
+        log = (work / 'slurm-logs' / f'mrctprep-{array}_{task}.out').read_text()
+        assert 'All 1 subject(s) finished' in log
+        subject = f'sub-0{task + 1}'
+        assert (work / subject).is_dir()
+        for suffix in ('T1w', 'ct'):
+            image = nb.load(out / subject / 'anat' / f'{subject}_desc-reorient_{suffix}.nii.gz')
+            assert nb.aff2axcodes(image.affine) == ('R', 'A', 'S')
+    for suffix in ('T1w', 'ct'):
+        rows = (out / f'group_{suffix}.tsv').read_text().splitlines()
+        assert [row.split('\t')[0] for row in rows[1:]] == [f'sub-0{n}' for n in range(1, 5)]
+
+
+def test_model_nodes_ask_for_gpus_and_plain_nodes_do_not(demo_bids, tmp_path):
+    """mr-preproc's jobs submitted held, read from nipype's submit script and the scheduler,
+    then cancelled: mrctprep reports every cancelled job and exits 1."""
+    plugin_file = tmp_path / 'slurm.yml'
+    plugin_file.write_text(
+        PLUGIN_FILES['SLURMGraph'].replace('--time=1:00:00', '--time=1:00:00 --hold')
+    )
+    args = [demo_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work']
+    command = [sys.executable, '-m', 'mrctprep', *map(str, args), '--use-plugin', plugin_file]
+    command += ['--participant-label', '01', '--pipelines', 'mr-preproc', '--omp-nthreads', '2']
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    jobs = _held_jobs(timeout_s=120)
+    submit_script = next((tmp_path / 'work').glob('*/batch/submit_jobs.sh')).read_text()
+    lines = {line.split('=', 1)[0]: line for line in submit_script.splitlines() if '$(sbatch' in line}
+    skull_strip = next(line for name, line in lines.items() if name.endswith('_skull_strip'))
+    n4 = next(line for name, line in lines.items() if name.endswith('_n4'))
+    print(f'model node: {skull_strip}\nplain node: {n4}')
+    assert '--cpus-per-task=2 --mem=3584M ' in skull_strip  # 3 GB + the job's 0.5 GB
+    assert '--partition=gpu --gres=gpu:1' in skull_strip and '--partition=cpu' not in skull_strip
+    assert '--cpus-per-task=2 --mem=2048M ' in n4 and '--partition=cpu' in n4
+    assert 'gres' not in n4
+    details = {name: _job_details(job_id) for job_id, name in jobs.items()}
+    assert sum('TresPerNode=gres:gpu:1' in d for d in details.values()) == 1
+    assert 'Partition=gpu' in details[skull_strip.split('=', 1)[0]]
+    assert 'Partition=cpu' in details[n4.split('=', 1)[0]]
+    subprocess.run(['scancel', *jobs], check=True)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 1, stderr
+    cancelled = [line for line in stderr.splitlines() if re.search(r'SLURM job \d+ .* ended CA', line)]
+    assert len(cancelled) == len(jobs) and 'All 1 subject(s) finished' not in stderr
+
+
+def _held_jobs(timeout_s: float) -> dict[str, str]:
+    """``{id: name}`` of the mrctprep run's held jobs, once it has submitted them all."""
+    deadline, previous = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ['squeue', '-h', '-t', 'PD', '-o', '%i|%j|%k'], capture_output=True, text=True
+        ).stdout.splitlines()
+        jobs = {i: name for i, name, comment in (row.split('|') for row in listed)
+                if comment.startswith('mrctprep:')}  # fmt: skip
+        if jobs and jobs == previous:
+            return jobs
+        previous = jobs
+        time.sleep(2)
+    raise TimeoutError('mrctprep submitted no held jobs')
+
+
+def _job_details(job_id: str) -> str:
+    return subprocess.run(
+        ['scontrol', 'show', 'job', job_id], capture_output=True, text=True, check=True
+    ).stdout
