@@ -82,9 +82,12 @@ def test_docker_build_argument_chooses_cpu_or_cuda_torch():
         '&& rm -rf /tmp/mrctprep-src'
     ]
     script = ROOT / 'container' / 'install.sh'
-    refused = subprocess.run(['sh', script, '/nonexistent', 'rocm'], capture_output=True, text=True)
+    refused = subprocess.run(
+        ['sh', script, '/nonexistent', 'rocm'], capture_output=True, text=True
+    )
     assert (refused.returncode, refused.stderr) == (
-        2, 'install.sh: the torch build is cpu or cuda, not rocm\n'
+        2,
+        'install.sh: the torch build is cpu or cuda, not rocm\n',
     )  # before anything is installed
     builds = dict(re.findall(r'^\s+(\w+)\) (pip install .*?) ;;', script.read_text(), re.M))
     assert builds['cpu'].endswith('--index-url https://download.pytorch.org/whl/cpu torch==2.13.0')

@@ -8,6 +8,7 @@ plugins, compared with MultiProc's run of the same dataset.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 from conftest import make_read_only, run_cli, write_bids
 
-pytestmark = pytest.mark.skipif(
+needs_slurm = pytest.mark.skipif(
     shutil.which('sbatch') is None,
     reason='needs a SLURM cluster and sbatch is not installed (.ci/slurm.sh start brings one up)',
 )
@@ -35,6 +36,12 @@ plugin_args:
 """,
 }
 PLUGIN_FILES['SLURMGraph'] = PLUGIN_FILES['SLURM'].replace('SLURM\n', 'SLURMGraph\n', 1)
+#: the options of docs/hpc.md's array command, exactly
+ARRAY_OPTIONS = [
+    '--cpus-per-task', '1', '--mem', '2G', '--time', '0:30:00',
+    '--sbatch-args=--partition=cpu', '--run-args=--pipelines reorient',
+]  # fmt: skip
+HPC_DOCS = Path(__file__).resolve().parents[1] / 'docs' / 'hpc.md'
 
 
 @pytest.fixture(scope='module')
@@ -86,6 +93,7 @@ def _outputs(out: Path) -> dict[str, Path]:
     }
 
 
+@needs_slurm
 @pytest.mark.parametrize('plugin', ['SLURM', 'SLURMGraph'])
 def test_plugin_run_equals_multiproc_and_names_the_real_error(
     plugin, mixed_bids, multiproc_run, tmp_path
@@ -127,15 +135,12 @@ def _wait_for_job(job_id: str, timeout_s: float = 300) -> str:
     raise TimeoutError(f'job {job_id} still queued after {timeout_s} s')
 
 
+@needs_slurm
 def test_array_script_runs_every_participant_then_the_group_level(demo_bids, tmp_path):
     script = tmp_path / 'mrctprep_array.sh'
     out, work = tmp_path / 'out', tmp_path / 'work'
     # The command of docs/hpc.md, with the tests' paths.
-    written = run_cli(
-        'slurm-array', demo_bids, out, '-w', work, '-o', script,
-        '--cpus-per-task', '1', '--mem', '2G', '--time', '0:30:00',
-        '--sbatch-args=--partition=cpu', '--run-args=--pipelines reorient',
-    )  # fmt: skip
+    written = run_cli('slurm-array', demo_bids, out, '-w', work, '-o', script, *ARRAY_OPTIONS)
     assert written.returncode == 0, written.stderr
     text = script.read_text()
     assert 'participants=(01 02 03 04)' in text
@@ -161,6 +166,7 @@ def test_array_script_runs_every_participant_then_the_group_level(demo_bids, tmp
         assert [row.split('\t')[0] for row in rows[1:]] == [f'sub-0{n}' for n in range(1, 5)]
 
 
+@needs_slurm
 def test_model_nodes_ask_for_gpus_and_plain_nodes_do_not(demo_bids, tmp_path):
     """mr-preproc's jobs submitted held, read from nipype's submit script and the scheduler,
     then cancelled: mrctprep reports every cancelled job and exits 1."""
@@ -174,7 +180,9 @@ def test_model_nodes_ask_for_gpus_and_plain_nodes_do_not(demo_bids, tmp_path):
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     jobs = _held_jobs(timeout_s=120)
     submit_script = next((tmp_path / 'work').glob('*/batch/submit_jobs.sh')).read_text()
-    lines = {line.split('=', 1)[0]: line for line in submit_script.splitlines() if '$(sbatch' in line}
+    lines = {
+        line.split('=', 1)[0]: line for line in submit_script.splitlines() if '$(sbatch' in line
+    }
     skull_strip = next(line for name, line in lines.items() if name.endswith('_skull_strip'))
     n4 = next(line for name, line in lines.items() if name.endswith('_n4'))
     print(f'model node: {skull_strip}\nplain node: {n4}')
@@ -189,7 +197,9 @@ def test_model_nodes_ask_for_gpus_and_plain_nodes_do_not(demo_bids, tmp_path):
     subprocess.run(['scancel', *jobs], check=True)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 1, stderr
-    cancelled = [line for line in stderr.splitlines() if re.search(r'SLURM job \d+ .* ended CA', line)]
+    cancelled = [
+        line for line in stderr.splitlines() if re.search(r'SLURM job \d+ .* ended CA', line)
+    ]
     assert len(cancelled) == len(jobs) and 'All 1 subject(s) finished' not in stderr
 
 
@@ -213,3 +223,25 @@ def _job_details(job_id: str) -> str:
     return subprocess.run(
         ['scontrol', 'show', 'job', job_id], capture_output=True, text=True, check=True
     ).stdout
+
+
+def test_docs_show_the_tested_plugin_file_and_array_command():
+    docs = HPC_DOCS.read_text()
+    assert f'```yaml\n{PLUGIN_FILES["SLURM"]}```' in docs
+    assert shlex.join(ARRAY_OPTIONS) in docs
+
+
+def test_array_script_runs_the_container_with_the_folders_at_their_own_paths(tmp_path):
+    bids = write_bids(tmp_path / 'bids', {'sub-01/anat/sub-01_T1w.nii.gz': b''}, ['01'])
+    image = tmp_path / 'mrctprep-0.1.0.sif'
+    args = [bids, tmp_path / 'out', '-w', tmp_path / 'work', '--container', image]
+    written = run_cli('slurm-array', *args, *ARRAY_OPTIONS)
+    assert written.returncode == 0, written.stderr
+    line = next(x for x in written.stdout.splitlines() if x.startswith('mrctprep=('))
+    shown = {bids: '/data/bids', tmp_path / 'out': '/data/out', tmp_path / 'work': '/scratch/work'}
+    for path, doc_path in {**shown, image.parent: '/images'}.items():
+        line = line.replace(str(path), doc_path)
+    assert line in HPC_DOCS.read_text().splitlines()
+    assert f'participant --participant-label "$label" -w {tmp_path}/work/sub-"$label"' in (
+        written.stdout
+    )

@@ -86,10 +86,11 @@ class EndedJob:
 def wait_for_jobs(tag: str, poll_s: float = 2.0) -> tuple[list[EndedJob], int]:
     """Wait until no job marked ``tag`` is pending or running, logging progress as it changes.
 
-    Returns how many jobs were seen, and the jobs the scheduler ended (cancelled, timed out, out of memory, node failure),
+    Returns the jobs the scheduler ended (cancelled, timed out, out of memory, node failure),
     not those whose node failed (their crash file tells) nor those cancelled because a job
-    they depend on failed. Pending jobs whose dependency can never be met are cancelled:
-    clusters without ``DependencyParameters=kill_invalid_depend`` keep them forever.
+    they depend on failed; and how many jobs it saw. Pending jobs whose dependency can never
+    be met are cancelled: clusters without ``DependencyParameters=kill_invalid_depend`` keep
+    them forever.
     """
     seen: dict[str, tuple[str, str, str]] = {}
     last_counts: Counter[str] = Counter()

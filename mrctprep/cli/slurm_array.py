@@ -44,7 +44,9 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument('--mem', type=parse_memory_gb, default=16.0, metavar='SIZE')
     parser.add_argument('--time', default='24:00:00', help="each task's time limit")
     parser.add_argument(
-        '--sbatch-args', default='', help='more sbatch options, e.g. --sbatch-args="--partition=cpu --account=lab"'
+        '--sbatch-args',
+        default='',
+        help='more sbatch options, e.g. --sbatch-args="--partition=cpu --account=lab"',
     )
     parser.add_argument(
         '--container',
@@ -89,7 +91,9 @@ def handle(opts: argparse.Namespace) -> int:
         return EXIT_OK
     opts.script.write_text(text)
     opts.script.chmod(0o755)
-    LOGGER.info('%d array task(s) written to %s; submit with: bash %s', len(labels), *[opts.script] * 2)
+    LOGGER.info(
+        '%d array task(s) written to %s; submit with: bash %s', len(labels), *[opts.script] * 2
+    )
     return EXIT_OK
 
 
@@ -121,7 +125,9 @@ def array_script(
     if container is None:
         command = 'mrctprep'
     else:  # the same paths inside, so that every path in the script means the same there
-        binds = f'-B {q(f"{bids_dir}:{bids_dir}:ro")} -B {q(str(output_dir))} -B {q(str(work_dir))}'
+        binds = (
+            f'-B {q(f"{bids_dir}:{bids_dir}:ro")} -B {q(str(output_dir))} -B {q(str(work_dir))}'
+        )
         command = f'singularity run --cleanenv {binds} {q(str(container))}'
     mem = next(o.split('=', 1)[1] for o in sbatch_options if o.startswith('--mem='))
     participant = (
@@ -133,8 +139,8 @@ def array_script(
     return f"""#!/bin/bash
 #SBATCH --job-name=mrctprep
 #SBATCH --output={q(str(log_dir))}/mrctprep-%A_%a.out
-{directives}# Written by `mrctprep slurm-array` (mrctprep {__version__}). Submit with: bash THIS_FILE
-# It submits itself as a job array, task N running the participant level for the N-th
+{directives}# Written by `mrctprep slurm-array` (mrctprep {__version__}); submit with bash, not
+# sbatch: it submits itself as a job array, task N running the participant level for the N-th
 # participant below in its own work folder, then the group level once every task succeeded.
 set -euo pipefail
 participants=({' '.join(q(label) for label in labels)})
