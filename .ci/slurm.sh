@@ -62,6 +62,10 @@ EOF
 }
 
 start_munge() {
+    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        log "munged is already running: using it"
+        return 0
+    fi
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 0755 /run/munge
     [ -s /etc/munge/munge.key ] || (mungekey --create && chown munge:munge /etc/munge/munge.key)
     runuser -u munge -- munged --pid-file=/run/munge/munged.pid

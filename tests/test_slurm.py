@@ -203,6 +203,41 @@ def test_model_nodes_ask_for_gpus_and_plain_nodes_do_not(demo_bids, tmp_path):
     assert len(cancelled) == len(jobs) and 'All 1 subject(s) finished' not in stderr
 
 
+@needs_slurm
+def test_rerun_after_scancel_computes_only_what_did_not_finish(mixed_bids, tmp_path):
+    """SLURMGraph's jobs submitted held; the first step released and finished, the others
+    cancelled; the rerun with the same -w (through the SLURM plugin, which checks the cache
+    before submitting) reuses that step and finishes the subject."""
+    held = tmp_path / 'held.yml'
+    held.write_text(PLUGIN_FILES['SLURMGraph'].replace('--time=1:00:00', '--time=1:00:00 --hold'))
+    args = [mixed_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work']
+    args += ['--participant-label', '01', '--pipelines', 'reorient', '--use-plugin']
+    command = [sys.executable, '-m', 'mrctprep', *map(str, args)]
+    run = subprocess.Popen([*command, str(held)], stderr=subprocess.PIPE, text=True)
+    jobs = _held_jobs(timeout_s=120)
+    first = next(i for i, name in jobs.items() if re.fullmatch(r'j\d+_reorient', name))
+    subprocess.run(['scontrol', 'release', first], check=True)
+    assert _wait_for_job(first) == 'CD'
+    subprocess.run(['scancel', *(set(jobs) - {first})], check=True)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 1 and stderr.count(' ended CA ') == len(jobs) - 1, stderr
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / 'work').rglob('result_*.pklz')}
+    assert [p.name for p in finished] == ['result_reorient.pklz']
+
+    plugin_file = tmp_path / 'slurm.yml'
+    plugin_file.write_text(PLUGIN_FILES['SLURM'])
+    rerun = run_cli(*args, plugin_file)
+    assert rerun.returncode == 0, rerun.stderr
+    assert 'All 1 subject(s) finished' in rerun.stderr
+    for result_file, mtime in finished.items():
+        assert result_file.stat().st_mtime_ns == mtime, f'{result_file} was recomputed'
+    assert len(list((tmp_path / 'work').rglob('result_*.pklz'))) == 4
+    anat = tmp_path / 'out' / 'sub-01' / 'anat'
+    assert nb.aff2axcodes(nb.load(anat / 'sub-01_desc-reorient_T1w.nii.gz').affine) == (
+        'R', 'A', 'S'
+    )  # fmt: skip
+
+
 def _held_jobs(timeout_s: float) -> dict[str, str]:
     """``{id: name}`` of the mrctprep run's held jobs, once it has submitted them all."""
     deadline, previous = time.monotonic() + timeout_s, None
