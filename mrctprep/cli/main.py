@@ -1,10 +1,10 @@
 """``mrctprep``: one command line, a subcommand per module.
 
 ``mrctprep BIDS_DIR OUTPUT_DIR participant|group`` is the BIDS App (the ``run`` subcommand,
-which may be left out, as the BIDS-Apps convention wants); ``demo``, ``import`` and
-``import-weights`` are the tools beside it. Each module adds its own subparser and handles
-its own options; building the parser imports neither nipype nor torch, so that ``--help``
-and ``--list-pipelines`` answer at once.
+which may be left out, as the BIDS-Apps convention wants); ``demo``, ``import``,
+``import-weights`` and ``slurm-array`` are the tools beside it. Each module adds its own
+subparser and handles its own options; building the parser imports neither nipype nor torch,
+so that ``--help`` and ``--list-pipelines`` answer at once.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ _DESCRIPTION = (
     'mrctprep: a BIDS App for MR and CT images. Other commands (each with --help): '
     '`mrctprep demo DIR` writes a small example BIDS dataset; `mrctprep import SOURCE '
     'BIDS_DIR` brings CT (DICOM, NRRD, NIfTI) into a BIDS dataset in HU; `mrctprep '
-    "import-weights MODEL FILE` converts a model's published weights."
+    "import-weights MODEL FILE` converts a model's published weights; `mrctprep slurm-array "
+    'BIDS_DIR OUTPUT_DIR -w WORK_DIR` writes a SLURM job-array script.'
 )
 
 

@@ -51,7 +51,7 @@ def node_sbatch_args(n_procs: int, mem_gb: float, user_args: str, tag: str) -> s
     repeat an option: sbatch keeps the last).
 
     >>> node_sbatch_args(2, 1.5, '--partition=gpu --gres=gpu:1', 'mrctprep:x')
-    ' --cpus-per-task=2 --mem=2304M --comment=mrctprep:x --partition=gpu --gres=gpu:1'
+    ' --cpus-per-task=2 --mem=2048M --comment=mrctprep:x --partition=gpu --gres=gpu:1'
     """
     mem_mb = math.ceil((mem_gb + JOB_OVERHEAD_GB) * 1024)
     request = f' --cpus-per-task={n_procs} --mem={mem_mb}M --comment={tag}'

@@ -18,7 +18,6 @@ from typing import Any
 from mrctprep.cli.console import setup_logging
 from mrctprep.cli.errors import EXIT_OK, EXIT_USAGE
 from mrctprep.cli.option_types import absolute_path, parse_memory_gb, positive_int
-from mrctprep.core.bids import read_dataset_description, strip_prefix
 from mrctprep.core.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -65,6 +64,8 @@ def add_parser(subparsers: Any, name: str) -> None:
 
 
 def handle(opts: argparse.Namespace) -> int:
+    from mrctprep.core.bids import read_dataset_description, strip_prefix
+
     setup_logging(0)
     try:
         read_dataset_description(opts.bids_dir)
