@@ -194,9 +194,13 @@ def test_model_nodes_ask_for_gpus_and_plain_nodes_do_not(demo_bids, tmp_path):
     assert sum('TresPerNode=gres:gpu:1' in d for d in details.values()) == 1
     assert 'Partition=gpu' in details[skull_strip.split('=', 1)[0]]
     assert 'Partition=cpu' in details[n4.split('=', 1)[0]]
+    # The model nodes run where the GPU is: their device is not looked for on this GPU-less host.
+    settings = next((tmp_path / 'out' / 'sub-01' / 'log').glob('*/mrctprep.toml')).read_text()
+    assert 'device = "cuda"' in settings.splitlines()
     subprocess.run(['scancel', *jobs], check=True)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 1, stderr
+    assert 'no usable CUDA GPU' not in stderr
     cancelled = [
         line for line in stderr.splitlines() if re.search(r'SLURM job \d+ .* ended CA', line)
     ]

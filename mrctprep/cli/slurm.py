@@ -14,6 +14,7 @@ import getpass
 import logging
 import math
 import os
+import re
 import subprocess
 import time
 from collections import Counter
@@ -32,8 +33,28 @@ MODEL_SBATCH_ARGS = 'model_sbatch_args'
 #: what a job needs beyond its node's estimate: Python with nipype and the interface's imports,
 #: measured at 0.21 GB peak RSS for reorient's interfaces and 0.38 GB with torch
 JOB_OVERHEAD_GB = 0.5
+#: sbatch options that ask for GPUs
+_GPU_REQUEST = re.compile(r'(--gres[= ]\S*gpu|--gpus|--gpus-per-\w+|(^|\s)-G)')
 #: squeue's states of jobs that are over (squeue keeps them for the cluster's MinJobAge)
 _ENDED = {'CD', 'F', 'CA', 'TO', 'OOM', 'NF', 'BF', 'DL', 'PR', 'RV', 'SE'}
+
+
+def model_job_device(requested: str, plugin: str, plugin_args: dict[str, Any]) -> str | None:
+    """The torch device of model nodes that the plugin file sends to GPU nodes, or None.
+
+    Such nodes run where the GPU is, not where mrctprep starts (often a login node without
+    one), so the device is not looked for here: ``auto`` means ``cuda`` for them, and a node
+    that finds no GPU there fails with the error in its crash file.
+
+    >>> model_job_device('auto', 'SLURMGraph', {MODEL_SBATCH_ARGS: '-p gpu --gres=gpu:a100:1'})
+    'cuda'
+    >>> model_job_device('auto', 'SLURM', {MODEL_SBATCH_ARGS: '--partition=bigmem'}) is None
+    True
+    """
+    model_args = str(plugin_args.get(MODEL_SBATCH_ARGS, ''))
+    if plugin not in SLURM_PLUGINS or not _GPU_REQUEST.search(model_args):
+        return None
+    return 'cuda' if requested == 'auto' else requested
 
 
 def run_tag(run_uuid: str) -> str:
