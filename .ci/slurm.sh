@@ -21,7 +21,7 @@ install_packages() {
 }
 
 write_config() {
-    # The node's CPUs and memory as slurmd itself reads them (less 1 GiB for the system).
+    # The machine's CPUs and memory (less 1 GiB for the system and the daemons).
     local cpus mem_mb
     cpus=$(nproc)
     mem_mb=$(awk '/MemTotal/ {print int($2 / 1024) - 1024}' /proc/meminfo)
