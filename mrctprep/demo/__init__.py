@@ -1,0 +1,1 @@
+"""`mrctprep demo`: the demo BIDS dataset."""
