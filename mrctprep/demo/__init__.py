@@ -1,1 +1,1 @@
-"""`mrctprep demo`: the demo BIDS dataset."""
+"""``mrctprep demo``: the demo BIDS dataset."""
