@@ -7,6 +7,7 @@ plugins, compared with MultiProc's run of the same dataset.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -146,7 +147,15 @@ def test_array_script_runs_every_participant_then_the_group_level(demo_bids, tmp
     assert 'participants=(01 02 03 04)' in text
     assert '#SBATCH --cpus-per-task=1\n#SBATCH --mem=2048M\n#SBATCH --time=0:30:00\n' in text
     started = time.monotonic()
-    submitted = subprocess.run(['bash', script], capture_output=True, text=True, cwd=tmp_path)
+    # The tasks run the installed command, as on a cluster: this Python's.
+    path = f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'
+    submitted = subprocess.run(
+        ['bash', script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, 'PATH': path},
+    )
     assert submitted.returncode == 0, submitted.stderr
     array, group = re.fullmatch(
         r'job array (\d+) \(4 participants\), then group job (\d+)\n', submitted.stdout
