@@ -251,6 +251,22 @@ def test_rerun_after_scancel_computes_only_what_did_not_finish(mixed_bids, tmp_p
     )  # fmt: skip
 
 
+@needs_slurm
+def test_jobs_that_sbatch_refuses_fail_the_run(mixed_bids, tmp_path):
+    plugin_file = tmp_path / 'typo.yml'
+    plugin_file.write_text(
+        PLUGIN_FILES['SLURMGraph'].replace('--partition=cpu', '--partition=cpus')
+    )
+    args = [mixed_bids, tmp_path / 'out', 'participant', '-w', tmp_path / 'work']
+    result = run_cli(*args, '--participant-label', '01', '--pipelines', 'reorient',
+                     '--use-plugin', plugin_file)  # fmt: skip
+    assert result.returncode == 1
+    assert re.search(
+        r'ERROR +sbatch accepted 0 of the 4 jobs: run `bash .*/submit_jobs.sh`', result.stderr
+    )
+    assert 'finished' not in result.stderr
+
+
 def _held_jobs(timeout_s: float) -> dict[str, str]:
     """``{id: name}`` of the mrctprep run's held jobs, once it has submitted them all."""
     deadline, previous = time.monotonic() + timeout_s, None

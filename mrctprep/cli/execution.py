@@ -18,6 +18,7 @@ from nipype.pipeline import plugins as nipype_plugins
 from mrctprep.cli.slurm import (
     MODEL_SBATCH_ARGS,
     SLURM_PLUGINS,
+    QueueUnreadableError,
     ensure_logname,
     request_node_resources,
     run_tag,
@@ -151,8 +152,11 @@ def run_workflow(workflow, execution: ExecutionOptions) -> list[str]:
 def _wait_for_graph_jobs(submit_script: Path, tag: str) -> list[str]:
     """Wait for the jobs of nipype's submit script; what the scheduler refused or ended."""
     submitted = submit_script.read_text().count('=$(sbatch ')
-    LOGGER.info('%d job(s) submitted to SLURM (%s); waiting for them', submitted, submit_script)
-    ended, seen = wait_for_jobs(tag)
+    LOGGER.info('%d job(s) handed to sbatch (%s); waiting for them', submitted, submit_script)
+    try:
+        ended, seen = wait_for_jobs(tag)
+    except QueueUnreadableError as exc:  # not nipype's RuntimeError: this must not pass as done
+        return [f'{exc}; the jobs may still be running: rerun with the same work directory']
     problems = [
         f'SLURM job {job.job_id} ({job.name}) ended {job.state} ({job.reason}); rerun with the '
         'same work directory to compute what did not finish'

@@ -94,6 +94,10 @@ def request_node_resources(workflow: Any, plugin_args: dict[str, Any], tag: str)
         }
 
 
+class QueueUnreadableError(Exception):
+    """The scheduler's queue cannot be read, so whether the jobs ended is not known."""
+
+
 @dataclass(frozen=True)
 class EndedJob:
     """A job of this run that the scheduler ended other than by the node's own outcome."""
@@ -146,7 +150,7 @@ def _queued_jobs(tag: str) -> list[tuple[str, str, str, str]]:
         LOGGER.warning('squeue failed (%s); retrying', result.stderr.strip())
         time.sleep(2**attempt)
     else:
-        raise RuntimeError(f'squeue keeps failing: {result.stderr.strip()}')
+        raise QueueUnreadableError(f'squeue failed 5 times: {result.stderr.strip()}')
     jobs = []
     for line in result.stdout.splitlines():
         job_id, name, state, reason, comment = line.split('|', 4)
