@@ -167,6 +167,14 @@ def _wait_for_graph_jobs(submit_script: Path, tag: str) -> list[str]:
             f'sbatch accepted {seen} of the {submitted} jobs: run `bash {submit_script}` '
             'to see its error'
         )
+    # A job that could not even load its node (nipype's pickle) leaves no crash file.
+    submitted_at = submit_script.stat().st_mtime
+    for dump in sorted(submit_script.parent.glob('crashdump_*.pklz')):
+        if dump.stat().st_mtime >= submitted_at:
+            log = dump.with_name(
+                f'batchscript_pyscript_{dump.stem.removeprefix("crashdump_")}.sh.e'
+            )
+            problems.append(f'a job failed before its node ran: see {log}')
     return problems
 
 
