@@ -83,12 +83,13 @@ wait_until_idle() {
 
 start() {
     local started sizes
-    started=$(date +%s.%N)
     mkdir -p "$STATE_DIR"
     if ! install_packages; then
         log "slurm-wlm/munge could not be installed (see $STATE_DIR/apt.log): SLURM tests skip"
         return 0
     fi
+    stop  # what an earlier start left running
+    started=$(date +%s.%N)
     sizes=$(write_config)
     # Whatever fails from here on, the daemons already started are stopped again.
     trap 'failed_start' EXIT
@@ -109,11 +110,16 @@ failed_start() {
 }
 
 stop() {
-    local name pid
+    local name pid _
     for name in slurmd slurmctld munged; do
         [ -s "$STATE_DIR/$name.pid" ] || continue
         pid=$(cat "$STATE_DIR/$name.pid")
-        kill "$pid" 2>/dev/null && log "stopped $name ($pid)"
+        # only if that PID is still the daemon (a stale file's PID may belong to another process)
+        if [ "$(ps -p "$pid" -o comm= 2>/dev/null)" = "$name" ]; then
+            kill "$pid"
+            for _ in $(seq 1 50); do ps -p "$pid" >/dev/null || break; sleep 0.2; done
+            log "stopped $name ($pid)"
+        fi
         rm -f "$STATE_DIR/$name.pid"
     done
 }
