@@ -309,3 +309,5 @@ def test_array_script_runs_the_container_with_the_folders_at_their_own_paths(tmp
     assert f'participant --participant-label "$label" -w {tmp_path}/work/sub-"$label"' in (
         written.stdout
     )
+    on_gpus = run_cli('slurm-array', *args, '--sbatch-args=--gres=gpu:1')
+    assert f'mrctprep=(singularity run --cleanenv --nv -B {bids}:{bids}:ro ' in on_gpus.stdout

@@ -51,10 +51,20 @@ def model_job_device(requested: str, plugin: str, plugin_args: dict[str, Any]) -
     >>> model_job_device('auto', 'SLURM', {MODEL_SBATCH_ARGS: '--partition=bigmem'}) is None
     True
     """
-    model_args = str(plugin_args.get(MODEL_SBATCH_ARGS, ''))
-    if plugin not in SLURM_PLUGINS or not _GPU_REQUEST.search(model_args):
+    if plugin not in SLURM_PLUGINS or not asks_for_gpus(
+        str(plugin_args.get(MODEL_SBATCH_ARGS, ''))
+    ):
         return None
     return 'cuda' if requested == 'auto' else requested
+
+
+def asks_for_gpus(sbatch_args: str) -> bool:
+    """Whether these sbatch options request GPUs.
+
+    >>> asks_for_gpus('--partition=gpu --gres=gpu:1'), asks_for_gpus('--partition=gpu')
+    (True, False)
+    """
+    return bool(_GPU_REQUEST.search(sbatch_args))
 
 
 def run_tag(run_uuid: str) -> str:

@@ -120,6 +120,7 @@ def array_script(
 ) -> str:
     """The self-submitting script: ``submit`` (the default), ``participant`` or ``group``."""
     from mrctprep import __version__
+    from mrctprep.cli.slurm import asks_for_gpus  # imports nipype: not for --help
 
     q = shlex.quote
     log_dir = work_dir / 'slurm-logs'
@@ -129,7 +130,8 @@ def array_script(
         binds = (
             f'-B {q(f"{bids_dir}:{bids_dir}:ro")} -B {q(str(output_dir))} -B {q(str(work_dir))}'
         )
-        command = f'singularity run --cleanenv {binds} {q(str(container))}'
+        gpus = ' --nv' if asks_for_gpus(' '.join(sbatch_options)) else ''
+        command = f'singularity run --cleanenv{gpus} {binds} {q(str(container))}'
     mem = next(o.split('=', 1)[1] for o in sbatch_options if o.startswith('--mem='))
     participant = (
         f'"${{mrctprep[@]}}" {q(str(bids_dir))} {q(str(output_dir))} participant '
