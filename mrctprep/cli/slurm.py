@@ -68,8 +68,15 @@ def asks_for_gpus(sbatch_args: str) -> bool:
 
 
 def run_tag(run_uuid: str) -> str:
-    """The ``--comment`` that marks this run's jobs in the queue."""
-    return f'mrctprep:{run_uuid}'
+    """The ``--comment`` that marks this run's jobs in the queue.
+
+    Without hyphens: nipype's SLURM plugin drops its own ``-o``/``-e`` log options when the
+    sbatch arguments contain ``-o`` or ``-e`` anywhere (a uuid's ``-e84e`` would do).
+
+    >>> run_tag('20261201-011000_bf01fb22-e84e-499d')
+    'mrctprep:20261201_011000_bf01fb22_e84e_499d'
+    """
+    return f'mrctprep:{run_uuid.replace("-", "_")}'
 
 
 def ensure_logname() -> None:
