@@ -1,4 +1,4 @@
-"""Dockerfile and singularity.def build the same image: same base, same install, same entry.
+"""The Docker image, and the Singularity image made from it: same install, same entry point.
 
 No container engine runs here, so the recipes are read, and the install script they share is
 checked against the package metadata.
@@ -9,7 +9,10 @@ from __future__ import annotations
 import configparser
 import re
 import shlex
+import subprocess
 from pathlib import Path
+
+from mrctprep import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +26,9 @@ def _docker() -> dict[str, object]:
         ),
         'entry': re.search(r'^ENTRYPOINT\s+\["(\S+)"\]', text, re.MULTILINE).group(1),
         'user': re.search(r'^USER\s+(\S+)', text, re.MULTILINE).group(1),
-        'env': dict(re.findall(r'(\w+)=(\S+)', text.split('ENV', 1)[1].split('USER')[0])),
+        'env': dict(re.findall(r'(\w+)=(\S+)', text.split('\nENV', 1)[1].split('USER')[0])),
+        'labels': dict(re.findall(r'(org\.opencontainers\.image\.\w+)="([^"]*)"', text)),
+        'args': dict(re.findall(r'^ARG\s+(\w+)=(\S+)', text, re.MULTILINE)),
     }
 
 
@@ -31,31 +36,72 @@ def _singularity() -> dict[str, object]:
     text = (ROOT / 'singularity.def').read_text()
     sections = dict(re.findall(r'^%(\w+)\n(.*?)(?=^%|\Z)', text, re.MULTILINE | re.DOTALL))
     return {
-        'base': re.search(r'^From:\s+(\S+)', text, re.MULTILINE).group(1),
-        'install': [line.strip() for line in sections['post'].splitlines() if line.strip()],
+        'bootstrap': re.search(r'^Bootstrap:\s+(\S+)', text, re.MULTILINE).group(1),
+        'from': re.search(r'^From:\s+(\S+)', text, re.MULTILINE).group(1),
+        'sections': sections,
         'entry': re.search(r'exec (\S+) "\$@"', sections['runscript']).group(1),
         'env': dict(re.findall(r'export (\w+)=(\S+)', sections['environment'])),
     }
 
 
-def test_both_recipes_share_base_install_and_entry_point():
-    docker, singularity = _docker(), _singularity()
-    assert docker['base'] == singularity['base']
-    assert docker['install'] == singularity['install']
-    assert len(docker['install']) == 1
-    assert docker['entry'] == singularity['entry'] == 'mrctprep'
+def test_singularity_image_is_made_from_the_docker_image_of_this_version():
+    singularity, docker = _singularity(), _docker()
+    # Never `%files .`: that would copy .venv/, .git/ and work/ into the image.
+    assert 'files' not in singularity['sections'] and 'post' not in singularity['sections']
+    assert singularity['bootstrap'] == 'docker-daemon'
+    assert singularity['from'] == f'mrctprep:{__version__}'
+    assert f'docker build -t mrctprep:{__version__} .' in (ROOT / 'singularity.def').read_text()
+    assert singularity['entry'] == docker['entry'] == 'mrctprep'
     for key in ('NIPYPE_NO_ET', 'MPLCONFIGDIR'):
         assert docker['env'][key] == singularity['env'][key]
     assert docker['env']['MRCTPREP_CONTAINER_TYPE'] == 'docker'
     assert singularity['env']['MRCTPREP_CONTAINER_TYPE'] == 'singularity'
 
 
-def test_docker_runs_as_non_root_with_a_writable_home():
+def test_container_tag_and_labels_come_from_the_version_and_the_metadata():
+    docker = _docker()
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / 'setup.cfg')
+    assert docker['labels'] == {
+        'org.opencontainers.image.title': 'mrctprep',
+        'org.opencontainers.image.description': 'BIDS App for MR and CT images',
+        'org.opencontainers.image.version': __version__,
+        'org.opencontainers.image.source': setup['metadata']['url'],
+        'org.opencontainers.image.licenses': setup['metadata']['license'],
+    }
+    # No hard-coded tag: the outputs' GeneratedBy.Container.Tag is mrctprep:<version>.
+    for recipe in ('Dockerfile', 'singularity.def'):
+        assert 'MRCTPREP_CONTAINER_TAG' not in (ROOT / recipe).read_text()
+        assert 'latest' not in (ROOT / recipe).read_text()
+
+
+def test_docker_build_argument_chooses_cpu_or_cuda_torch():
+    docker = _docker()
+    assert docker['args'] == {'TORCH_BUILD': 'cpu'}
+    assert docker['install'] == [
+        'sh /tmp/mrctprep-src/container/install.sh /tmp/mrctprep-src "$TORCH_BUILD" '
+        '&& rm -rf /tmp/mrctprep-src'
+    ]
+    script = ROOT / 'container' / 'install.sh'
+    refused = subprocess.run(
+        ['sh', script, '/nonexistent', 'rocm'], capture_output=True, text=True
+    )
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        'install.sh: the torch build is cpu or cuda, not rocm\n',
+    )  # before anything is installed
+    builds = dict(re.findall(r'^\s+(\w+)\) (pip install .*?) ;;', script.read_text(), re.M))
+    assert builds['cpu'].endswith('--index-url https://download.pytorch.org/whl/cpu torch==2.13.0')
+    assert builds['cuda'] == 'pip install --no-cache-dir torch==2.13.0'
+
+
+def test_docker_runs_as_non_root_with_a_home_any_user_can_write():
     docker = _docker()
     text = (ROOT / 'Dockerfile').read_text()
     assert docker['user'] not in ('root', '0')
     home = docker['env']['HOME']
     assert re.search(rf'useradd .*--home-dir {home}\b', text)
+    assert f'chmod 1777 {home}' in text  # docker run -u $(id -u):$(id -g)
 
 
 def test_install_script_installs_graphviz_pinned_torch_then_the_package():

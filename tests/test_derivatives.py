@@ -7,6 +7,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
+from mrctprep import __version__
 from mrctprep.core.derivatives import (
     build_derivative_path,
     write_atomically,
@@ -94,12 +95,16 @@ def test_an_interrupted_write_leaves_neither_output_nor_temporary_file(tmp_path)
 
 def test_dataset_description_names_generator_and_source(tmp_path, monkeypatch):
     monkeypatch.setenv('MRCTPREP_CONTAINER_TYPE', 'docker')
+    monkeypatch.delenv('MRCTPREP_CONTAINER_TAG', raising=False)  # as the images set it
     raw = {'Name': 'Travelling heads', 'License': 'CC0', 'DatasetDOI': 'doi:10.1/xyz'}
     path = write_derivative_description(tmp_path / 'raw', tmp_path / 'out', raw)
     description = json.loads(path.read_text())
     assert description['DatasetType'] == 'derivative'
     assert description['GeneratedBy'][0]['Name'] == 'mrctprep'
-    assert description['GeneratedBy'][0]['Container']['Type'] == 'docker'
+    assert description['GeneratedBy'][0]['Container'] == {
+        'Type': 'docker',
+        'Tag': f'mrctprep:{__version__}',
+    }
     assert description['SourceDatasets'] == [
         {'URL': (tmp_path / 'raw').as_uri(), 'DOI': 'doi:10.1/xyz'}
     ]

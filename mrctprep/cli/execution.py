@@ -15,6 +15,15 @@ from nipype import logging as nipype_logging
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import plugins as nipype_plugins
 
+from mrctprep.cli.slurm import (
+    MODEL_SBATCH_ARGS,
+    SLURM_PLUGINS,
+    QueueUnreadableError,
+    ensure_logname,
+    request_node_resources,
+    run_tag,
+    wait_for_jobs,
+)
 from mrctprep.core.config import ExecutionOptions
 from mrctprep.core.errors import InputError
 
@@ -103,11 +112,24 @@ def _short_node_name(fullname: str) -> str:
     return '.'.join(parts)
 
 
-def run_workflow(workflow, execution: ExecutionOptions) -> None:
-    """Run the graph; nipype raises ``RuntimeError`` at the end if any node failed."""
+def run_workflow(workflow, execution: ExecutionOptions) -> list[str]:
+    """Run the graph; nipype raises ``RuntimeError`` at the end if any node failed.
+
+    Graph plugins submit every node as a job and return; for ``SLURMGraph`` this waits until
+    the jobs have ended. Returns what went wrong beyond the nodes' crash files: jobs that the
+    scheduler refused or ended.
+    """
     plugin, plugin_args = plugin_settings(execution)
     total = count_nodes(workflow)
-    plugin_args = {**plugin_args, 'status_callback': _Progress(total)}
+    if plugin in SLURM_PLUGINS:
+        ensure_logname()
+        request_node_resources(workflow, plugin_args, run_tag(execution.run_uuid))
+    plugin_args.pop(MODEL_SBATCH_ARGS, None)
+    submits_and_returns = issubclass(
+        getattr(nipype_plugins, f'{plugin}Plugin'), nipype_plugins.base.GraphPluginBase
+    )
+    if not submits_and_returns:  # graph plugins warn that they cannot report progress
+        plugin_args['status_callback'] = _Progress(total)
     LOGGER.info(
         'Running %d nodes with the %s plugin (work directory %s)',
         total,
@@ -115,6 +137,45 @@ def run_workflow(workflow, execution: ExecutionOptions) -> None:
         execution.work_dir,
     )
     workflow.run(plugin=plugin, plugin_args=plugin_args)
+    if plugin == 'SLURMGraph':
+        submit_script = execution.work_dir / workflow.name / 'batch' / 'submit_jobs.sh'
+        return _wait_for_graph_jobs(submit_script, run_tag(execution.run_uuid))
+    if submits_and_returns:
+        LOGGER.warning(
+            'The %s plugin submitted the jobs and returned: their outputs and failures appear '
+            'as they finish, and this summary cannot include them',
+            plugin,
+        )
+    return []
+
+
+def _wait_for_graph_jobs(submit_script: Path, tag: str) -> list[str]:
+    """Wait for the jobs of nipype's submit script; what the scheduler refused or ended."""
+    submitted = submit_script.read_text().count('=$(sbatch ')
+    LOGGER.info('%d job(s) handed to sbatch (%s); waiting for them', submitted, submit_script)
+    try:
+        ended, seen = wait_for_jobs(tag)
+    except QueueUnreadableError as exc:  # not nipype's RuntimeError: this must not pass as done
+        return [f'{exc}; the jobs may still be running: rerun with the same work directory']
+    problems = [
+        f'SLURM job {job.job_id} ({job.name}) ended {job.state} ({job.reason}); rerun with the '
+        'same work directory to compute what did not finish'
+        for job in ended
+    ]
+    if seen < submitted:
+        problems.append(
+            f'sbatch accepted {seen} of the {submitted} jobs: run `bash {submit_script}` '
+            'to see its error'
+        )
+    # A job that could not even load its node (nipype's pickle) leaves no crash file.
+    submitted_at = submit_script.stat().st_mtime
+    for dump in sorted(submit_script.parent.glob('crashdump_*.pklz')):
+        if dump.stat().st_mtime >= submitted_at:
+            log = dump.with_name(
+                f'batchscript_pyscript_{dump.stem.removeprefix("crashdump_")}.sh.e'
+            )
+            problems.append(f'a job failed before its node ran: see {log}')
+    return problems
 
 
 def count_nodes(workflow) -> int:
@@ -134,22 +195,41 @@ class Failure:
 
 
 def collect_failures(output_dir: Path, run_uuid: str) -> list[Failure]:
-    """Every crash file this run left, with its subject, node and last error line."""
+    """Every crash file this run left, with its subject, node and the error it ended with."""
     failures = []
     pattern = f'sub-*/log/{run_uuid}/crash-*.txt'
     for crash_file in sorted(output_dir.glob(pattern)):
         text = crash_file.read_text(errors='replace')
         node = re.search(r'^Node: (.+)$', text, re.MULTILINE)
-        error_lines = [line.strip() for line in text.splitlines() if line.strip()]
         failures.append(
             Failure(
                 subject=crash_file.parts[-4],
                 node=_short_node_name(node.group(1)) if node else '(unknown node)',
-                error=error_lines[-1] if error_lines else '(empty crash file)',
+                error=crash_error(text),
                 crash_file=crash_file,
             )
         )
     return failures
+
+
+#: what nipype appends to a traceback when writing the crash file, e.g. batch plugins (SLURM)
+#: have moved the node's results file away by then
+_CRASH_FILE_NOTES = re.compile(
+    r'\n\s*(When creating this crashfile|During the creation of this crashfile)'
+)
+
+
+def crash_error(text: str) -> str:
+    """A crash file's error: the last line of its traceback, before nipype's own notes.
+
+    >>> crash_error('Traceback (most recent call last):\\n  ...\\nOSError: bad file\\n\\n'
+    ...     'When creating this crashfile, the results file corresponding\\n'
+    ...     'to the node could not be found.\\n')
+    'OSError: bad file'
+    """
+    traceback = _CRASH_FILE_NOTES.split(text, maxsplit=1)[0]
+    lines = [line.strip() for line in traceback.splitlines() if line.strip()]
+    return lines[-1] if lines else '(empty crash file)'
 
 
 class DropCrashTracebacks(logging.Filter):

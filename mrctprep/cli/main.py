@@ -1,10 +1,10 @@
 """``mrctprep``: one command line, a subcommand per module.
 
 ``mrctprep BIDS_DIR OUTPUT_DIR participant|group`` is the BIDS App (the ``run`` subcommand,
-which may be left out, as the BIDS-Apps convention wants); ``demo``, ``import`` and
-``import-weights`` are the tools beside it. Each module adds its own subparser and handles
-its own options; building the parser imports neither nipype nor torch, so that ``--help``
-and ``--list-pipelines`` answer at once.
+which may be left out, as the BIDS-Apps convention wants); ``demo``, ``import``,
+``import-weights`` and ``slurm-array`` are the tools beside it. Each module adds its own
+subparser and handles its own options; building the parser imports neither nipype nor torch,
+so that ``--help`` and ``--list-pipelines`` answer at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from mrctprep.cli import demo, import_images, import_weights
+from mrctprep.cli import demo, import_images, import_weights, slurm_array
 from mrctprep.cli import run as run_command
 
 # nipype asks a web service for updates on import; a BIDS App must not touch the network.
@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     'demo': demo,
     'import': import_images,
     'import-weights': import_weights,
+    'slurm-array': slurm_array,
 }
 
 

@@ -96,18 +96,22 @@ def _run_and_summarise(
     execution = config.execution
     if execution.verbosity <= 0:
         logging.getLogger('nipype.workflow').addFilter(DropCrashTracebacks())
+    scheduler_problems: list[str] = []
     try:
-        run_workflow(workflow, execution)
+        scheduler_problems = run_workflow(workflow, execution)
     except RuntimeError as exc:
         LOGGER.debug('nipype: %s', exc)
     failures = collect_failures(config.inputs.output_dir, execution.run_uuid)
     labels = sorted({item.subject_data.label for item in plan})
-    if not failures:
+    if not failures and not scheduler_problems:
         LOGGER.info(
             'All %d subject(s) finished; outputs in %s', len(labels), config.inputs.output_dir
         )
         return EXIT_OK
-    LOGGER.error('%d node(s) failed:', len(failures))
+    for problem in scheduler_problems:
+        LOGGER.error(problem)
+    if failures:
+        LOGGER.error('%d node(s) failed:', len(failures))
     for failure in failures:
         LOGGER.error(
             '  %s failed: %s (crash file: %s)',
@@ -115,8 +119,9 @@ def _run_and_summarise(
             describe_node_error(failure.error),
             failure.crash_file,
         )
-    done = sorted(set(labels) - {failure.subject for failure in failures})
-    LOGGER.error('Subjects that finished: %s', ', '.join(done) or 'none')
+    if not scheduler_problems:  # jobs the scheduler ended name no subject
+        done = sorted(set(labels) - {failure.subject for failure in failures})
+        LOGGER.error('Subjects that finished: %s', ', '.join(done) or 'none')
     return EXIT_NODE_FAILED
 
 

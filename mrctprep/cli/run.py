@@ -23,7 +23,8 @@ _DESCRIPTION = (
     'mrctprep: a BIDS App for MR and CT images. Other commands (each with --help): '
     '`mrctprep demo DIR` writes a small example BIDS dataset; `mrctprep import SOURCE '
     'BIDS_DIR` brings CT (DICOM, NRRD, NIfTI) into a BIDS dataset in HU; `mrctprep '
-    "import-weights MODEL FILE` converts a model's published weights."
+    "import-weights MODEL FILE` converts a model's published weights; `mrctprep slurm-array "
+    'BIDS_DIR OUTPUT_DIR -w WORK_DIR` writes a SLURM job-array script.'
 )
 
 
@@ -64,6 +65,7 @@ def build_config(opts: argparse.Namespace, verbosity: int) -> RunConfig:
     """The run's configuration: the options by name, plus what is derived from them (files
     read, labels without prefixes, the device resolved, threads per process)."""
     from mrctprep.cli.execution import read_plugin_file
+    from mrctprep.cli.slurm import model_job_device
     from mrctprep.core.bids import check_locations, read_bids_filters, strip_prefix
     from mrctprep.core.devices import resolve_device
 
@@ -91,7 +93,8 @@ def build_config(opts: argparse.Namespace, verbosity: int) -> RunConfig:
         'omp_nthreads': omp_nthreads,
         'plugin': plugin,
         'plugin_args': plugin_args,
-        'device': resolve_device(opts.device),
+        'device': model_job_device(opts.device, plugin, plugin_args)
+        or resolve_device(opts.device),
         'weights': {name: str(path) for name, path in opts.weights or []},
         'verbosity': verbosity,
     }

@@ -142,7 +142,7 @@ def _add_resource_options(parser: argparse.ArgumentParser) -> None:
         '--use-plugin',
         type=existing_file,
         metavar='FILE',
-        help='YAML {plugin: MultiProc|Linear|SLURM|SGE|PBS|…, plugin_args: {…}}',
+        help='YAML {plugin: MultiProc|Linear|SLURM|SGE|PBS|…, plugin_args: {…}}; see docs/hpc.md',
     )
     perf.add_argument(
         '--device',
