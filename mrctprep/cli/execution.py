@@ -1,11 +1,9 @@
-"""Running a built workflow with nipype: plugin settings, progress, and the failure summary."""
+"""Running a built workflow with nipype: plugin settings, progress, and what the console shows."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from nipype.pipeline import plugins as nipype_plugins
 
 from mrctprep.core.config import ExecutionOptions
 from mrctprep.core.errors import InputError
+from mrctprep.reports.crashes import short_node_name
 
 LOGGER = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class _Progress:
         self.started: dict[str, float] = {}
 
     def __call__(self, node, status: str) -> None:
-        name = _short_node_name(node.fullname)
+        name = short_node_name(node.fullname)
         if status == 'start':
             self.started[node.fullname] = time.monotonic()
             return
@@ -92,15 +91,6 @@ class _Progress:
         outcome = {'end': 'done', 'exception': 'FAILED'}.get(status, status)
         level = logging.ERROR if status == 'exception' else logging.INFO
         LOGGER.log(level, '[%d/%d] %s %s%s', self.done, self.total, name, outcome, took)
-
-
-def _short_node_name(fullname: str) -> str:
-    """``mrctprep_0_1_wf.sub_01_wf.reorient_wf.x`` -> ``sub-01 reorient_wf.x``."""
-    parts = fullname.split('.')[1:]
-    if parts and parts[0].startswith('sub_'):
-        subject = parts[0].removesuffix('_wf').replace('sub_', 'sub-', 1).replace('_ses_', '_ses-')
-        return f'{subject} {".".join(parts[1:])}'
-    return '.'.join(parts)
 
 
 def run_workflow(workflow, execution: ExecutionOptions) -> None:
@@ -123,33 +113,6 @@ def count_nodes(workflow) -> int:
         not isinstance(node.interface, IdentityInterface)
         for node in workflow._create_flat_graph().nodes()
     )
-
-
-@dataclass(frozen=True)
-class Failure:
-    subject: str
-    node: str
-    error: str
-    crash_file: Path
-
-
-def collect_failures(output_dir: Path, run_uuid: str) -> list[Failure]:
-    """Every crash file this run left, with its subject, node and last error line."""
-    failures = []
-    pattern = f'sub-*/log/{run_uuid}/crash-*.txt'
-    for crash_file in sorted(output_dir.glob(pattern)):
-        text = crash_file.read_text(errors='replace')
-        node = re.search(r'^Node: (.+)$', text, re.MULTILINE)
-        error_lines = [line.strip() for line in text.splitlines() if line.strip()]
-        failures.append(
-            Failure(
-                subject=crash_file.parts[-4],
-                node=_short_node_name(node.group(1)) if node else '(unknown node)',
-                error=error_lines[-1] if error_lines else '(empty crash file)',
-                crash_file=crash_file,
-            )
-        )
-    return failures
 
 
 class DropCrashTracebacks(logging.Filter):
