@@ -138,7 +138,7 @@ def sidecar_field(sidecar: Mapping[str, Any], name: str) -> Any:
 
 def brain_volume_ml(mask_file: Path) -> float:
     """Voxels inside a mask times the voxel volume, in millilitres (cm^3)."""
-    mask = nb.load(mask_file)
+    mask = nb.Nifti1Image.from_filename(mask_file)
     voxel_mm3 = float(np.prod(mask.header.get_zooms()[:3]))
     return round(int(np.count_nonzero(np.asanyarray(mask.dataobj))) * voxel_mm3 / 1000, 1)
 

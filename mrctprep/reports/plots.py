@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 #: Colour per site, in site order (matplotlib's colour-blind-friendly tableau cycle).
-_COLOURS = plt.get_cmap('tab10').colors
+_COLOURS = [plt.get_cmap('tab10')(index) for index in range(10)]
 
 
 def _svg_text(figure) -> str:
