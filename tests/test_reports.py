@@ -221,3 +221,20 @@ def test_a_failed_node_shows_with_its_error_and_crash_file(tmp_path):
 def test_ct_figures_use_the_windows_of_the_body_part(image, body_part, region):
     img = nb.as_closest_canonical(nb.load(SHARED_DATA / image))
     assert body_region(img.get_fdata(), img.header.get_zooms(), body_part) == region
+
+
+def test_demo_figures_are_the_mask_mosaic_the_flicker_and_head_windows(demo_run):
+    _, _, out = demo_run
+    figures = out / 'sub-01' / 'figures'
+    mosaic = (figures / 'sub-01_desc-brainmask_T1w.svg').read_text()
+    for plane in ('sagittal', 'coronal', 'axial'):
+        assert len(re.findall(rf'>{plane} \d+<', mosaic)) == 6
+    flicker = (figures / 'sub-01_space-MNI152NLin2009aSym_T1w.svg').read_text()
+    assert '@keyframes mrctprep-flicker' in flicker
+    for frame in ('template', 'subject'):
+        assert len(re.findall(rf'<g id="flicker-{frame}-\d-\d"', flicker)) == 12
+    ct = (figures / 'sub-01_desc-preproc_ct.svg').read_text()
+    assert '(head)' in ct and 'brain 40/80' in ct and 'bone 400/1800' in ct
+    assert 'lung' not in ct and 'soft-tissue' not in ct
+    # A subject page stays light: its figures are referenced, not inlined.
+    assert (out / 'sub-01.html').stat().st_size < 100_000

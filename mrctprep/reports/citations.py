@@ -230,6 +230,8 @@ def write_citation(
 ) -> tuple[Path, Path]:
     """``logs/CITATION.md`` (the methods text, then the numbered references) and
     ``logs/CITATION.bib`` (the same references as BibTeX)."""
+    # Each workflow's text is one line: a blank line between them makes them paragraphs.
+    paragraphs = '\n\n'.join(line for line in methods_text.splitlines() if line.strip())
     listing = '\n'.join(
         f'{n}. [{ref.key}] {ref.text()}' for n, ref in enumerate(references, start=1)
     )
@@ -237,7 +239,7 @@ def write_citation(
         '# Methods\n\nResults included in this manuscript come from preprocessing performed '
         f'using *mrctprep* {__version__} [mrctprep], a BIDS App built on Nipype [nipype] with '
         'PyBIDS [pybids] and NiBabel [nibabel]; its QC figures were drawn with Matplotlib '
-        f'[matplotlib].\n\n{methods_text}\n## References\n\n{listing}\n'
+        f'[matplotlib].\n\n{paragraphs}\n\n## References\n\n{listing}\n'
     )
     bib = '\n'.join(reference.bibtex() for reference in references)
     logs = output_dir / 'logs'
