@@ -340,10 +340,11 @@ def plot_registration_flicker(
     cuts: int = 4,
 ) -> Path:
     """An SVG that alternates, every 1.2 s, the registered brain and the template, both on
-    one grid with the template's edges (green) drawn over each: misregistration shows as
-    anatomy that jumps under the fixed edges (fMRIPrep's flicker, as an animation, so that it
-    also plays where the SVG is shown as an image)."""
-    _require_ras(registered, 'plot_registration_flicker')
+    one grid (any orientation: planes are taken in RAS+ order) with the template's edges
+    (green) drawn over each: misregistration shows as anatomy that jumps under the fixed
+    edges (fMRIPrep's flicker, as an animation, so that it also plays where the SVG is shown
+    as an image)."""
+    registered, template = nb.as_closest_canonical(registered), nb.as_closest_canonical(template)
     frames = {
         'template': np.asanyarray(template.dataobj, dtype=np.float32),
         'subject': np.asanyarray(registered.dataobj, dtype=np.float32),
