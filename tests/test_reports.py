@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import SHARED_DATA, run_cli
+from helpers.html import Page, read_page
 from mrctprep.core.config import ExecutionOptions, InputOptions, RunConfig
 from mrctprep.imaging.figures import body_region
 from mrctprep.reports.citations import references_used, write_citation
 from mrctprep.reports.collect import format_value, sidecar_field
 from mrctprep.reports.records import RunRecord, SessionRecord, write_run_record
 from mrctprep.reports.subject import write_subject_report
-from tests.conftest import SHARED_DATA, run_cli
-from tests.helpers.html import Page, read_page
 
 SUBJECTS = ('01', '02', '03', '04')
 REPOSITORY = Path(__file__).resolve().parents[1]
