@@ -22,7 +22,10 @@ LOGGER = logging.getLogger(__name__)
 
 def run_group(config: RunConfig) -> int:
     """Read the participant outputs (never the raw data again), write the group tables, and
-    then ``group.html`` over them."""
+    then ``group.html`` over them (with ``--reports-only``, only the page)."""
+    if config.execution.reports_only:
+        write_group_report(config.inputs)
+        return EXIT_OK
     exit_code = _write_group_tables(config)
     write_group_report(config.inputs)
     return exit_code

@@ -378,7 +378,8 @@ def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
     flow.add_argument(
         '--reports-only',
         action='store_true',
-        help='write the reports (sub-<label>.html) again from existing outputs, run nothing',
+        help='write the reports (sub-<label>.html; group.html at the group level) again from '
+        'existing outputs, run nothing',
     )
     flow.add_argument('--random-seed', type=int, default=0, help='seed for every random step')
     flow.add_argument('--notrack', action='store_true', help='accepted; mrctprep sends nothing')

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,7 +131,9 @@ def _subject_rows(output_dir: Path, subject: str, sites: dict[str, str]) -> list
     return [rows[key] for key in sorted(rows)]
 
 
-def _add_section(section: PipelineOutputs, output_dir: Path, row_for) -> None:
+def _add_section(
+    section: PipelineOutputs, output_dir: Path, row_for: Callable[[str | None], GroupRow]
+) -> None:
     """A pipeline's numeric key figures as measures, and its image as the thumbnail."""
     for item in section.key_figures:
         value = json.loads(item.value) if item.value[:1] in '-0123456789' else None
