@@ -140,6 +140,13 @@ def test_reports_only_writes_the_reports_again_without_running_anything(
     assert strip.sub('', after) == strip.sub('', before)
     assert {p: p.stat().st_mtime_ns for p in out.glob('sub-02/anat/*')} == derivatives
     assert not any((tmp_path / 'work').rglob('*.pklz'))  # no node ran
+    # At the group level, the page alone: the tables stay as they were.
+    tables = {p: p.stat().st_mtime_ns for p in out.glob('group_*.tsv')}
+    (out / 'group.html').unlink()
+    result = run_cli(demo_bids, out, 'group', '--reports-only', '-w', tmp_path / 'work')
+    assert result.returncode == 0, result.stderr
+    assert len(read_page(out / 'group.html').tables['subjects-table']) == 1 + len(SUBJECTS)
+    assert {p: p.stat().st_mtime_ns for p in out.glob('group_*.tsv')} == tables
 
 
 def test_citation_lists_what_the_run_used(demo_run):
