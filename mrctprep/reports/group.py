@@ -26,6 +26,7 @@ from mrctprep.core.config import InputOptions
 from mrctprep.core.errors import InputError
 from mrctprep.group.sites import read_participant_sites
 from mrctprep.reports.collect import PipelineOutputs, collect_subject_outputs
+from mrctprep.reports.crashes import collect_failures
 from mrctprep.reports.plots import harmonization_by_site, site_distributions, thumbnail_uri
 from mrctprep.reports.records import latest_run_record
 from mrctprep.reports.render import write_page
@@ -123,9 +124,7 @@ def _subject_rows(output_dir: Path, subject: str, sites: dict[str, str]) -> list
     for section in sections:
         _add_section(section, output_dir, row_for)
     if record is not None:
-        failed = len(
-            list((output_dir / f'sub-{subject}' / 'log' / record.run_uuid).glob('crash-*'))
-        )
+        failed = len(collect_failures(output_dir, record.run_uuid, subject))
         for row in rows.values():
             row.failures = failed
     return [rows[key] for key in sorted(rows)]
@@ -136,10 +135,10 @@ def _add_section(
 ) -> None:
     """A pipeline's numeric key figures as measures, and its image as the thumbnail."""
     for item in section.key_figures:
-        value = json.loads(item.value) if item.value[:1] in '-0123456789' else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        value = _number(item.value)
+        if value is not None:
             row = row_for(parse_file_entities(item.file).get('session'))
-            row.measures[f'{section.pipeline}: {item.name}'] = float(value)
+            row.measures[f'{section.pipeline}: {item.name}'] = value
     for file in section.files:
         entities = parse_file_entities(file)
         wanted = entities.get('desc') == 'preproc' and 'space' not in entities
@@ -148,6 +147,15 @@ def _add_section(
             row.thumbnail = _thumbnail(output_dir / file, is_ct=entities['suffix'] == 'ct')
         if section.pipeline not in row.pipelines:
             row.pipelines.append(section.pipeline)
+
+
+def _number(text: str) -> float | None:
+    """A key figure's value as a number, if it is one (JSON booleans are not)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _thumbnail(image_file: Path, *, is_ct: bool) -> str:
