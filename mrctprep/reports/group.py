@@ -141,7 +141,8 @@ def _add_section(
             row.measures[f'{section.pipeline}: {item.name}'] = value
     for file in section.files:
         entities = parse_file_entities(file)
-        wanted = entities.get('desc') == 'preproc' and 'space' not in entities
+        # The native-space image: preprocessed, or only reoriented.
+        wanted = entities.get('desc') in ('preproc', 'reorient') and 'space' not in entities
         row = row_for(entities.get('session'))
         if wanted and not row.thumbnail and file.endswith('.nii.gz'):
             row.thumbnail = _thumbnail(output_dir / file, is_ct=entities['suffix'] == 'ct')
