@@ -10,6 +10,7 @@ import csv
 import json
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -24,6 +25,7 @@ from mrctprep.core.config import ExecutionOptions, InputOptions, RunConfig
 from mrctprep.imaging.figures import body_region
 from mrctprep.reports.citations import references_used, write_citation
 from mrctprep.reports.collect import format_value, sidecar_field
+from mrctprep.reports.group import write_group_report
 from mrctprep.reports.records import RunRecord, SessionRecord, write_run_record
 from mrctprep.reports.subject import write_subject_report
 
@@ -194,8 +196,6 @@ def test_a_failed_node_shows_with_its_error_and_crash_file(tmp_path):
         ['mr-preproc'],
         {'ct-ingest': 'no input (needs any of: ct)'},
     )
-    from datetime import UTC, datetime
-
     write_run_record(
         log_dir,
         '07',
@@ -245,3 +245,47 @@ def test_demo_figures_are_the_mask_mosaic_the_flicker_and_head_windows(demo_run)
     assert 'lung' not in ct and 'soft-tissue' not in ct
     # A subject page stays light: its figures are referenced, not inlined.
     assert (out / 'sub-01.html').stat().st_size < 100_000
+
+
+def test_group_rows_are_sessions_with_their_site_pipelines_and_thumbnail(tmp_path):
+    bids, out = tmp_path / 'bids', tmp_path / 'out'
+    bids.mkdir()
+    (bids / 'participants.tsv').write_text('participant_id\tsite\nsub-03\tsiteC\n')
+    sessions = []
+    for session, orientation in (('1', 'LPS'), ('2', 'RAS')):
+        stem = out / f'sub-03/ses-{session}/anat/sub-03_ses-{session}_desc-reorient_T1w'
+        stem.parent.mkdir(parents=True)
+        image = np.zeros((20, 24, 16), dtype=np.float32)
+        image[5:15, 6:18, 4:12] = 100.0
+        nb.Nifti1Image(image, np.eye(4)).to_filename(f'{stem}.nii.gz')
+        sidecar = {'OriginalOrientation': orientation, 'OriginalShape': [20, 24, 16]}
+        stem.with_suffix('.json').write_text(json.dumps(sidecar))
+        inputs = {'t1w': [f'sub-03/ses-{session}/anat/sub-03_ses-{session}_T1w.nii.gz']}
+        skipped = {'ct-ingest': 'no input (needs any of: ct)'}
+        sessions.append(SessionRecord(f'sub-03_ses-{session}', inputs, ['reorient'], skipped))
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    log_dir = out / 'sub-03' / 'log' / '20260101-000000_run'
+    write_run_record(log_dir, '03', sessions, command=['mrctprep'], started=when, finished=when)
+    subject_page = read_page(write_subject_report(out, '03'))
+    assert [row[0] for row in subject_page.tables['sessions'][1:]] == [
+        'sub-03_ses-1',
+        'sub-03_ses-2',
+    ]
+    assert (
+        subject_page.cells[
+            ('sub-03/ses-1/anat/sub-03_ses-1_desc-reorient_T1w.nii.gz', 'OriginalOrientation')
+        ]
+        == 'LPS'
+    )
+    page_file = write_group_report(InputOptions(bids_dir=bids, output_dir=out))
+    page = read_page(page_file)
+    assert page.tables['subjects-table'][1:] == [
+        ['sub-03', 'ses-1', 'siteC', 'reorient', '0', 'sub-03.html'],
+        ['sub-03', 'ses-2', 'siteC', 'reorient', '0', 'sub-03.html'],
+    ]
+    assert [row[:3] for row in page.tables['rating-table'][1:]] == [
+        ['sub-03', 'ses-1', 'reorient'],
+        ['sub-03', 'ses-2', 'reorient'],
+    ]
+    assert sum(src.startswith('data:image/png') for src in page.images) == 2
+    _assert_portable(page, page_file)
