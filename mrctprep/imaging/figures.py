@@ -276,6 +276,17 @@ def _cut_indices(inside: np.ndarray, axis: int, count: int) -> list[int]:
     return [int(round(i)) for i in np.linspace(first + margin, last - margin, count)]
 
 
+def _bounding_box(inside: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices around where ``inside`` is, ``margin`` voxels wider (the whole array if empty)."""
+    if not inside.any():
+        return tuple(slice(None) for _ in inside.shape)
+    where = np.nonzero(inside)
+    return tuple(
+        slice(max(int(index.min()) - margin, 0), min(int(index.max()) + margin + 1, size))
+        for index, size in zip(where, inside.shape, strict=True)
+    )
+
+
 def _plane_at(img: nb.Nifti1Image, axis: int, index: int) -> _Plane:
     """The plane at ``index`` along ``axis`` (0 sagittal, 1 coronal, 2 axial), in world mm."""
     centre = [0, 0, 0]
@@ -345,6 +356,9 @@ def plot_registration_flicker(
     edges (fMRIPrep's flicker, as an animation, so that it also plays where the SVG is shown
     as an image)."""
     registered, template = nb.as_closest_canonical(registered), nb.as_closest_canonical(template)
+    # Both cropped to the template's brain (and a margin), so that the brain fills the panels.
+    box = _bounding_box(np.asanyarray(template.dataobj) > 0, margin=4)
+    registered, template = registered.slicer[box], template.slicer[box]
     frames = {
         'template': np.asanyarray(template.dataobj, dtype=np.float32),
         'subject': np.asanyarray(registered.dataobj, dtype=np.float32),
@@ -352,6 +366,8 @@ def plot_registration_flicker(
     edges = np.asanyarray(template_edges(template).dataobj, dtype=np.float32)
     figure, axes = plt.subplots(3, cuts, figsize=(2.2 * cuts, 6.8), facecolor='black')
     figure.suptitle(title, color='white', fontsize=11)
+    for placeholder in axes.flat:  # laid out without ticks, then replaced by the frames
+        placeholder.axis('off')
     figure.tight_layout()
     for frame, data in frames.items():
         low, high = _percentile_window(data)
