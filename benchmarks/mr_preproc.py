@@ -38,7 +38,7 @@ def plain_functions(t1w: Path, method: str, threads: int, scratch: Path) -> None
     import torch  # noqa: F401
 
     from mrctprep.imaging.bias import n4_bias_correct
-    from mrctprep.imaging.figures import plot_contour_overlay, template_edges
+    from mrctprep.imaging.figures import plot_contour_mosaic, plot_registration_flicker
     from mrctprep.imaging.intensity import crop, iguane_crop_box, median_normalise
     from mrctprep.imaging.io import load_anatomical
     from mrctprep.imaging.orientation import reorient_to_ras
@@ -77,13 +77,9 @@ def plain_functions(t1w: Path, method: str, threads: int, scratch: Path) -> None
     model_input = step('crop', lambda n: crop(n, iguane_crop_box(n.get_fdata())), normalised)
 
     def figures():
-        plot_contour_overlay(bias.corrected, mask, scratch / 'mask.svg', title='mask')
-        edges = template_edges(
-            resample_to_grid(mni152_brain_template(), normalised, RigidTransform(np.eye(4)))
-        )
-        plot_contour_overlay(
-            normalised, edges, scratch / 'registration.svg', title='reg', level=0.6
-        )
+        plot_contour_mosaic(bias.corrected, mask, scratch / 'mask.svg', title='mask')
+        template = resample_to_grid(mni152_brain_template(), normalised, RigidTransform(np.eye(4)))
+        plot_registration_flicker(normalised, template, scratch / 'registration.svg', title='reg')
 
     step('figures', figures)
 

@@ -354,7 +354,8 @@ def test_ct_ingest_pipeline_conforms_every_imported_ct(imported, tmp_path):
         assert meta['Sources'] == [f'bids:raw:{subject}/anat/{subject}_ct.nii.gz']
         figure = out / subject / 'figures' / f'{subject}_desc-preproc_ct.svg'
         svg = figure.read_text()
-        assert svg.lstrip().startswith('<?xml') and 'lung -600/1500' in svg
+        assert svg.lstrip().startswith('<?xml') and 'bone 400/1800' in svg  # every region's
+        assert re.search(r'RAS\+ \((head|chest|body)\)', svg)  # the windows' body region
     tilted = json.loads(
         (out / 'sub-case1' / 'anat' / 'sub-case1_desc-preproc_ct.json').read_text()
     )

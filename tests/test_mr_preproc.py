@@ -335,3 +335,7 @@ def test_pipeline_outputs_and_bad_subjects(tmp_path):
     assert coarse['SkullStripped'] is False and 'BiasCorrection' in coarse
     for figure in ('desc-brainmask_T1w.svg', 'space-MNI152NLin2009aSym_T1w.svg'):
         assert (out / 'sub-good' / 'figures' / f'sub-good_{figure}').is_file()
+    # Each subject's report, the failed ones' naming the node, the error and the crash file.
+    report = (out / 'sub-nan.html').read_text()
+    assert 'NaN or infinite' in report and re.search(r'href="sub-nan/log/[^"]+/crash-', report)
+    assert 'No errors to report.' in (out / 'sub-good.html').read_text()

@@ -1,11 +1,9 @@
-"""Running a built workflow with nipype: plugin settings, progress, and the failure summary."""
+"""Running a built workflow with nipype: plugin settings, progress, and what the console shows."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from mrctprep.cli.slurm import (
 )
 from mrctprep.core.config import ExecutionOptions
 from mrctprep.core.errors import InputError
+from mrctprep.reports.crashes import short_node_name
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class _Progress:
         self.started: dict[str, float] = {}
 
     def __call__(self, node, status: str) -> None:
-        name = _short_node_name(node.fullname)
+        name = short_node_name(node.fullname)
         if status == 'start':
             self.started[node.fullname] = time.monotonic()
             return
@@ -101,15 +100,6 @@ class _Progress:
         outcome = {'end': 'done', 'exception': 'FAILED'}.get(status, status)
         level = logging.ERROR if status == 'exception' else logging.INFO
         LOGGER.log(level, '[%d/%d] %s %s%s', self.done, self.total, name, outcome, took)
-
-
-def _short_node_name(fullname: str) -> str:
-    """``mrctprep_0_1_wf.sub_01_wf.reorient_wf.x`` -> ``sub-01 reorient_wf.x``."""
-    parts = fullname.split('.')[1:]
-    if parts and parts[0].startswith('sub_'):
-        subject = parts[0].removesuffix('_wf').replace('sub_', 'sub-', 1).replace('_ses_', '_ses-')
-        return f'{subject} {".".join(parts[1:])}'
-    return '.'.join(parts)
 
 
 def run_workflow(workflow, execution: ExecutionOptions) -> list[str]:
@@ -184,52 +174,6 @@ def count_nodes(workflow) -> int:
         not isinstance(node.interface, IdentityInterface)
         for node in workflow._create_flat_graph().nodes()
     )
-
-
-@dataclass(frozen=True)
-class Failure:
-    subject: str
-    node: str
-    error: str
-    crash_file: Path
-
-
-def collect_failures(output_dir: Path, run_uuid: str) -> list[Failure]:
-    """Every crash file this run left, with its subject, node and the error it ended with."""
-    failures = []
-    pattern = f'sub-*/log/{run_uuid}/crash-*.txt'
-    for crash_file in sorted(output_dir.glob(pattern)):
-        text = crash_file.read_text(errors='replace')
-        node = re.search(r'^Node: (.+)$', text, re.MULTILINE)
-        failures.append(
-            Failure(
-                subject=crash_file.parts[-4],
-                node=_short_node_name(node.group(1)) if node else '(unknown node)',
-                error=crash_error(text),
-                crash_file=crash_file,
-            )
-        )
-    return failures
-
-
-#: what nipype appends to a traceback when writing the crash file, e.g. batch plugins (SLURM)
-#: have moved the node's results file away by then
-_CRASH_FILE_NOTES = re.compile(
-    r'\n\s*(When creating this crashfile|During the creation of this crashfile)'
-)
-
-
-def crash_error(text: str) -> str:
-    """A crash file's error: the last line of its traceback, before nipype's own notes.
-
-    >>> crash_error('Traceback (most recent call last):\\n  ...\\nOSError: bad file\\n\\n'
-    ...     'When creating this crashfile, the results file corresponding\\n'
-    ...     'to the node could not be found.\\n')
-    'OSError: bad file'
-    """
-    traceback = _CRASH_FILE_NOTES.split(text, maxsplit=1)[0]
-    lines = [line.strip() for line in traceback.splitlines() if line.strip()]
-    return lines[-1] if lines else '(empty crash file)'
 
 
 class DropCrashTracebacks(logging.Filter):

@@ -1,4 +1,5 @@
-"""The group level: tables of every subject's outputs, harmonization tables, training."""
+"""The group level: tables of every subject's outputs, harmonization tables, training, and
+the group report."""
 
 from __future__ import annotations
 
@@ -14,12 +15,23 @@ from mrctprep.group.harmonization import (
 )
 from mrctprep.group.sites import choose_reference_site, read_participant_sites
 from mrctprep.group.tables import write_group_tables
+from mrctprep.reports.group import write_group_report
 
 LOGGER = logging.getLogger(__name__)
 
 
 def run_group(config: RunConfig) -> int:
-    """Read the participant outputs (never the raw data again) and write the group tables."""
+    """Read the participant outputs (never the raw data again), write the group tables, and
+    then ``group.html`` over them (with ``--reports-only``, only the page)."""
+    if config.execution.reports_only:
+        write_group_report(config.inputs)
+        return EXIT_OK
+    exit_code = _write_group_tables(config)
+    write_group_report(config.inputs)
+    return exit_code
+
+
+def _write_group_tables(config: RunConfig) -> int:
     inputs, models = config.inputs, config.models
     write_group_tables(inputs)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.

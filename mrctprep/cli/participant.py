@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
-from mrctprep import __version__
 from mrctprep.cli.errors import EXIT_NODE_FAILED, EXIT_OK, describe_node_error
 from mrctprep.cli.execution import (
     DropCrashTracebacks,
-    collect_failures,
     configure_nipype,
     count_nodes,
     run_workflow,
@@ -24,7 +24,11 @@ from mrctprep.core.derivatives import (
     write_descriptions_tsv,
     write_text_atomically,
 )
-from mrctprep.core.errors import MrctprepError, WorkflowBuildError
+from mrctprep.core.errors import InputError, MrctprepError, WorkflowBuildError
+from mrctprep.reports.citations import references_used, write_citation
+from mrctprep.reports.crashes import collect_failures
+from mrctprep.reports.records import pipelines_run, session_record, write_run_record
+from mrctprep.reports.subject import report_subjects, write_subject_report
 from mrctprep.workflows.base import SubjectPlan, init_mrctprep_wf
 from mrctprep.workflows.literate import LiterateWorkflow
 
@@ -32,8 +36,12 @@ LOGGER = logging.getLogger(__name__)
 
 
 def run_participant(config: RunConfig) -> int:
-    """Check inputs, build the graph, write the dataset files, run, report failures."""
+    """Check inputs, build the graph, write the dataset files, run, report failures, and
+    write each subject's report."""
     inputs, execution = config.inputs, config.execution
+    if execution.reports_only:
+        return write_reports_only(config)
+    started = datetime.now(UTC)
     raw_description = read_dataset_description(inputs.bids_dir)
     if inputs.skip_bids_validation:
         LOGGER.info('BIDS validation skipped (--skip-bids-validation)')
@@ -52,7 +60,7 @@ def run_participant(config: RunConfig) -> int:
     workflow = _build_workflow(plan, config)
 
     _write_run_files(config, raw_description, plan)
-    citation = write_boilerplate(workflow, inputs.output_dir)
+    citation = write_boilerplate(workflow, plan, config)
     if execution.boilerplate_only:
         LOGGER.info('Methods text written to %s', citation)
         return EXIT_OK
@@ -62,7 +70,9 @@ def run_participant(config: RunConfig) -> int:
     if execution.dry_run:
         LOGGER.info('Dry run: %d nodes built, none run', count_nodes(workflow))
         return EXIT_OK
-    return _run_and_summarise(workflow, config, plan)
+    exit_code = _run_and_summarise(workflow, config, plan)
+    write_reports(config, plan, started)
+    return exit_code
 
 
 def _build_workflow(plan: list[SubjectPlan], config: RunConfig) -> LiterateWorkflow:
@@ -141,11 +151,48 @@ def write_workflow_graph(workflow: LiterateWorkflow, log_dir: Path) -> Path:
     return dot_file.with_suffix('.svg') if has_dot else dot_file
 
 
-def write_boilerplate(workflow: LiterateWorkflow, output_dir: Path) -> Path:
-    """``logs/CITATION.md``: the methods text that users may paste into their papers."""
-    text = (
-        '# Methods\n\nResults included in this manuscript come from preprocessing performed '
-        f'using *mrctprep* {__version__}, a BIDS App built on Nipype.\n\n'
-        + (workflow.visit_desc() or 'No processing step was selected.\n')
+def write_boilerplate(
+    workflow: LiterateWorkflow, plan: list[SubjectPlan], config: RunConfig
+) -> Path:
+    """``logs/CITATION.md`` (methods text users may paste into their papers, and the works
+    the run used) and ``logs/CITATION.bib``."""
+    pipelines = dict.fromkeys(name for item in plan for name in pipelines_run(item))
+    methods = workflow.visit_desc() or 'No processing step was selected.\n'
+    markdown, _ = write_citation(
+        config.inputs.output_dir, methods, references_used(pipelines, config)
     )
-    return write_text_atomically(output_dir / 'logs' / 'CITATION.md', text)
+    return markdown
+
+
+def write_reports(config: RunConfig, plan: list[SubjectPlan], started: datetime) -> None:
+    """Each subject's run record (what was found, run and skipped, and how long it took)
+    and its report, ``OUTPUT_DIR/sub-<label>.html``."""
+    finished = datetime.now(UTC)
+    sessions: dict[str, list] = {}
+    for item in plan:
+        record = session_record(item, config.execution.pipelines, config.inputs.bids_dir)
+        sessions.setdefault(item.subject_data.subject, []).append(record)
+    for subject, records in sorted(sessions.items()):
+        write_run_record(
+            config.subject_log_dir(subject),
+            subject,
+            records,
+            command=sys.argv,
+            started=started,
+            finished=finished,
+        )
+        write_subject_report(config.inputs.output_dir, subject)
+
+
+def write_reports_only(config: RunConfig) -> int:
+    """``--reports-only``: every selected subject's report again, from its outputs."""
+    output_dir = config.inputs.output_dir
+    subjects = report_subjects(output_dir, config.inputs.participant_label)
+    if not subjects:
+        raise InputError(
+            f'no participant-level outputs (sub-*/) in {output_dir}: nothing to report on'
+        )
+    for subject in subjects:
+        write_subject_report(output_dir, subject)
+    LOGGER.info('%d report(s) written in %s', len(subjects), output_dir)
+    return EXIT_OK

@@ -397,6 +397,12 @@ def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
         help='write the methods text (logs/CITATION.md) and exit',
     )
     flow.add_argument(
+        '--reports-only',
+        action='store_true',
+        help='write the reports (sub-<label>.html; group.html at the group level) again from '
+        'existing outputs, run nothing',
+    )
+    flow.add_argument(
         '--random-seed', type=int, default=0, metavar='N', help='seed for every random step'
     )
     flow.add_argument(

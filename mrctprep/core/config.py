@@ -69,6 +69,7 @@ class ExecutionOptions:
     dry_run: bool = False
     stop_on_first_crash: bool = False
     boilerplate_only: bool = False
+    reports_only: bool = False
     verbosity: int = 0
     run_uuid: str = field(default_factory=new_run_uuid)
     version: str = __version__

@@ -89,6 +89,7 @@ BIDSIGNORE = [
     'logs/',
     'models/',
     '*.html',
+    'sub-*/log/',
 ]
 
 SOFTWARE = ('nipype', 'pybids', 'nibabel', 'numpy', 'SimpleITK', 'torch')

@@ -17,12 +17,15 @@ from nipype.interfaces.base import (
 )
 
 from mrctprep.imaging.figures import (
+    CT_WINDOWS,
+    REGION_WINDOWS,
+    body_region,
     plot_before_after,
     plot_contact_sheet,
-    plot_contour_overlay,
+    plot_contour_mosaic,
     plot_ct_windows,
     plot_orthogonal_slices,
-    template_edges,
+    plot_registration_flicker,
 )
 from mrctprep.imaging.registration import RigidTransform, mni152_brain_template, resample_to_grid
 from mrctprep.interfaces.base import defined_or_none, load_nifti
@@ -107,32 +110,41 @@ class BeforeAfterRPT(ReportletInterface):
 
 class _CTWindowsInputSpec(ReportletInputSpec):
     in_file = File(exists=True, mandatory=True, desc='a CT in HU, RAS+')
+    body_part = traits.Str(desc='DICOM BodyPartExamined; default: found from the image')
 
 
 class CTWindowsRPT(ReportletInterface):
-    """Three planes of a CT in each standard window (brain, soft tissue, lung, bone), as SVG."""
+    """Three planes of a CT in the windows that fit its body region (head: brain and bone;
+    chest: soft tissue, lung and bone; elsewhere: soft tissue and bone), as SVG."""
 
     input_spec = _CTWindowsInputSpec
     _report_name = 'ct_windows.svg'
 
     def _plot(self, out_report: str) -> None:
-        plot_ct_windows(load_nifti(self.inputs.in_file), out_report, title=self.inputs.title)
+        img = load_nifti(self.inputs.in_file)
+        region = body_region(
+            np.asanyarray(img.dataobj, dtype=np.float32),
+            img.header.get_zooms()[:3],
+            defined_or_none(self.inputs.body_part),
+        )
+        windows = {name: CT_WINDOWS[name] for name in REGION_WINDOWS[region]}
+        plot_ct_windows(img, out_report, title=f'{self.inputs.title} ({region})', windows=windows)
 
 
-class _ContourOverlayInputSpec(ReportletInputSpec):
+class _ContourMosaicInputSpec(ReportletInputSpec):
     in_file = File(exists=True, mandatory=True, desc='background image')
     contour_file = File(exists=True, mandatory=True, desc='image whose contour is drawn')
     level = traits.Float(0.5, usedefault=True, desc='contour level')
 
 
-class ContourOverlayRPT(ReportletInterface):
-    """Three planes with a contour over them, e.g. the brain mask over the T1w, as SVG."""
+class ContourMosaicRPT(ReportletInterface):
+    """Six cuts per axis with a contour over them, e.g. the brain mask over the T1w, as SVG."""
 
-    input_spec = _ContourOverlayInputSpec
-    _report_name = 'contour_overlay.svg'
+    input_spec = _ContourMosaicInputSpec
+    _report_name = 'contour_mosaic.svg'
 
     def _plot(self, out_report: str) -> None:
-        plot_contour_overlay(
+        plot_contour_mosaic(
             load_nifti(self.inputs.in_file),
             load_nifti(self.inputs.contour_file),
             out_report,
@@ -147,7 +159,7 @@ class _RegistrationInputSpec(ReportletInputSpec):
 
 
 class RegistrationRPT(ReportletInterface):
-    """The registered brain with the template's tissue edges over it, as SVG."""
+    """The registered brain flickering against the template, its edges over both, as SVG."""
 
     input_spec = _RegistrationInputSpec
     _report_name = 'registration.svg'
@@ -157,11 +169,8 @@ class RegistrationRPT(ReportletInterface):
         template_file = defined_or_none(self.inputs.template_file)
         template = load_nifti(template_file) if template_file else mni152_brain_template()
         # The image is already on the template's grid: resampling only matches the grids.
-        identity = RigidTransform(np.eye(4))
-        edges = template_edges(resample_to_grid(template, registered, identity))
-        plot_contour_overlay(
-            registered, edges, out_report, title=self.inputs.title, level=0.6, colour='lime'
-        )
+        on_grid = resample_to_grid(template, registered, RigidTransform(np.eye(4)))
+        plot_registration_flicker(registered, on_grid, out_report, title=self.inputs.title)
 
 
 class _ContactSheetInputSpec(ReportletInputSpec):

@@ -20,7 +20,8 @@ from mrctprep.workflows.outputs import init_ds_ct_ingest
 def init_ct_ingest_wf(
     *, source_file: str, output_dir: str | Path, name: str = 'ct_ingest_wf'
 ) -> LiterateWorkflow:
-    """Check one CT is in HU, conform it, and write it with a four-window QC figure.
+    """Check one CT is in HU, conform it, and write it with a QC figure in the windows that
+    fit its body part.
 
     Outputs: ``sub-<l>[_ses-<l>]_desc-preproc_ct.nii.gz`` (int16 HU, RAS+; the sidecar says
     ``Units: "HU"``, what was changed, and carries the raw sidecar's acquisition facts) and
@@ -44,6 +45,8 @@ def init_ct_ingest_wf(
     plot_conform = pe.Node(
         CTWindowsRPT(title=f'{source_file.rsplit("/", 1)[-1]}: HU, RAS+'), name='plot_conform'
     )
+    if raw_sidecar.get('BodyPartExamined'):
+        plot_conform.inputs.body_part = str(raw_sidecar['BodyPartExamined'])
     # fmt: off
     workflow.connect([
         (inputnode, conform_ct_wf, [('source_file', 'inputnode.source_file')]),

@@ -19,7 +19,7 @@ from mrctprep.interfaces.mr import (
     SkullStrip,
 )
 from mrctprep.interfaces.reorient import Reorient
-from mrctprep.interfaces.reports import ContourOverlayRPT, RegistrationRPT
+from mrctprep.interfaces.reports import ContourMosaicRPT, RegistrationRPT
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_mr_preproc
@@ -152,10 +152,12 @@ def _add_outputnode(workflow: LiterateWorkflow, sinks: dict[str, pe.Node]) -> No
 def _add_figures(workflow: LiterateWorkflow, *, space: str, template: Path | None) -> None:
     """The brain mask over the native T1w, and the template's edges over the MNI-grid brain."""
     plot_mask = pe.Node(
-        ContourOverlayRPT(title='Brain mask over the T1w (native space)'), name='plot_mask'
+        ContourMosaicRPT(title='Brain mask over the T1w (native space)'), name='plot_mask'
     )
     plot_registration = pe.Node(
-        RegistrationRPT(title=f'T1w brain on the MNI grid, {space} template edges in green'),
+        RegistrationRPT(
+            title=f'T1w brain on the MNI grid flickering with the {space} template (edges green)'
+        ),
         name='plot_registration',
     )
     if template:

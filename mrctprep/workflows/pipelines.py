@@ -80,7 +80,7 @@ PIPELINES: dict[str, Pipeline] = {
             name='ct-ingest',
             level='participant',
             summary='CT checked and conformed: HU (fixing HU+1024), padding to air, int16, '
-            'RAS+ + QC figure in four windows',
+            'RAS+ + QC figure in the windows that fit the body part',
             inputs=('ct',),
             factory='mrctprep.workflows.ct_ingest:init_ct_ingest_wf',
         ),
