@@ -16,12 +16,24 @@ from mrctprep.group.sites import choose_reference_site, read_participant_sites
 from mrctprep.group.tables import write_group_tables
 
 LOGGER = logging.getLogger(__name__)
+#: ``--train`` names that train the sim2real CycleGAN
+SIM2REAL_TRAINING = ('cyclegan', 'sim2real')
 
 
 def run_group(config: RunConfig) -> int:
     """Read the participant outputs (never the raw data again) and write the group tables."""
     inputs, models = config.inputs, config.models
     write_group_tables(inputs)
+    if models.train in SIM2REAL_TRAINING:
+        from mrctprep.group.sim2real_training import train_sim2real
+
+        train_sim2real(inputs=inputs, models=models, execution=config.execution)
+        LOGGER.info(
+            'apply with: mrctprep %s %s participant --pipelines drr --drr-sim2real',
+            inputs.bids_dir,
+            inputs.output_dir,
+        )
+        return EXIT_OK
     # Only mr-preproc's MNI-space model inputs can be compared across sites.
     model_inputs = find_model_inputs(inputs)
     if not model_inputs:

@@ -121,10 +121,13 @@ class DRROptions:
     source_to_detector_mm: float | None = None
     source_to_isocentre_mm: float | None = None
     noise_photons: int | None = None
+    #: map each view with the sim2real CycleGAN generator (not a C-arm setting)
+    sim2real: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The fields that were set, as keyword arguments of ``resolve_drr_settings``."""
         values = dataclasses.asdict(self)
+        values.pop('sim2real')
         return {name: value for name, value in values.items() if value not in (None, ())}
 
 
@@ -156,6 +159,13 @@ class ModelOptions:
     checkpoint_every: int = 200
     resume: bool = False
     reference_site: str | None = None
+    #: cyclegan: the real radiographs (domain B) and, instead of the dataset's DRRs, domain A
+    real_radiographs: Path | None = None
+    drr_images: Path | None = None
+    train_preprocess: str = 'resize_and_crop'
+    generator_width: int = 64
+    validation_every: int = 500
+    select_best: bool = False
 
 
 @dataclass(frozen=True)
