@@ -226,7 +226,7 @@ def test_group_training_then_drr_sim2real_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
     drr_dir, real_dir = tmp_path / 'drrs', tmp_path / 'real'
     drr_dir.mkdir(), real_dir.mkdir()
-    for n in range(3):
+    for n in range(10):  # the 10th of each held out for validation
         ramp = np.outer(np.linspace(0, 1, 48), np.linspace(0.2, 1, 40)) + rng.random((48, 40)) * 0.1
         Image.fromarray((ramp * 200).astype(np.uint8)).save(drr_dir / f'drr{n}.png')
         Image.fromarray((np.sqrt(ramp) * 60000).astype(np.uint16)).save(real_dir / f'cr{n}.png')
@@ -253,6 +253,7 @@ def test_group_training_then_drr_sim2real_end_to_end(tmp_path):
     card = json.loads((models / 'sim2real.json').read_text())
     assert card['trained']['GeneratorWidth'] == 4 and card['trained']['CropSize'] == 32
     assert card['trained']['Selected']['Step'] in (1, 2)
+    assert card['trained']['Images'] == {'A': 9, 'B': 9, 'HeldOutA': 1, 'HeldOutB': 1}
     assert len(list((models / 'validation').glob('*.png'))) == 2
     assert (models / 'training_log.tsv').read_text().count('\n') == 3
 

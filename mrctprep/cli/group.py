@@ -23,7 +23,7 @@ SIM2REAL_TRAINING = ('cyclegan', 'sim2real')
 def run_group(config: RunConfig) -> int:
     """Read the participant outputs (never the raw data again) and write the group tables."""
     inputs, models = config.inputs, config.models
-    write_group_tables(inputs)
+    # first: trained on a folder of DRRs, it needs no participant outputs
     if models.train in SIM2REAL_TRAINING:
         from mrctprep.group.sim2real_training import train_sim2real
 
@@ -34,6 +34,7 @@ def run_group(config: RunConfig) -> int:
             inputs.output_dir,
         )
         return EXIT_OK
+    write_group_tables(inputs)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.
     model_inputs = find_model_inputs(inputs)
     if not model_inputs:

@@ -447,7 +447,7 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
         )
     if (opts.resume or opts.steps or opts.train_patch_size) and not opts.train:
         parser.error('--resume, --steps and --train-patch-size go with --train NAME')
-    if opts.train == 'cyclegan' and not opts.real_radiographs:
+    if opts.train in ('cyclegan', 'sim2real') and not opts.real_radiographs:
         parser.error('--train cyclegan needs --real-radiographs DIR (domain B)')
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):

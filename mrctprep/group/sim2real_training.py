@@ -52,7 +52,10 @@ def find_drr_files(output_dir: Path) -> list[Path]:
 def _domain(files: list[Path], what: str) -> list[Radiograph]:
     images, _ = read_radiographs(files)
     if len(images) < 2:
-        raise InputError(f'--train cyclegan: {len(images)} readable {what}; two at least needed')
+        raise InputError(
+            f'--train cyclegan: {len(images)} readable {what}; two at least needed (domain A: '
+            'the participant level with --pipelines drr, or --drr-images DIR)'
+        )
     return images
 
 
@@ -76,6 +79,12 @@ def train_sim2real(
     train_a, held_a = _split(_domain(drr_files, f'DRRs ({models.drr_images or inputs.output_dir})'))
     train_b, held_b = _split(_domain(real_files, f'radiographs in {models.real_radiographs}'))
     settings = _settings(models, execution)
+    if models.select_best and not held_b:
+        LOGGER.warning(
+            '--select-best: too few radiographs to hold one out (%d needed); the last '
+            'generator is kept',
+            HOLD_OUT_EVERY,
+        )
     weights_file = trained_weights_file(inputs.output_dir, MODEL_NAME)
     LOGGER.info(
         'training cyclegan: %d DRRs (A) -> %d real radiographs (B), %d + %d held out; %d steps '
