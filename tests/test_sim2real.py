@@ -37,6 +37,16 @@ from mrctprep.models.weights import WEIGHTS_DIR_ENV, bundled_card, sha256_of
 TINY = {'ngf': 4, 'blocks': 2}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One thread, as the CLI's default --omp-nthreads: small convolutions on a busy machine
+    run many times slower with more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _upstream_generator_shapes(ngf: int = 64, blocks: int = 9) -> dict[str, tuple[int, ...]]:
     """pytorch-CycleGAN-and-pix2pix's ``resnet_9blocks`` state dict, 1 channel, as its
     ``nn.Sequential`` numbers the layers (pads, norms and ReLUs take indices too)."""
@@ -180,7 +190,7 @@ def _training(tmp_path, steps, validation_every=2):
     a = [rng.random((40, 48)).astype(np.float32) for _ in range(3)]
     b = [np.clip(i * 0.5 + 0.4, 0, 1) for i in a]
     settings = CycleGANSettings(
-        steps=steps, crop_size=32, load_size=36, validation_every=validation_every, **TINY
+        steps=steps, crop_size=32, load_size=36, validation_every=validation_every, ndf=4, **TINY
     )
     return CycleGANTraining(
         a, b, settings, validation=(a[:2], b[:2]), panel_dir=tmp_path / 'validation'
@@ -244,14 +254,14 @@ def test_group_training_then_drr_sim2real_end_to_end(tmp_path):
     train = run_cli(
         bids, out, 'group', '-w', tmp_path / 'work', '--train', 'cyclegan',
         '--drr-images', drr_dir, '--real-radiographs', real_dir, '--steps', '2',
-        '--train-patch-size', '32', '--generator-width', '4', '--validation-every', '1',
+        '--train-patch-size', '32', '--network-width', '4', '--validation-every', '1',
         '--select-best', env=cache,
     )  # fmt: skip
     assert train.returncode == 0, train.stderr
     assert train.stderr.count('skipped:') == 1 and 'notes.bin' in train.stderr
     models = out / 'models' / 'sim2real'
     card = json.loads((models / 'sim2real.json').read_text())
-    assert card['trained']['GeneratorWidth'] == 4 and card['trained']['CropSize'] == 32
+    assert card['trained']['NetworkWidth'] == {'ngf': 4, 'ndf': 4} and card['trained']['CropSize'] == 32
     assert card['trained']['Selected']['Step'] in (1, 2)
     assert card['trained']['Images'] == {'A': 9, 'B': 9, 'HeldOutA': 1, 'HeldOutB': 1}
     assert len(list((models / 'validation').glob('*.png'))) == 2

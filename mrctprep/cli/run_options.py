@@ -368,11 +368,12 @@ def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
         'crop: random crops of the images as they are, and flips',
     )
     sim2real.add_argument(
-        '--generator-width',
+        '--network-width',
         type=positive_int,
         default=64,
         metavar='NGF',
-        help="filters of the generator's first layer (upstream: 64; 16 trains on a CPU)",
+        help="filters of the generator's and the discriminator's first layers (ngf = ndf; "
+        'upstream: 64; 8 or 16 train on a CPU)',
     )
     sim2real.add_argument(
         '--validation-every',

@@ -163,7 +163,7 @@ class ModelOptions:
     real_radiographs: Path | None = None
     drr_images: Path | None = None
     train_preprocess: str = 'resize_and_crop'
-    generator_width: int = 64
+    network_width: int = 64
     validation_every: int = 500
     select_best: bool = False
 

@@ -134,7 +134,7 @@ def train_sim2real(
         'CropSize': settings.crop_size,
         'LoadSize': settings.load_size,
         'Preprocess': settings.preprocess,
-        'GeneratorWidth': settings.ngf,
+        'NetworkWidth': {'ngf': settings.ngf, 'ndf': settings.ndf},
         'RandomSeed': settings.seed,
         'Device': settings.device,
         'Selected': (
@@ -159,7 +159,8 @@ def _settings(models: ModelOptions, execution: ExecutionOptions) -> CycleGANSett
         # upstream's 552 for 512 crops, in proportion for other crops
         load_size=round(crop * CycleGANSettings.load_size / CycleGANSettings.crop_size),
         preprocess=models.train_preprocess,
-        ngf=models.generator_width,
+        ngf=models.network_width,
+        ndf=models.network_width,
         device=execution.device,
         seed=execution.random_seed,
         validation_every=models.validation_every,
