@@ -169,7 +169,9 @@ def main() -> None:
     domain_a = render(DOMAIN_A_CT)
     rng = np.random.default_rng(0)
     domain_b = [clinical_look(image, rng) for image in render(DOMAIN_B_CT)]
-    print(f'rendered {len(domain_a)} + {len(domain_b)} views in {time.perf_counter() - start:.0f} s')
+    print(
+        f'rendered {len(domain_a)} + {len(domain_b)} views in {time.perf_counter() - start:.0f} s'
+    )
     train_a, held_a = split(domain_a)
     train_b, held_b = split(domain_b)
     task, rate, steps, seconds, history = train(
@@ -200,7 +202,10 @@ def main() -> None:
     )
     for name, images in (('CycleGAN', mapped), ('hist. match', baseline)):
         kept = [gradient_correlation(a, m) for a, m in zip(held_a, images, strict=True)]
-        print(f'gradient-magnitude correlation, {name}: mean {np.mean(kept):.3f}, min {np.min(kept):.3f}')
+        print(
+            f'gradient-magnitude correlation, {name}: '
+            f'mean {np.mean(kept):.3f}, min {np.min(kept):.3f}'
+        )
     print(
         f'inference, 512x512, {args.threads} thread(s): ngf {args.width} '
         f'{inference_seconds(generator):.3f} s; upstream ngf 64 '
@@ -215,7 +220,10 @@ def main() -> None:
 def save_figure(path, *columns) -> None:
     from PIL import Image
 
-    rows = [np.concatenate([np.clip(c, 0, 1) for c in row], axis=1) for row in zip(*columns)]
+    rows = [
+        np.concatenate([np.clip(c, 0, 1) for c in row], axis=1)
+        for row in zip(*columns, strict=True)
+    ]
     Image.fromarray(np.uint8(np.concatenate(rows) * 255)).save(path)
     print(f'figure (held-out A | CycleGAN | histogram matching | a held-out B): {path}')
 

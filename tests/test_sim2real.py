@@ -8,7 +8,6 @@ import logging
 
 import nibabel as nb
 import numpy as np
-import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -164,7 +163,9 @@ def test_radiographs_are_read_as_displayed_and_bad_files_skipped_with_one_line(t
     # MONOCHROME1: high values are dark, so inverted; window 1000..3000 saturates both ends
     column = monochrome1[0]
     assert column[0] == 1.0 and column[-1] == 0.0
-    assert column[np.argmin(np.abs(np.linspace(0, 4000, 64) - 2000))] == pytest.approx(0.5, abs=0.03)
+    assert column[np.argmin(np.abs(np.linspace(0, 4000, 64) - 2000))] == pytest.approx(
+        0.5, abs=0.03
+    )
     assert np.count_nonzero(column == 1.0) > 10 and np.count_nonzero(column == 0.0) > 10
     for linear in (monochrome2, png, jpeg):
         assert linear[0] == pytest.approx(np.linspace(0, 1, 64), abs=0.01)
@@ -217,7 +218,10 @@ def test_training_resumes_exactly_and_saves_validation_panels(tmp_path):
     assert straight.schedules[0].get_last_lr() == pytest.approx([2e-4 / 3])
     assert len(straight.pools['A'].images) == 4
     panels = sorted((tmp_path / 'validation').iterdir())
-    assert [p.name for p in panels] == ['validation_step-0000002.png', 'validation_step-0000004.png']
+    assert [p.name for p in panels] == [
+        'validation_step-0000002.png',
+        'validation_step-0000004.png',
+    ]
     panel = np.asarray(Image.open(panels[-1]))
     assert panel.shape == (2 * (40 + 4), 3 * 48)  # rows: A | G_A(A) | G_B(G_A(A))
     # the kept generator is the one whose held-out images scored best
@@ -237,7 +241,9 @@ def test_group_training_then_drr_sim2real_end_to_end(tmp_path):
     drr_dir, real_dir = tmp_path / 'drrs', tmp_path / 'real'
     drr_dir.mkdir(), real_dir.mkdir()
     for n in range(10):  # the 10th of each held out for validation
-        ramp = np.outer(np.linspace(0, 1, 48), np.linspace(0.2, 1, 40)) + rng.random((48, 40)) * 0.1
+        ramp = (
+            np.outer(np.linspace(0, 1, 48), np.linspace(0.2, 1, 40)) + rng.random((48, 40)) * 0.1
+        )
         Image.fromarray((ramp * 200).astype(np.uint8)).save(drr_dir / f'drr{n}.png')
         Image.fromarray((np.sqrt(ramp) * 60000).astype(np.uint16)).save(real_dir / f'cr{n}.png')
     (real_dir / 'notes.bin').write_bytes(b'not an image')
@@ -261,7 +267,10 @@ def test_group_training_then_drr_sim2real_end_to_end(tmp_path):
     assert train.stderr.count('skipped:') == 1 and 'notes.bin' in train.stderr
     models = out / 'models' / 'sim2real'
     card = json.loads((models / 'sim2real.json').read_text())
-    assert card['trained']['NetworkWidth'] == {'ngf': 4, 'ndf': 4} and card['trained']['CropSize'] == 32
+    assert (
+        card['trained']['NetworkWidth'] == {'ngf': 4, 'ndf': 4}
+        and card['trained']['CropSize'] == 32
+    )
     assert card['trained']['Selected']['Step'] in (1, 2)
     assert card['trained']['Images'] == {'A': 9, 'B': 9, 'HeldOutA': 1, 'HeldOutB': 1}
     assert len(list((models / 'validation').glob('*.png'))) == 2

@@ -61,7 +61,9 @@ def _domain(files: list[Path], what: str) -> list[Radiograph]:
 
 def _split(images: list[Radiograph]) -> tuple[list[Radiograph], list[Radiograph]]:
     """(training, held-out): every 10th image held out, at most 4, none from fewer than 10."""
-    held = set(range(HOLD_OUT_EVERY - 1, len(images), HOLD_OUT_EVERY)) if len(images) >= 10 else set()
+    held = (
+        set(range(HOLD_OUT_EVERY - 1, len(images), HOLD_OUT_EVERY)) if len(images) >= 10 else set()
+    )
     held = set(sorted(held)[:MAX_HELD_OUT])
     return [i for n, i in enumerate(images) if n not in held], [images[n] for n in sorted(held)]
 
@@ -73,10 +75,14 @@ def train_sim2real(
     if models.real_radiographs is None:
         raise InputError('--train cyclegan needs a folder of real radiographs (domain B)')
     drr_files = (
-        radiograph_files(models.drr_images) if models.drr_images else find_drr_files(inputs.output_dir)
+        radiograph_files(models.drr_images)
+        if models.drr_images
+        else find_drr_files(inputs.output_dir)
     )
     real_files = radiograph_files(models.real_radiographs)
-    train_a, held_a = _split(_domain(drr_files, f'DRRs ({models.drr_images or inputs.output_dir})'))
+    train_a, held_a = _split(
+        _domain(drr_files, f'DRRs ({models.drr_images or inputs.output_dir})')
+    )
     train_b, held_b = _split(_domain(real_files, f'radiographs in {models.real_radiographs}'))
     settings = _settings(models, execution)
     if models.select_best and not held_b:
@@ -129,7 +135,12 @@ def train_sim2real(
         'Dataset': str(inputs.bids_dir),
         'DomainA': str(models.drr_images or inputs.output_dir),
         'DomainB': str(models.real_radiographs),
-        'Images': {'A': len(train_a), 'B': len(train_b), 'HeldOutA': len(held_a), 'HeldOutB': len(held_b)},
+        'Images': {
+            'A': len(train_a),
+            'B': len(train_b),
+            'HeldOutA': len(held_a),
+            'HeldOutB': len(held_b),
+        },
         'Steps': settings.steps,
         'CropSize': settings.crop_size,
         'LoadSize': settings.load_size,

@@ -116,14 +116,10 @@ def read_radiographs(files: Iterable[Path]) -> tuple[list[Radiograph], list[Path
     return images, read
 
 
-def histogram_wasserstein(
-    images: Sequence[Radiograph], references: Sequence[Radiograph]
-) -> float:
+def histogram_wasserstein(images: Sequence[Radiograph], references: Sequence[Radiograph]) -> float:
     """Wasserstein-1 distance between the pooled intensity histograms of two sets of images
     in [0, 1] (256 bins): the area between their cumulative histograms."""
-    cumulative = [
-        np.cumsum(_histogram(group)) for group in (images, references)
-    ]
+    cumulative = [np.cumsum(_histogram(group)) for group in (images, references)]
     return float(np.abs(cumulative[0] - cumulative[1]).sum() / HISTOGRAM_BINS)
 
 
@@ -139,7 +135,9 @@ def radial_power_spectrum(image: Radiograph) -> npt.NDArray[np.float64]:
     compare)."""
     rows, columns = image.shape
     power = np.abs(np.fft.fft2(image - image.mean())) ** 2 / image.size
-    frequency = np.hypot(*np.meshgrid(np.fft.fftfreq(rows), np.fft.fftfreq(columns), indexing='ij'))
+    frequency = np.hypot(
+        *np.meshgrid(np.fft.fftfreq(rows), np.fft.fftfreq(columns), indexing='ij')
+    )
     which = np.minimum((frequency / 0.5 * SPECTRUM_BINS).astype(int), SPECTRUM_BINS)
     total = np.bincount(which.ravel(), power.ravel(), minlength=SPECTRUM_BINS + 1)
     count = np.bincount(which.ravel(), minlength=SPECTRUM_BINS + 1)
@@ -157,5 +155,7 @@ def spectrum_distance(images: Sequence[Radiograph], references: Sequence[Radiogr
 def gradient_correlation(image: Radiograph, other: Radiograph) -> float:
     """Pearson correlation of the gradient magnitudes of two images of one size: how much of
     one image's structure (edges of anatomy) the other keeps."""
-    magnitudes = [np.hypot(*np.gradient(np.asarray(i, np.float64))).ravel() for i in (image, other)]
+    magnitudes = [
+        np.hypot(*np.gradient(np.asarray(i, np.float64))).ravel() for i in (image, other)
+    ]
     return float(np.corrcoef(magnitudes[0], magnitudes[1])[0, 1])

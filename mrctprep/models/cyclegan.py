@@ -73,7 +73,8 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_block(x)
+        out: torch.Tensor = x + self.conv_block(x)
+        return out
 
 
 class ResnetGenerator(nn.Module):
@@ -178,7 +179,10 @@ def generator_from_state_dict(state: Mapping[str, Any]) -> ResnetGenerator:
     last_index = max(int(k.split('.')[1]) for k in cleaned if k.endswith('.weight'))
     last = cleaned[f'model.{last_index}.weight']
     generator = ResnetGenerator(
-        in_channels=first.shape[1], out_channels=last.shape[0], ngf=first.shape[0], blocks=len(blocks)
+        in_channels=first.shape[1],
+        out_channels=last.shape[0],
+        ngf=first.shape[0],
+        blocks=len(blocks),
     )
     generator.load_state_dict(cleaned)
     return generator.eval()

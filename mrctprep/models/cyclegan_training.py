@@ -88,12 +88,15 @@ def prepare(image: Radiograph, settings: CycleGANSettings) -> npt.NDArray[np.uin
     """An image as training draws from it: resized to the load size (bicubic, as upstream)
     or kept as is, stored as 16 bits to keep a thousand images in memory."""
     if settings.preprocess == 'resize_and_crop':
-        picture = Image.fromarray(np.asarray(image, np.float32), mode='F')
+        picture = Image.fromarray(np.asarray(image, np.float32))  # mode F
         size = (settings.load_size, settings.load_size)
         image = np.asarray(picture.resize(size, Image.Resampling.BICUBIC)).clip(0, 1)
     elif min(image.shape) < settings.crop_size:
-        raise ValueError(f'an image of {image.shape} is smaller than the crop {settings.crop_size}')
-    return np.round(np.asarray(image) * 65535).astype(np.uint16)
+        raise ValueError(
+            f'an image of {image.shape} is smaller than the crop {settings.crop_size}'
+        )
+    stored: npt.NDArray[np.uint16] = np.round(np.asarray(image) * 65535).astype(np.uint16)
+    return stored
 
 
 def random_crop(
@@ -133,8 +136,9 @@ class CycleGANTraining:
         torch.manual_seed(settings.seed)
         width = {'ngf': settings.ngf, 'blocks': settings.blocks}
         self.G_A, self.G_B = ResnetGenerator(**width), ResnetGenerator(**width)
-        self.D_A, self.D_B = NLayerDiscriminator(ndf=settings.ndf), NLayerDiscriminator(
-            ndf=settings.ndf
+        self.D_A, self.D_B = (
+            NLayerDiscriminator(ndf=settings.ndf),
+            NLayerDiscriminator(ndf=settings.ndf),
         )
         for network in self.networks:
             init_weights(network)
@@ -209,7 +213,11 @@ class CycleGANTraining:
         return {k: v.item() for k, v in terms.items()}, fake_b.detach(), fake_a.detach()
 
     def _train_discriminators(
-        self, real_a: torch.Tensor, real_b: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor
+        self,
+        real_a: torch.Tensor,
+        real_b: torch.Tensor,
+        fake_a: torch.Tensor,
+        fake_b: torch.Tensor,
     ) -> dict[str, float]:
         self.optimiser_D.zero_grad(set_to_none=True)
         losses = {}
@@ -285,7 +293,10 @@ def _save_panel(
     rows = []
     for images in zip(originals, mapped, cycled, strict=True):
         scale = min(1.0, 256 / images[0].shape[0])
-        size = (max(1, round(images[0].shape[1] * scale)), max(1, round(images[0].shape[0] * scale)))
+        size = (
+            max(1, round(images[0].shape[1] * scale)),
+            max(1, round(images[0].shape[0] * scale)),
+        )
         tiles = [
             np.asarray(Image.fromarray(np.uint8(np.clip(i, 0, 1) * 255)).resize(size))
             for i in images

@@ -78,8 +78,12 @@ def init_drr_wf(
         workflow.connect(sinks[f'ds_drr_{label}_nii'], 'out_file', merge_drr, f'in{index + 1}')
     if drr.sim2real:
         add_sim2real(
-            workflow, output_dir=output_dir, labels=labels, models=models or ModelOptions(),
-            execution=execution, source_file=source_file,
+            workflow,
+            output_dir=output_dir,
+            labels=labels,
+            models=models or ModelOptions(),
+            execution=execution,
+            source_file=source_file,
         )
     return workflow
 
