@@ -15,6 +15,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from conftest import SHARED_DATA, run_cli, write_bids
+from mrctprep.cli.main import run as parse_args
+from mrctprep.core.errors import ResourceError
 from mrctprep.imaging.radiographs import (
     gradient_correlation,
     histogram_wasserstein,
@@ -106,7 +108,7 @@ def test_an_upstream_checkpoint_with_old_instance_norm_keys_loads_as_it_is(tmp_p
         load_generator(checkpoint, '0' * 64, 'cpu')
     state['model.99.weight'] = torch.zeros(1)  # a key upstream never writes: refused
     torch.save(state, checkpoint)
-    with pytest.raises(RuntimeError, match='model.99.weight'):
+    with pytest.raises(ResourceError, match='not a CycleGAN.*model.99.weight'):
         load_generator(checkpoint, sha256_of(checkpoint), 'cpu')
 
 
@@ -290,3 +292,10 @@ def test_group_training_then_drr_sim2real_end_to_end(tmp_path):
     sidecar = json.loads((anat / 'sub-01_desc-pasim2real_drr.json').read_text())
     assert sidecar['ModelWeightsSHA256'] == card['sha256'] == sha256_of(models / 'sim2real.pt')
     assert (out / 'sub-01' / 'figures' / 'sub-01_desc-sim2real_drr.png').stat().st_size > 5_000
+
+
+def test_cyclegan_training_needs_its_real_radiographs_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([str(tmp_path / 'bids'), str(tmp_path / 'out'), 'group', '--train', 'cyclegan'])
+    assert exit_info.value.code == 2
+    assert '--train cyclegan needs --real-radiographs DIR' in capsys.readouterr().err

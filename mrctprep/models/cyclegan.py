@@ -172,7 +172,7 @@ def generator_from_state_dict(state: Mapping[str, Any]) -> ResnetGenerator:
     """The generator that ``state`` (ours or upstream's) was saved from, weights loaded; its
     width, depth and channels read off the tensors' shapes."""
     cleaned = clean_upstream_state_dict(state)
-    first, last = cleaned.get('model.1.weight'), None
+    first = cleaned.get('model.1.weight')
     blocks = {int(m.group(1)) for k in cleaned if (m := re.match(r'model\.(\d+)\.conv_block', k))}
     if first is None or not blocks:
         raise ValueError('not a resnet generator state dict (no model.1.weight / conv_block)')
@@ -259,4 +259,7 @@ def load_generator(weights_file: str | Path, sha256: str, device: str) -> Resnet
     if actual != sha256:
         raise ResourceError(f'{path}: SHA-256 {actual[:16]}... changed since the run started')
     state = torch.load(path, map_location='cpu', weights_only=True)
-    return generator_from_state_dict(state).to(device)
+    try:
+        return generator_from_state_dict(state).to(device)
+    except (ValueError, RuntimeError) as exc:  # load_state_dict's key and shape mismatches
+        raise ResourceError(f'{path}: not a CycleGAN resnet generator ({exc})') from None
