@@ -262,4 +262,5 @@ def load_generator(weights_file: str | Path, sha256: str, device: str) -> Resnet
     try:
         return generator_from_state_dict(state).to(device)
     except (ValueError, RuntimeError) as exc:  # load_state_dict's key and shape mismatches
-        raise ResourceError(f'{path}: not a CycleGAN resnet generator ({exc})') from None
+        reason = ' '.join(str(exc).split())  # one line
+        raise ResourceError(f'{path}: not a CycleGAN resnet generator ({reason})') from None
