@@ -100,7 +100,7 @@ def split(images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]
 
 def train(a, b, held, crop, width, budget_s):
     """A CycleGAN trained for as many steps as fit in ``budget_s``; its rate and step count."""
-    from mrctprep.models.cyclegan_training import CycleGANSettings, CycleGANTraining
+    from mrctprep.models.cyclegan_training import CycleGANSettings, CycleGANTraining, prepare
     from mrctprep.models.training import TrainingSettings, run_training
 
     def task(steps):
@@ -108,7 +108,10 @@ def train(a, b, held, crop, width, budget_s):
             steps=steps, crop_size=crop, preprocess='crop', ngf=width, ndf=width,
             validation_every=max(steps // 5, 1),
         )  # fmt: skip
-        return CycleGANTraining(a, b, settings, validation=held)
+        return CycleGANTraining(
+            [prepare(i, settings) for i in a], [prepare(i, settings) for i in b], settings,
+            validation=held,
+        )  # fmt: skip
 
     probe, start = task(1000), time.perf_counter()
     for _ in range(5):

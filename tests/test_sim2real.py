@@ -20,7 +20,7 @@ from mrctprep.core.errors import ResourceError
 from mrctprep.imaging.radiographs import (
     gradient_correlation,
     histogram_wasserstein,
-    read_radiographs,
+    iter_radiographs,
     spectrum_distance,
 )
 from mrctprep.models import cyclegan
@@ -31,7 +31,7 @@ from mrctprep.models.cyclegan import (
     load_generator,
     translate,
 )
-from mrctprep.models.cyclegan_training import CycleGANSettings, CycleGANTraining
+from mrctprep.models.cyclegan_training import CycleGANSettings, CycleGANTraining, prepare
 from mrctprep.models.training import TrainingSettings, run_training
 from mrctprep.models.weights import WEIGHTS_DIR_ENV, bundled_card, sha256_of
 
@@ -157,11 +157,11 @@ def test_radiographs_are_read_as_displayed_and_bad_files_skipped_with_one_line(t
     _dicom(tmp_path / 'f.dcm', ramp, 'RGB')
     files = sorted(tmp_path.iterdir())
     with caplog.at_level(logging.WARNING):
-        images, read = read_radiographs(files)
+        read = dict(iter_radiographs(files))
     assert [p.name for p in read] == ['a.dcm', 'b', 'c.png', 'd.jpg']
     skipped = [r.getMessage() for r in caplog.records]
     assert len(skipped) == 2 and 'e.png' in skipped[0] and 'photometric' in skipped[1]
-    monochrome1, monochrome2, png, jpeg = images
+    monochrome1, monochrome2, png, jpeg = read.values()
     # MONOCHROME1: high values are dark, so inverted; window 1000..3000 saturates both ends
     column = monochrome1[0]
     assert column[0] == 1.0 and column[-1] == 0.0
@@ -196,7 +196,11 @@ def _training(tmp_path, steps, validation_every=2):
         steps=steps, crop_size=32, load_size=36, validation_every=validation_every, ndf=4, **TINY
     )
     return CycleGANTraining(
-        a, b, settings, validation=(a[:2], b[:2]), panel_dir=tmp_path / 'validation'
+        [prepare(image, settings) for image in a],
+        [prepare(image, settings) for image in b],
+        settings,
+        validation=(a[:2], b[:2]),
+        panel_dir=tmp_path / 'validation',
     )
 
 

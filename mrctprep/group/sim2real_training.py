@@ -17,11 +17,17 @@ from pathlib import Path
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
 from mrctprep.core.errors import InputError
-from mrctprep.imaging.radiographs import Radiograph, radiograph_files, read_radiographs
+from mrctprep.imaging.radiographs import (
+    Radiograph,
+    iter_radiographs,
+    radiograph_files,
+)
 from mrctprep.models.cyclegan_training import (
     DEFAULT_STEPS,
     CycleGANSettings,
     CycleGANTraining,
+    TrainingImage,
+    prepare,
 )
 from mrctprep.models.training import (
     TrainingSettings,
@@ -49,23 +55,25 @@ def find_drr_files(output_dir: Path) -> list[Path]:
     )
 
 
-def _domain(files: list[Path], what: str) -> list[Radiograph]:
-    images, _ = read_radiographs(files)
-    if len(images) < 2:
+def _load_domain(
+    files: list[Path], settings: CycleGANSettings, what: str
+) -> tuple[list[TrainingImage], list[Radiograph]]:
+    """The readable images of ``files``: every 10th held out (at most 4) for the validation
+    panels and scores, the others prepared for training as they are read."""
+    training: list[TrainingImage] = []
+    held_out: list[Radiograph] = []
+    for _, image in iter_radiographs(files):
+        readable = len(training) + len(held_out) + 1
+        if readable % HOLD_OUT_EVERY == 0 and len(held_out) < MAX_HELD_OUT:
+            held_out.append(image)
+        else:
+            training.append(prepare(image, settings))
+    if len(training) < 2:
         raise InputError(
-            f'--train cyclegan: {len(images)} readable {what}; two at least needed (domain A: '
-            'the participant level with --pipelines drr, or --drr-images DIR)'
+            f'--train cyclegan: {len(training)} readable {what} to train on; two at least '
+            'needed (domain A: the participant level with --pipelines drr, or --drr-images DIR)'
         )
-    return images
-
-
-def _split(images: list[Radiograph]) -> tuple[list[Radiograph], list[Radiograph]]:
-    """(training, held-out): every 10th image held out, at most 4, none from fewer than 10."""
-    held = (
-        set(range(HOLD_OUT_EVERY - 1, len(images), HOLD_OUT_EVERY)) if len(images) >= 10 else set()
-    )
-    held = set(sorted(held)[:MAX_HELD_OUT])
-    return [i for n, i in enumerate(images) if n not in held], [images[n] for n in sorted(held)]
+    return training, held_out
 
 
 def train_sim2real(
@@ -80,11 +88,12 @@ def train_sim2real(
         else find_drr_files(inputs.output_dir)
     )
     real_files = radiograph_files(models.real_radiographs)
-    train_a, held_a = _split(
-        _domain(drr_files, f'DRRs ({models.drr_images or inputs.output_dir})')
-    )
-    train_b, held_b = _split(_domain(real_files, f'radiographs in {models.real_radiographs}'))
     settings = _settings(models, execution)
+    domain_a = models.drr_images or inputs.output_dir
+    train_a, held_a = _load_domain(drr_files, settings, f'DRRs ({domain_a})')
+    train_b, held_b = _load_domain(
+        real_files, settings, f'radiographs in {models.real_radiographs}'
+    )
     if models.select_best and not held_b:
         LOGGER.warning(
             '--select-best: too few radiographs to hold one out (%d needed); the last '
@@ -110,7 +119,8 @@ def train_sim2real(
         train_a,
         train_b,
         settings,
-        validation=(held_a or train_a[:2], held_b),
+        # without held-out DRRs the panels show two training images
+        validation=(held_a or [image / 65535 for image in train_a[:2]], held_b),
         panel_dir=weights_file.parent / 'validation',
     )
     history = run_training(

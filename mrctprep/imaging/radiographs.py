@@ -10,7 +10,7 @@ are ``(rows, columns)`` with row 0 at the top.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,17 +103,15 @@ def radiograph_files(folder: Path) -> list[Path]:
     )
 
 
-def read_radiographs(files: Iterable[Path]) -> tuple[list[Radiograph], list[Path]]:
-    """The readable ones of ``files``, and the files read; each unreadable file is skipped
+def iter_radiographs(files: Iterable[Path]) -> Iterator[tuple[Path, Radiograph]]:
+    """The readable ones of ``files`` with their images, read one at a time (a thousand
+    full-size radiographs as floats would not fit in memory); each unreadable file is skipped
     with one warning line."""
-    images, read = [], []
     for path in files:
         try:
-            images.append(read_radiograph(path))
-            read.append(path)
+            yield path, read_radiograph(path)
         except RadiographReadError as exc:
             LOGGER.warning('skipped: %s', exc)
-    return images, read
 
 
 def histogram_wasserstein(images: Sequence[Radiograph], references: Sequence[Radiograph]) -> float:

@@ -44,6 +44,8 @@ LEARNING_RATE = 2e-4
 ADAM_BETAS = (0.5, 0.999)
 DEFAULT_STEPS = 200 * 1024  # upstream's 100 + 100 epochs of 1024 images
 PREPROCESSING = ('resize_and_crop', 'crop')
+#: An image as training draws crops from it (:func:`prepare`): [0, 1] as 16 bits.
+TrainingImage = npt.NDArray[np.uint16]
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,10 @@ class ImagePool:
         return image
 
 
-def prepare(image: Radiograph, settings: CycleGANSettings) -> npt.NDArray[np.uint16]:
+def prepare(image: Radiograph, settings: CycleGANSettings) -> TrainingImage:
     """An image as training draws from it: resized to the load size (bicubic, as upstream)
-    or kept as is, stored as 16 bits to keep a thousand images in memory."""
+    or kept as is, stored as 16 bits: a thousand full-size radiographs would not fit in
+    memory as floats, so each is prepared as it is read."""
     if settings.preprocess == 'resize_and_crop':
         picture = Image.fromarray(np.asarray(image, np.float32))  # mode F
         size = (settings.load_size, settings.load_size)
@@ -95,12 +98,12 @@ def prepare(image: Radiograph, settings: CycleGANSettings) -> npt.NDArray[np.uin
         raise ValueError(
             f'an image of {image.shape} is smaller than the crop {settings.crop_size}'
         )
-    stored: npt.NDArray[np.uint16] = np.round(np.asarray(image) * 65535).astype(np.uint16)
+    stored: TrainingImage = np.round(np.asarray(image) * 65535).astype(np.uint16)
     return stored
 
 
 def random_crop(
-    image: npt.NDArray[np.uint16], size: int, rng: np.random.Generator
+    image: TrainingImage, size: int, rng: np.random.Generator
 ) -> npt.NDArray[np.float32]:
     """A random ``size`` square, flipped left-right with p = 1/2, in [-1, 1]."""
     top = int(rng.integers(image.shape[0] - size + 1))
@@ -116,8 +119,8 @@ class CycleGANTraining:
 
     def __init__(
         self,
-        domain_a: Sequence[Radiograph],
-        domain_b: Sequence[Radiograph],
+        domain_a: Sequence[TrainingImage],
+        domain_b: Sequence[TrainingImage],
         settings: CycleGANSettings,
         *,
         validation: tuple[Sequence[Radiograph], Sequence[Radiograph]] = ((), ()),
@@ -128,10 +131,7 @@ class CycleGANTraining:
         self.settings, self.panel_dir = settings, panel_dir
         self.device = torch.device(settings.device)
         self.rng = np.random.default_rng(settings.seed)
-        self.images = {
-            'A': [prepare(image, settings) for image in domain_a],
-            'B': [prepare(image, settings) for image in domain_b],
-        }
+        self.images = {'A': list(domain_a), 'B': list(domain_b)}
         self.validation = validation
         torch.manual_seed(settings.seed)
         width = {'ngf': settings.ngf, 'blocks': settings.blocks}
