@@ -19,7 +19,9 @@ each held-out DRR's intensities onto the training target images' pooled histogra
 matching). On the held-out images it prints: the Wasserstein distance of intensity histograms
 and the distance of radially averaged power spectra to the held-out target images, before
 (plain DRRs), after (CycleGAN) and for the baseline, with the reductions (target >= 50 %);
-the correlation of gradient magnitudes between each DRR and its mapped image (target >= 0.8);
+the correlation of gradient magnitudes (Gaussian derivatives, sigma 2 pixels: anatomy's edges,
+not pixel noise) between each DRR and its mapped image (target >= 0.8), also for the oracle
+(the look itself applied to the held-out DRRs: what a perfect mapper would give);
 training steps/s, inference seconds per 512x512 image (the trained width and upstream's
 ngf 64), and peak memory. All figures are for a reduced size, not upstream's ngf 64 / 512
 crops.
@@ -60,22 +62,22 @@ def render(ct_file: Path) -> list[np.ndarray]:
 def clinical_look(drr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A stand-in for a real chest radiograph's look, applied to a neglog DRR in [0, 1]:
 
-    1. tone curve: gamma 0.6 then a film-like sigmoid (slope 8 around 0.5);
-    2. scatter: a low-pass halo (Gaussian, sigma = 1/8 of the image) mixed in at 25 %,
+    1. tone curve: gamma 0.75 then a gentle film-like sigmoid (slope 4 around 0.5);
+    2. scatter: a low-pass halo (Gaussian, sigma = 1/8 of the image) mixed in at 20 %,
        veiling the contrast;
     3. heel effect: exposure falling linearly by 15 % across the columns (anode side);
-    4. detector blur: Gaussian, sigma 1.2 pixels;
-    5. quantum noise: Poisson, 300 photons per pixel at full scale;
-    6. collimator shutters: 4-10 % of each side left unexposed (bright), soft 2-pixel edges.
+    4. quantum noise: Poisson, 3000 photons per pixel at full scale;
+    5. detector blur (its MTF, after the noise): Gaussian, sigma 1.2 pixels;
+    6. collimator shutters: 3-6 % of each side left unexposed (bright), soft 2-pixel edges.
     """
     rows, columns = drr.shape
-    toned = 1 / (1 + np.exp(-8 * (np.clip(drr, 0, 1) ** 0.6 - 0.5)))
+    toned = 1 / (1 + np.exp(-4 * (np.clip(drr, 0, 1) ** 0.75 - 0.5)))
     toned = (toned - toned.min()) / (toned.max() - toned.min())
-    toned = 0.75 * toned + 0.25 * ndimage.gaussian_filter(toned, rows / 8)
+    toned = 0.8 * toned + 0.2 * ndimage.gaussian_filter(toned, rows / 8)
     toned *= 1 - 0.15 * np.linspace(0, 1, columns)[None, :]
+    toned = rng.poisson(np.clip(toned, 0, None) * 3000) / 3000
     toned = ndimage.gaussian_filter(toned, 1.2)
-    toned = rng.poisson(np.clip(toned, 0, None) * 300) / 300
-    inset = (rng.uniform(0.04, 0.10, 4) * [rows, rows, columns, columns]).astype(int)
+    inset = (rng.uniform(0.03, 0.06, 4) * [rows, rows, columns, columns]).astype(int)
     open_field = np.zeros_like(toned)
     open_field[inset[0] : rows - inset[1], inset[2] : columns - inset[3]] = 1
     open_field = ndimage.gaussian_filter(open_field, 2)
@@ -150,7 +152,7 @@ def report(name, before, after, baseline):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--minutes', type=float, default=15.0, help='training time budget')
-    parser.add_argument('--crop', type=int, default=128)
+    parser.add_argument('--crop', type=int, default=96)
     parser.add_argument('--width', type=int, default=8, help='ngf = ndf')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--figure', type=Path, help='PNG: held-out A | CycleGAN | baseline | B')
@@ -183,6 +185,8 @@ def main() -> None:
     generator = task.G_A.eval()
     mapped = [translate(generator, image) for image in held_a]
     baseline = [histogram_match(image, train_b) for image in held_a]
+    # what a perfect mapper would give: the look itself applied to the held-out DRRs
+    oracle = [clinical_look(image, rng) for image in held_a]
 
     print(
         f'\ntrained ngf = ndf = {args.width}, {args.crop} crops, {steps} steps in {seconds:.0f} s '
@@ -203,7 +207,12 @@ def main() -> None:
         spectrum_distance(mapped, held_b),
         spectrum_distance(baseline, held_b),
     )
-    for name, images in (('CycleGAN', mapped), ('hist. match', baseline)):
+    print(
+        f'{"(oracle: the look applied to A)":<34} '
+        f'hist. {histogram_wasserstein(oracle, held_b):.4f}  '
+        f'spectrum {spectrum_distance(oracle, held_b):.4f}'
+    )
+    for name, images in (('CycleGAN', mapped), ('hist. match', baseline), ('oracle', oracle)):
         kept = [gradient_correlation(a, m) for a, m in zip(held_a, images, strict=True)]
         print(
             f'gradient-magnitude correlation, {name}: '

@@ -18,6 +18,7 @@ import nibabel as nb
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -150,10 +151,12 @@ def spectrum_distance(images: Sequence[Radiograph], references: Sequence[Radiogr
     return float(np.sqrt(np.mean((mean[0] - mean[1]) ** 2)))
 
 
-def gradient_correlation(image: Radiograph, other: Radiograph) -> float:
-    """Pearson correlation of the gradient magnitudes of two images of one size: how much of
-    one image's structure (edges of anatomy) the other keeps."""
+def gradient_correlation(image: Radiograph, other: Radiograph, sigma: float = 2.0) -> float:
+    """Pearson correlation of the gradient magnitudes (Gaussian derivatives at ``sigma``
+    pixels: the edges of anatomy rather than pixel noise) of two images of one size: how much
+    of one image's structure the other keeps."""
     magnitudes = [
-        np.hypot(*np.gradient(np.asarray(i, np.float64))).ravel() for i in (image, other)
+        ndimage.gaussian_gradient_magnitude(np.asarray(i, np.float64), sigma).ravel()
+        for i in (image, other)
     ]
     return float(np.corrcoef(magnitudes[0], magnitudes[1])[0, 1])
