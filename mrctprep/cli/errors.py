@@ -47,13 +47,19 @@ def exit_code_of(error: Exception) -> int:
     return next((code for kind, code in _EXIT_CODES if isinstance(error, kind)), EXIT_USAGE)
 
 
+#: how to train a model's weights, where that is not ``--train <model name>``
+_TRAINING_COMMANDS = {
+    'sim2real': 'cyclegan --real-radiographs DIR (or give an upstream latest_net_G_A.pth)',
+}
+
+
 def _weights_hint(error: WeightsNotFoundError) -> str:
     where = f'--weights {error.model}={error.given}: ' if error.given else ''
     return (
         f'{where}{error}; give --weights {error.model}=FILE (a {WEIGHTS_SUFFIX} written by '
         f'mrctprep with its .json card beside it), put {error.model}{WEIGHTS_SUFFIX} in '
         f'${WEIGHTS_DIR_ENV}, or train them: mrctprep BIDS_DIR OUTPUT_DIR group --train '
-        f'{error.model}'
+        f'{_TRAINING_COMMANDS.get(error.model, error.model)}'
     )
 
 

@@ -18,6 +18,8 @@ from mrctprep.group.tables import write_group_tables
 from mrctprep.reports.group import write_group_report
 
 LOGGER = logging.getLogger(__name__)
+#: ``--train`` names that train the sim2real CycleGAN
+SIM2REAL_TRAINING = ('cyclegan', 'sim2real')
 
 
 def run_group(config: RunConfig) -> int:
@@ -33,6 +35,17 @@ def run_group(config: RunConfig) -> int:
 
 def _write_group_tables(config: RunConfig) -> int:
     inputs, models = config.inputs, config.models
+    # first: trained on a folder of DRRs, it needs no participant outputs
+    if models.train in SIM2REAL_TRAINING:
+        from mrctprep.group.sim2real_training import train_sim2real
+
+        train_sim2real(inputs=inputs, models=models, execution=config.execution)
+        LOGGER.info(
+            'apply with: mrctprep %s %s participant --pipelines drr --drr-sim2real',
+            inputs.bids_dir,
+            inputs.output_dir,
+        )
+        return EXIT_OK
     write_group_tables(inputs)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.
     model_inputs = find_model_inputs(inputs)

@@ -60,6 +60,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         _add_drr_options,
         _add_superres_options,
         _add_model_options,
+        _add_sim2real_options,
     ):
         add_section(parser)
 
@@ -305,11 +306,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument(
         '--train',
-        choices=model_names(),
+        choices=[*model_names(), 'cyclegan'],
         metavar='NAME',
         help='group level: train model NAME on the participant outputs (iguane: on mr-preproc '
-        "outputs, sites from participants.tsv's site column or the sidecars' scanner); writes "
-        'OUTPUT_DIR/models/NAME/',
+        "outputs, sites from participants.tsv's site column or the sidecars' scanner; "
+        'cyclegan: the sim2real CycleGAN from the drr outputs to --real-radiographs); writes '
+        'OUTPUT_DIR/models/NAME/ (cyclegan: models/sim2real/)',
     )
     models.add_argument(
         '--steps',
@@ -355,10 +357,55 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     models.add_argument(
         '--validate-every',
         type=positive_int,
-        default=1000,
         metavar='N',
-        help='score the weights on the held-out participants every N steps (default 1000: '
-        "IGUANe's every 5 epochs)",
+        help='score the weights on held-out data every N steps (iguane: the held-out '
+        "participants, default 1000, IGUANe's every 5 epochs; cyclegan: a panel of held-out "
+        'DRRs mapped and mapped back, saved, and their score, default 500)',
+    )
+
+
+def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
+    """The sim2real CycleGAN: training data and settings (``group --train cyclegan``)."""
+    sim2real = parser.add_argument_group('Sim2real CycleGAN (group --train cyclegan)')
+    sim2real.add_argument(
+        '--real-radiographs',
+        type=absolute_path,
+        metavar='DIR',
+        help='domain B: a folder of real radiographs (DICOM CR/DX, PNG or JPEG of any bit '
+        'depth; unreadable files are skipped with a warning)',
+    )
+    sim2real.add_argument(
+        '--drr-images',
+        type=absolute_path,
+        metavar='DIR',
+        help="domain A: a folder of DRR images instead of the drr pipeline's outputs",
+    )
+    sim2real.add_argument(
+        '--train-preprocess',
+        choices=('resize_and_crop', 'crop'),
+        default='resize_and_crop',
+        help="resize_and_crop: upstream's resize to 552 (crop x 552/512), random crop, flip; "
+        'crop: random crops of the images as they are, and flips',
+    )
+    sim2real.add_argument(
+        '--network-width',
+        type=positive_int,
+        default=64,
+        metavar='NGF',
+        help="filters of the generator's and the discriminator's first layers (ngf = ndf; "
+        'upstream: 64; 8 or 16 train on a CPU)',
+    )
+    sim2real.add_argument(
+        '--select-best',
+        action='store_true',
+        help='keep the generator whose held-out images came closest to the held-out real '
+        'radiographs (intensity histograms), not the last one',
+    )
+    sim2real.add_argument(
+        '--drr-sim2real',
+        action='store_true',
+        help='drr: also map each view with the sim2real generator (--weights sim2real=FILE or '
+        'group --train cyclegan): desc-<view>sim2real_drr images and a DRR | sim2real sheet',
     )
 
 
@@ -433,6 +480,8 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
             '--resume, --steps, --train-patch-size and --validation-participants go with '
             '--train NAME'
         )
+    if opts.train in ('cyclegan', 'sim2real') and not opts.real_radiographs:
+        parser.error('--train cyclegan needs --real-radiographs DIR (domain B)')
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
         parser.error(

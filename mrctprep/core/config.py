@@ -123,10 +123,13 @@ class DRROptions:
     source_to_detector_mm: float | None = None
     source_to_isocentre_mm: float | None = None
     noise_photons: int | None = None
+    #: map each view with the sim2real CycleGAN generator (not a C-arm setting)
+    sim2real: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The fields that were set, as keyword arguments of ``resolve_drr_settings``."""
         values = dataclasses.asdict(self)
+        values.pop('sim2real')
         return {name: value for name, value in values.items() if value not in (None, ())}
 
 
@@ -161,7 +164,14 @@ class ModelOptions:
     #: participants of each site held out of training to choose the best weights (None: the
     #: default share)
     validation_participants: int | None = None
-    validate_every: int = 1000
+    #: steps between validations (None: the model's default)
+    validate_every: int | None = None
+    #: cyclegan: the real radiographs (domain B) and, instead of the dataset's DRRs, domain A
+    real_radiographs: Path | None = None
+    drr_images: Path | None = None
+    train_preprocess: str = 'resize_and_crop'
+    network_width: int = 64
+    select_best: bool = False
 
 
 @dataclass(frozen=True)

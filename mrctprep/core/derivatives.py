@@ -70,6 +70,9 @@ DESCRIPTIONS = {
     'ap': 'DRR, anterior-posterior view: the detector behind the patient (orbital 180 for a '
     'supine patient), seen from the X-ray source: the left of the patient on the image right.',
     'drr': 'Figure: contact sheet of the DRR views of a CT.',
+    'sim2real': 'DRR mapped to the look of real radiographs by the sim2real CycleGAN generator '
+    "(drr --drr-sim2real): desc-<view>sim2real, in [0, 1]; the sidecar names the weights' "
+    'SHA-256. Figure: each view beside its sim2real image.',
     'harmonized': 'Harmonized by IGUANe (the mr-harmonize pipeline): the model input mapped '
     "to the reference site's appearance (median-500 scale, background 0), on the model grid "
     "(space-) or brought back to the native grid; the sidecar names the weights' SHA-256.",

@@ -44,6 +44,9 @@ from mrctprep.models.weights import ModelWeights, save_weights, trained_weights_
 
 LOGGER = logging.getLogger(__name__)
 
+#: Steps between validations: the authors' every 5 epochs of 200 steps.
+VALIDATE_EVERY = 1000
+
 
 def train_harmonizer(
     model_inputs: Sequence[ModelInput],
@@ -90,7 +93,9 @@ def train_harmonizer(
         for item in model_inputs
         if item.subject in held_out
     ]
-    selection = _model_selection(task, validation, settings, models.validate_every)
+    selection = _model_selection(
+        task, validation, settings, models.validate_every or VALIDATE_EVERY
+    )
     history = run_training(
         task,
         TrainingSettings(

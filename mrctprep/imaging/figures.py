@@ -209,14 +209,20 @@ def template_edges(template: nb.Nifti1Image) -> nb.Nifti1Image:
 
 
 def plot_contact_sheet(
-    images: list[np.ndarray], labels: list[str], out_file: str | Path, *, title: str
+    images: list[np.ndarray],
+    labels: list[str],
+    out_file: str | Path,
+    *,
+    title: str,
+    columns: int | None = None,
 ) -> Path:
-    """Images (rows, columns; row 0 at the top) side by side in a near-square grid, labelled.
+    """Images (rows, columns; row 0 at the top) side by side in a near-square grid (or in
+    ``columns`` columns), labelled.
 
     Each image is shown between its own 1st and 99th percentiles, so that views with very
     different ranges stay readable; the figure format follows ``out_file``'s suffix.
     """
-    columns = int(np.ceil(np.sqrt(len(images))))
+    columns = columns or int(np.ceil(np.sqrt(len(images))))
     rows = int(np.ceil(len(images) / columns))
     figure, axes = plt.subplots(
         rows,

@@ -108,11 +108,17 @@ class ModelWeights:
 
 
 def resolve_weights(
-    name: str, *, explicit: Path | None = None, output_dir: Path | None = None
+    name: str,
+    *,
+    explicit: Path | None = None,
+    output_dir: Path | None = None,
+    upstream_checkpoints: bool = False,
 ) -> ModelWeights:
     """The weights of model ``name``: ``explicit`` (a file the user named), else the first found on
     :func:`weights_search_path`. Missing, card-less or corrupt weights raise
     :class:`WeightsNotFoundError` saying where they were expected, or :class:`ResourceError`.
+    With ``upstream_checkpoints``, a file the user named may come without a card (a checkpoint
+    as the model's authors' code writes it): its card is then the bundled one and its SHA-256.
     """
     bundled_card(name)
     if explicit is not None:
@@ -126,6 +132,10 @@ def resolve_weights(
             raise WeightsNotFoundError(name, searched)
         path = found
     card_file = card_path(path)
+    if not card_file.is_file() and upstream_checkpoints and explicit is not None:
+        source = {'File': str(path), 'Card': 'none: an upstream checkpoint'}
+        card = {**bundled_card(name), 'source': source, 'sha256': sha256_of(path)}
+        return ModelWeights(name=name, path=path, card=card)
     if not card_file.is_file():
         raise ResourceError(
             f'{path}: weights without their model card {card_file.name} beside them, so their '

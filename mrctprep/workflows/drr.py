@@ -7,14 +7,18 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.core.config import DRROptions, ExecutionOptions
+from mrctprep.core.config import DRROptions, ExecutionOptions, ModelOptions
 from mrctprep.imaging.drr.presets import DRRSettings, resolve_drr_settings
 from mrctprep.interfaces.drr import RenderDRR
 from mrctprep.interfaces.reports import ContactSheetRPT
+from mrctprep.interfaces.sim2real import SideBySideRPT, Sim2Real
+from mrctprep.models.weights import resolve_weights
 from mrctprep.workflows.ct_conform import init_conform_ct_wf
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.nodes import torch_node
-from mrctprep.workflows.outputs import init_ds_drr
+from mrctprep.workflows.outputs import init_ds_drr, init_ds_sim2real
+
+SIM2REAL_MODEL = 'sim2real'
 
 
 def init_drr_wf(
@@ -23,6 +27,7 @@ def init_drr_wf(
     output_dir: str | Path,
     drr: DRROptions,
     execution: ExecutionOptions,
+    models: ModelOptions | None = None,
     name: str = 'drr_wf',
 ) -> LiterateWorkflow:
     """Conform one CT to HU (as ct-ingest does), render its views, write them with a figure.
@@ -34,7 +39,8 @@ def init_drr_wf(
     Outputs (``sub-<l>/anat/``), per view: ``sub-<l>_desc-<view>_drr.nii.gz`` (float32; the
     affine places each pixel on the detector in world mm), ``_drr.png`` (16-bit) and
     ``_drr.json`` (projection matrix, source, geometry, spectrum, thresholds, angles); and
-    ``figures/sub-<l>_desc-drr_ct.png``, a contact sheet of the views.
+    ``figures/sub-<l>_desc-drr_ct.png``, a contact sheet of the views. With ``drr.sim2real``,
+    see :func:`add_sim2real`.
     """
     options = drr.overrides()
     settings = resolve_drr_settings(**options)
@@ -70,7 +76,68 @@ def init_drr_wf(
     sinks = init_ds_drr(workflow, output_dir=output_dir, labels=labels)
     for index, label in enumerate(labels):
         workflow.connect(sinks[f'ds_drr_{label}_nii'], 'out_file', merge_drr, f'in{index + 1}')
+    if drr.sim2real:
+        add_sim2real(
+            workflow,
+            output_dir=output_dir,
+            labels=labels,
+            models=models or ModelOptions(),
+            execution=execution,
+            source_file=source_file,
+        )
     return workflow
+
+
+def add_sim2real(
+    workflow: LiterateWorkflow,
+    *,
+    output_dir: str | Path,
+    labels: list[str],
+    models: ModelOptions,
+    execution: ExecutionOptions,
+    source_file: str,
+) -> None:
+    """Each rendered view through the sim2real CycleGAN generator (weights resolved and
+    checked here, before anything runs; an upstream ``*_net_G_A.pth`` loads as it is).
+
+    Outputs per view: ``sub-<l>_desc-<view>sim2real_drr.nii.gz`` (float32 in [0, 1], the
+    DRR's detector affine), ``.png`` (16-bit) and ``.json`` (weights' SHA-256); figure
+    ``desc-sim2real_drr.png``: each view's DRR and sim2real image side by side.
+    """
+    given = models.weights.get(SIM2REAL_MODEL)
+    weights = resolve_weights(
+        SIM2REAL_MODEL,
+        explicit=Path(given) if given else None,
+        output_dir=Path(output_dir),
+        upstream_checkpoints=True,
+    )
+    workflow.__desc__ = (workflow.__desc__ or '') + (
+        'Each view was then mapped to the appearance of real radiographs with a CycleGAN '
+        'generator (Zhu et al., 2017; as in SyntheX, Gao et al., 2023) '
+        f'(weights SHA-256 {weights.sha256[:12]}...).\n'
+    )
+    sim2real = torch_node(
+        Sim2Real,
+        name='sim2real',
+        execution=execution,
+        mem_gb=3,
+        labels=labels,
+        weights_file=str(weights.path),
+        weights_sha256=weights.sha256,
+    )
+    plot_sim2real = pe.Node(
+        SideBySideRPT(labels=labels, title=f'{source_file.rsplit("/", 1)[-1]}: DRR | sim2real'),
+        name='plot_sim2real',
+    )
+    render = workflow.get_node('render')
+    # fmt: off
+    workflow.connect([
+        (render, sim2real, [('out_files', 'in_files')]),
+        (render, plot_sim2real, [('out_files', 'in_files')]),
+        (sim2real, plot_sim2real, [('out_files', 'mapped_files')]),
+    ])
+    # fmt: on
+    init_ds_sim2real(workflow, output_dir=output_dir, labels=labels)
 
 
 def _methods_text(settings: DRRSettings) -> str:

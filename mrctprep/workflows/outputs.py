@@ -317,3 +317,32 @@ def init_ds_superres(
         ),
     ]
     return add_outputs(workflow, outputs, output_dir=output_dir, source_files=source_files)
+
+
+def init_ds_sim2real(
+    workflow: LiterateWorkflow, *, output_dir: str | Path, labels: Sequence[str]
+) -> dict[str, pe.Node]:
+    """Per view the sim2real image as float32 NIfTI and 16-bit PNG (``desc-<view>sim2real``,
+    one sidecar), and the DRR | sim2real sheet."""
+    outputs = [
+        Output(
+            'ds_report_sim2real',
+            ('plot_sim2real', 'out_report'),
+            {'desc': 'sim2real'},
+            suffix='drr',
+            datatype='figures',
+        )
+    ]
+    for index, label in enumerate(labels):
+        for kind, files, dtype in (('nii', 'out_files', 'float32'), ('png', 'png_files', None)):
+            outputs.append(
+                Output(
+                    f'ds_sim2real_{label}_{kind}',
+                    ('sim2real', (files, select, index)),
+                    {'desc': f'{label}sim2real'},
+                    suffix='drr',
+                    dtype=dtype,
+                    meta_dict=('sim2real', ('metadata', select, index)),
+                )
+            )
+    return add_outputs(workflow, outputs, output_dir=output_dir)

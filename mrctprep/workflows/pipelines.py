@@ -91,7 +91,7 @@ PIPELINES: dict[str, Pipeline] = {
             'view grids): float32 NIfTI + 16-bit PNG + projection matrix per view, contact sheet',
             inputs=('ct',),
             factory='mrctprep.workflows.drr:init_drr_wf',
-            sections=('drr', 'execution'),
+            sections=('drr', 'models', 'execution'),
         ),
         Pipeline(
             name='superres',
