@@ -20,6 +20,7 @@ SECTIONS = (
     'DRR (drr)',
     'Super-resolution (superres)',
     'Models (mr-harmonize; training at the group level)',
+    'Sim2real CycleGAN training',
 )
 
 

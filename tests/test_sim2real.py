@@ -265,7 +265,7 @@ def test_group_training_then_drr_sim2real_end_to_end(tmp_path):
 
     train = run_cli(
         bids, out, 'group', '-w', tmp_path / 'work', '--train', 'cyclegan',
-        '--drr-images', drr_dir, '--real-radiographs', real_dir, '--steps', '2',
+        '--simulated-radiographs', drr_dir, '--real-radiographs', real_dir, '--steps', '2',
         '--train-patch-size', '32', '--network-width', '4', '--validate-every', '1',
         '--select-best', env=cache,
     )  # fmt: skip

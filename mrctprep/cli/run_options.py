@@ -215,6 +215,13 @@ def _add_drr_options(parser: argparse.ArgumentParser) -> None:
     )
     _add_carm_overrides(drr)
 
+    drr.add_argument(
+        '--drr-sim2real',
+        action='store_true',
+        help='drr: also map each view with the sim2real generator (--weights sim2real=FILE or '
+        'group --train cyclegan): desc-<view>sim2real_drr images and a DRR | sim2real sheet',
+    )
+
 
 def _add_carm_overrides(drr: argparse._ArgumentGroup) -> None:
     """The C-arm's geometry and noise, each overriding the preset's value."""
@@ -358,15 +365,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         '--validate-every',
         type=positive_int,
         metavar='N',
-        help='score the weights on held-out data every N steps (iguane: the held-out '
-        "participants, default 1000, IGUANe's every 5 epochs; cyclegan: a panel of held-out "
-        'DRRs mapped and mapped back, saved, and their score, default 500)',
+        help='score the weights on held-out data every N steps (default: iguane 1000, its '
+        "authors' 5 epochs, on the held-out participants; cyclegan 500, a saved panel of "
+        'held-out DRRs mapped and mapped back, and their score)',
     )
 
 
 def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
     """The sim2real CycleGAN: training data and settings (``group --train cyclegan``)."""
-    sim2real = parser.add_argument_group('Sim2real CycleGAN (group --train cyclegan)')
+    sim2real = parser.add_argument_group('Sim2real CycleGAN training')
     sim2real.add_argument(
         '--real-radiographs',
         type=absolute_path,
@@ -375,7 +382,7 @@ def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
         'depth; unreadable files are skipped with a warning)',
     )
     sim2real.add_argument(
-        '--drr-images',
+        '--simulated-radiographs',
         type=absolute_path,
         metavar='DIR',
         help="domain A: a folder of DRR images instead of the drr pipeline's outputs",
@@ -400,12 +407,6 @@ def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
         action='store_true',
         help='keep the generator whose held-out images came closest to the held-out real '
         'radiographs (intensity histograms), not the last one',
-    )
-    sim2real.add_argument(
-        '--drr-sim2real',
-        action='store_true',
-        help='drr: also map each view with the sim2real generator (--weights sim2real=FILE or '
-        'group --train cyclegan): desc-<view>sim2real_drr images and a DRR | sim2real sheet',
     )
 
 

@@ -168,7 +168,7 @@ class ModelOptions:
     validate_every: int | None = None
     #: cyclegan: the real radiographs (domain B) and, instead of the dataset's DRRs, domain A
     real_radiographs: Path | None = None
-    drr_images: Path | None = None
+    simulated_radiographs: Path | None = None
     train_preprocess: str = 'resize_and_crop'
     network_width: int = 64
     select_best: bool = False

@@ -71,7 +71,8 @@ def _load_domain(
     if len(training) < 2:
         raise InputError(
             f'--train cyclegan: {len(training)} readable {what} to train on; two at least '
-            'needed (domain A: the participant level with --pipelines drr, or --drr-images DIR)'
+            'needed (domain A: the participant level with --pipelines drr, or '
+            '--simulated-radiographs DIR)'
         )
     return training, held_out
 
@@ -83,13 +84,13 @@ def train_sim2real(
     if models.real_radiographs is None:
         raise InputError('--train cyclegan needs a folder of real radiographs (domain B)')
     drr_files = (
-        radiograph_files(models.drr_images)
-        if models.drr_images
+        radiograph_files(models.simulated_radiographs)
+        if models.simulated_radiographs
         else find_drr_files(inputs.output_dir)
     )
     real_files = radiograph_files(models.real_radiographs)
     settings = _settings(models, execution)
-    domain_a = models.drr_images or inputs.output_dir
+    domain_a = models.simulated_radiographs or inputs.output_dir
     train_a, held_a = _load_domain(drr_files, settings, f'DRRs ({domain_a})')
     train_b, held_b = _load_domain(
         real_files, settings, f'radiographs in {models.real_radiographs}'
@@ -143,7 +144,7 @@ def train_sim2real(
     state = chosen['G_A'] if chosen else {k: v.cpu() for k, v in task.G_A.state_dict().items()}
     trained = {
         'Dataset': str(inputs.bids_dir),
-        'DomainA': str(models.drr_images or inputs.output_dir),
+        'DomainA': str(models.simulated_radiographs or inputs.output_dir),
         'DomainB': str(models.real_radiographs),
         'Images': {
             'A': len(train_a),
