@@ -475,8 +475,8 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
             '--train runs at the group level: mrctprep BIDS_DIR OUTPUT_DIR group --train '
             f'{opts.train}'
         )
-    training_only = (opts.resume, opts.steps, opts.train_patch_size, opts.validation_participants)
-    if any(value not in (None, False, []) for value in training_only) and not opts.train:
+    training_only = opts.resume or opts.steps or opts.train_patch_size
+    if (training_only or opts.validation_participants is not None) and not opts.train:
         parser.error(
             '--resume, --steps, --train-patch-size and --validation-participants go with '
             '--train NAME'
