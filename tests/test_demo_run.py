@@ -67,7 +67,7 @@ def test_travelling_heads_agree_in_mni_space(demo_run, demo_bids):
         rows = list(csv.DictReader(table, delimiter='\t'))
     by_anatomy = {}
     for row in rows:
-        by_anatomy.setdefault(row['anatomy'], []).append(row['participant_id'])
+        by_anatomy.setdefault(row['traveller'], []).append(row['participant_id'])
     for subjects in by_anatomy.values():
         images = [
             nb.load(out / s / 'anat' / f'{s}_{SPACE}_desc-norm_T1w.nii.gz') for s in subjects
