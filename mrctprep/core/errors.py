@@ -27,12 +27,31 @@ class NotABidsDatasetError(InputError):
         super().__init__(f'{reason}: {bids_dir} is not a BIDS dataset')
 
 
+class BidsValidationError(InputError):
+    """The BIDS validator found errors; ``errors`` holds one line per error, naming the file."""
+
+    def __init__(self, bids_dir: Path, errors: Sequence[str]):
+        self.bids_dir, self.errors = bids_dir, list(errors)
+        super().__init__(
+            f'the BIDS validator found {len(self.errors)} error(s) in {bids_dir}: '
+            f'{first_few(self.errors, shown=1)}'
+        )
+
+
 class WorkflowBuildError(MrctprepError):
     """The workflow could not be built from the selected pipelines and inputs."""
 
 
 class ResourceError(MrctprepError):
     """A required resource (model weights, template, device) is missing or unusable."""
+
+
+class BidsValidatorUnavailableError(ResourceError):
+    """The BIDS validator (bids-validator-deno) could not be run or gave no report."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f'the BIDS validator could not run: {reason}')
 
 
 class DeviceUnavailableError(ResourceError):
