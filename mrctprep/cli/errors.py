@@ -89,8 +89,8 @@ def _dataset_hint(error: NotABidsDatasetError) -> str:
 
 def _validation_hint(error: BidsValidationError) -> str:
     return (
-        f'{error} (all of them listed above); rename or fix those files, list files that are '
-        'not BIDS in .bidsignore, or pass --skip-bids-validation'
+        f'{error}, each listed above with its file; fix those files, list files that are not '
+        'BIDS in .bidsignore, or pass --skip-bids-validation'
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -127,7 +128,8 @@ def validate_bids_dir(bids_dir: Path) -> list[ValidatorIssue]:
     if errors:
         for issue in errors:
             LOGGER.error('BIDS validator: %s', issue.describe())
-        raise BidsValidationError(bids_dir, [issue.describe() for issue in errors])
+        codes = Counter(issue.code for issue in errors)
+        raise BidsValidationError(bids_dir, [issue.describe() for issue in errors], codes)
     return warnings
 
 

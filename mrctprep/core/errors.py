@@ -28,13 +28,14 @@ class NotABidsDatasetError(InputError):
 
 
 class BidsValidationError(InputError):
-    """The BIDS validator found errors; ``errors`` holds one line per error, naming the file."""
+    """The BIDS validator found errors: ``errors`` holds one line per error (code, file,
+    message), ``codes`` how many of each code; the message counts them by code."""
 
-    def __init__(self, bids_dir: Path, errors: Sequence[str]):
-        self.bids_dir, self.errors = bids_dir, list(errors)
+    def __init__(self, bids_dir: Path, errors: Sequence[str], codes: dict[str, int]):
+        self.bids_dir, self.errors, self.codes = bids_dir, list(errors), dict(codes)
+        counts = ', '.join(f'{code}: {count}' for code, count in sorted(codes.items()))
         super().__init__(
-            f'the BIDS validator found {len(self.errors)} error(s) in {bids_dir}: '
-            f'{first_few(self.errors, shown=1)}'
+            f'the BIDS validator found {len(self.errors)} error(s) in {bids_dir} ({counts})'
         )
 
 
