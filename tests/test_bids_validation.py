@@ -59,8 +59,10 @@ def test_bidsignore_is_read_with_gitignore_semantics(t1w_and_ct, caplog):
     shutil.copyfile(T1W, extras / 'scout.nii.gz')
     with pytest.raises(BidsValidationError) as refused:
         validate_bids_dir(t1w_and_ct)
-    assert refused.value.codes == {'NOT_INCLUDED': 1}
-    assert refused.value.errors[0].startswith('NOT_INCLUDED sub-01/anat/extras/: ')
+    assert refused.value.codes == {'NOT_INCLUDED': 2}  # the folder and the file in it
+    assert all(
+        line.startswith('NOT_INCLUDED sub-01/anat/extras/') for line in refused.value.errors
+    )
     (t1w_and_ct / '.bidsignore').write_text('extras/\n')
     with caplog.at_level(logging.INFO, logger='mrctprep.core.bids'):
         validate_bids_dir(t1w_and_ct)
@@ -69,12 +71,12 @@ def test_bidsignore_is_read_with_gitignore_semantics(t1w_and_ct, caplog):
 
 def test_errors_are_one_line_each_naming_the_file_unless_skipped(t1w_and_ct, tmp_path):
     shutil.copyfile(T1W, t1w_and_ct / 'sub-01/anat/T1_copy.nii.gz')
-    shutil.copyfile(T1W, t1w_and_ct / 'sub-01/anat/sub-01_T1W.nii.gz')
+    shutil.copyfile(T1W, t1w_and_ct / 'sub-01/anat/sub-01_T1.nii.gz')
     args = (t1w_and_ct, tmp_path / 'out', 'participant', '-w', tmp_path / 'w', '--dry-run')
     refused = run_cli(*args)
     assert refused.returncode == 2 and 'Traceback' not in refused.stderr
     lines = refused.stderr.splitlines()
-    for name in ('T1_copy.nii.gz', 'sub-01_T1W.nii.gz'):
+    for name in ('T1_copy.nii.gz', 'sub-01_T1.nii.gz'):
         [line] = [line for line in lines if f'NOT_INCLUDED sub-01/anat/{name}: ' in line]
         assert 'ERROR' in line
     assert lines[-1] == (

@@ -20,7 +20,6 @@ from scipy import ndimage as ndi
 
 from conftest import SHARED_DATA
 from mrctprep.imaging.dicom import LPS_FROM_RAS
-from mrctprep.importing.ct import import_dataset
 from mrctprep.imaging.dicom_series import (
     CTVolume,
     DicomSeriesError,
@@ -28,6 +27,7 @@ from mrctprep.imaging.dicom_series import (
     group_series,
     read_headers,
 )
+from mrctprep.importing.ct import import_dataset
 
 GANTRY_TILT = SHARED_DATA / 'dicom' / 'ct_head_ge_gantry_tilt'
 JPEG2000 = SHARED_DATA / 'dicom' / 'ct_abdomen_totalseg_j2k'

@@ -16,13 +16,17 @@ _SHIPPED = 'mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz'
 
 @pytest.mark.parametrize('kind', ['t1', 'gm', 'wm'])
 def test_public_loaders_give_the_shipped_maps(kind):
-    with resources.as_file(resources.files('nilearn') / 'datasets' / 'data' / _SHIPPED.format(kind)) as path:
+    with resources.as_file(
+        resources.files('nilearn') / 'datasets' / 'data' / _SHIPPED.format(kind)
+    ) as path:
         shipped = nib.load(path)
         values = np.asarray(shipped.dataobj)
     assert values.dtype == np.uint8
     template = load_mni152_template(kind)
     unit, affine = load_mni152_unit_map(kind)
     assert template.shape == unit.shape == shipped.shape == (197, 233, 189)
-    assert np.array_equal(template.affine, shipped.affine) and np.array_equal(affine, shipped.affine)
+    assert np.array_equal(template.affine, shipped.affine) and np.array_equal(
+        affine, shipped.affine
+    )
     assert np.array_equal(template.get_fdata(dtype=np.float32), values.astype(np.float32))
     assert np.array_equal(unit, values.astype(np.float32) / np.float32(255))

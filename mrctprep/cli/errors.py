@@ -95,7 +95,10 @@ def _validation_hint(error: BidsValidationError) -> str:
 
 
 def _validator_hint(error: BidsValidatorUnavailableError) -> str:
-    return f'{error}; reinstall mrctprep (it needs bids-validator-deno) or pass --skip-bids-validation'
+    return (
+        f'{error}; reinstall mrctprep (it needs bids-validator-deno) or pass '
+        '--skip-bids-validation'
+    )
 
 
 _HINTS: dict[type[Exception], Callable[..., str]] = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -109,11 +109,12 @@ def validate_bids_dir(bids_dir: Path) -> list[ValidatorIssue]:
     report = _run_validator(bids_dir)
     ignored = _read_bidsignore(bids_dir)
     derivative = read_dataset_description(bids_dir).get('DatasetType') == 'derivative'
-    errors, warnings = [], []
+    errors: list[ValidatorIssue] = []
+    warnings: list[ValidatorIssue] = []
     for issue in _parse_issues(report):
         if issue.location and ignored.match_file(issue.location):
             continue
-        if issue.code == 'NOT_INCLUDED' and issue.location and _CT_FILES.match_file(issue.location):
+        if issue.code == 'NOT_INCLUDED' and _CT_FILES.match_file(issue.location or ''):
             continue
         is_error = issue.severity == 'error' and not _waived(issue, derivative)
         (errors if is_error else warnings).append(issue)

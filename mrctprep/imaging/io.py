@@ -11,7 +11,6 @@ import numpy as np
 from nibabel.wrapstruct import WrapStructError
 
 
-
 class ImageReadError(ValueError):
     """An input image that cannot be read completely (missing, truncated, not an image)."""
 
@@ -132,7 +131,8 @@ def quantise_to_int16(values: np.ndarray, step: float) -> tuple[np.ndarray, floa
 
     >>> values = np.array([0.5, 1.00004, 2.0])
     >>> codes, slope, intercept = quantise_to_int16(values, 1e-4)
-    >>> codes.dtype, round(slope, 9), bool(np.abs(codes * slope + intercept - values).max() <= 5e-5)
+    >>> error = np.abs(codes * slope + intercept - values).max()
+    >>> codes.dtype, round(slope, 9), bool(error <= 5e-5)
     (dtype('int16'), 0.0001, True)
     """
     low, high = float(values.min()), float(values.max())
