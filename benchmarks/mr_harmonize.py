@@ -149,6 +149,7 @@ def main() -> None:
     from mrctprep.group.harmonization import (
         ModelInput,
         combat_harmonize,
+        combat_installed,
         regional_table,
         summarize_site_effects,
     )
@@ -201,7 +202,8 @@ def main() -> None:
             model_inputs.append(ModelInput(subject, None, path, harmonized))
         participants = {s: ParticipantInfo(s, site, None) for s, site in sites.items()}
         table = regional_table(model_inputs, participants, out)
-        table['combat'] = combat_harmonize(table, participants, 'siteA')
+        if combat_installed():  # the optional combat extra
+            table['combat'] = combat_harmonize(table, participants, 'siteA')
         summary = summarize_site_effects(table)
         with pd.option_context('display.width', 120):
             print('site effect (eta squared of regional means, 0 = none):')

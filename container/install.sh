@@ -12,5 +12,6 @@ rm -rf /var/lib/apt/lists/*
 
 # torch first, pinned: the package's range would otherwise pick the newest release
 pip install --no-cache-dir torch==2.13.0
-pip install --no-cache-dir "$source_dir"
+# the combat extra (neuroHarmonize, numpy < 2) suits the image's Python 3.11
+pip install --no-cache-dir "$source_dir[combat]"
 mrctprep --version

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import shlex
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def test_install_script_installs_graphviz_pinned_torch_then_the_package():
     steps = [line for line in script.splitlines() if line and not line.startswith('#')]
     graphviz = next(i for i, s in enumerate(steps) if 'apt-get install' in s and 'graphviz' in s)
     torch = next(i for i, s in enumerate(steps) if 'pip install' in s and 'torch==2.13.0' in s)
-    package = next(i for i, s in enumerate(steps) if s.strip().endswith('"$source_dir"'))
+    package = next(i for i, s in enumerate(steps) if s.strip().endswith('"$source_dir[combat]"'))
     assert graphviz < torch < package
 
 
@@ -76,8 +77,46 @@ def test_entry_point_is_the_packaged_console_script():
     assert callable(main)
 
 
-def test_ci_runs_the_readme_test_command_verbatim():
+def _readme_command(marker: str) -> str:
     readme = (ROOT / 'README.md').read_text()
-    command = re.search(r'<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```', readme, re.DOTALL)
-    assert command, 'the README marks its test command with <!-- test-command -->'
-    assert command.group(1).strip() in (ROOT / '.ci' / 'run').read_text()
+    command = re.search(rf'<!-- {marker} -->\s*```(?:bash|sh)?\n(.+?)\n```', readme, re.DOTALL)
+    assert command, f'the README marks a command with <!-- {marker} -->'
+    return command.group(1).strip()
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    assert _readme_command('test-command') in (ROOT / '.ci' / 'run').read_text()
+
+
+def test_the_readme_demo_command_sets_up_as_ci_does_and_runs_the_default_pipelines():
+    """The main command's set-up is CI's (up to installing the package without the test
+    extra), and its run is the demo_run fixture's: the participant level, default pipelines."""
+    from mrctprep.cli.main import parse_command_line
+    from mrctprep.workflows.pipelines import DEFAULT_PIPELINES
+
+    main = _readme_command('main-command').split(' && ')
+    tests = _readme_command('test-command').split(' && ')
+    assert (
+        main[:3]
+        == tests[:3]
+        == ['python3 -m venv .venv', '. .venv/bin/activate', 'pip install torch==2.13.0']
+    )
+    assert (main[3], tests[3]) == ('pip install .', "pip install -e '.[test,combat]'")
+    demo, run = (shlex.split(step) for step in main[4:])
+    assert demo[:2] == ['mrctprep', 'demo'] and run[0] == 'mrctprep'
+    opts = parse_command_line(run[1:])
+    assert opts.bids_dir.name == Path(demo[2]).name and opts.analysis_level == 'participant'
+    assert opts.pipelines == DEFAULT_PIPELINES
+
+
+def test_every_folder_of_modules_is_installed_as_a_package():
+    """``packages = find:`` installs only folders with an ``__init__.py``: one without would
+    work from the source tree and break once installed (``pip install .``)."""
+    from setuptools import find_packages
+
+    folders = {
+        '.'.join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / 'mrctprep').rglob('*.py')
+        if '__pycache__' not in path.parts
+    }
+    assert folders <= set(find_packages(str(ROOT), include=['mrctprep*']))

@@ -17,6 +17,7 @@ from mrctprep.core.config import InputOptions
 from mrctprep.core.errors import InputError
 from mrctprep.group.harmonization import (
     TABLE_COLUMNS,
+    combat_installed,
     find_model_inputs,
     write_harmonization_tables,
 )
@@ -28,6 +29,10 @@ from mrctprep.imaging.registration import FSL_MNI152_AFFINE
 CROP_SHAPE = (160, 192, 160)
 CROP_AFFINE = FSL_MNI152_AFFINE @ nb.affines.from_matvec(np.eye(3), [11, 13, 11])
 SPACE = 'space-MNI152NLin2009aSym_res-1'
+
+needs_combat = pytest.mark.skipif(
+    not combat_installed(), reason='ComBat is the optional extra mrctprep[combat]'
+)
 
 
 @pytest.fixture(scope='session')
@@ -167,6 +172,7 @@ def read_tables(config):
     return table, summary
 
 
+@needs_combat
 def test_combat_removes_an_injected_site_effect_and_keeps_the_order_within_sites(tmp_path, atlas):
     site_of = {f'{i:02d}': 'A' if i <= 5 else 'B' for i in range(1, 11)}
     config = make_cohort(tmp_path, atlas, site_of)
@@ -190,6 +196,7 @@ def test_combat_removes_an_injected_site_effect_and_keeps_the_order_within_sites
     assert summary.loc['combat', 'site_effect'] <= 0.5 * raw
 
 
+@needs_combat
 def test_table_columns_and_na_rules(tmp_path, atlas, caplog):
     caplog.set_level(logging.INFO, logger='mrctprep')
     site_of = {'01': 'A', '02': 'A', '03': 'B', '04': 'B', '05': 'B'}
@@ -246,3 +253,20 @@ def test_table_columns_and_na_rules(tmp_path, atlas, caplog):
         write_harmonization_tables(config, {'99': ParticipantInfo('99', 'A', None)})
     message = describe_error(error.value)
     assert 'run the participant level with --pipelines mr-preproc' in message
+
+
+def test_without_combat_the_tables_leave_its_column_and_row_out(tmp_path, atlas, caplog):
+    """What the group tables hold where the combat extra is not installed (or not wanted)."""
+    caplog.set_level(logging.INFO, logger='mrctprep')
+    site_of = {'01': 'A', '02': 'A', '03': 'B', '04': 'B', '05': 'B'}
+    config = make_cohort(tmp_path, atlas, site_of, harmonized={'01', '02', '03', '04'})
+    sites = {s: ParticipantInfo(s, site, None) for s, site in site_of.items()}
+    write_harmonization_tables(config, sites, with_combat=False)
+    assert 'No ComBat column: neuroHarmonize is not installed' in caplog.text
+    table, summary = read_tables(config)
+    assert tuple(table.columns) == tuple(c for c in TABLE_COLUMNS if c != 'combat')
+    assert list(summary.index) == ['raw', 'iguane']
+    assert len(table) == 5 * len(REGIONS) and table['raw'].notna().all()
+    assert summary.loc['raw', 'site_effect'] > 0.8  # the injected x1.3 at site B
+    assert summary.loc['iguane', 'images'] == 4
+    assert summary.loc['iguane', 'site_effect'] < 0.5 * summary.loc['raw', 'site_effect']

@@ -6,6 +6,24 @@ import argparse
 import logging
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's default once, after its help: not where the help already states it, and
+    not for flags or for options whose unset value just means 'not given'."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ''
+        default = action.default
+        if (
+            'default' in text
+            or action.nargs == 0
+            or default in (None, argparse.SUPPRESS)
+            or default in ([], ())
+        ):
+            return text
+        shown = ' '.join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f'{text} (default: {str(shown).replace("%", "%%")})'
+
+
 def add_verbosity_options(parser: argparse.ArgumentParser) -> None:
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument(

@@ -1,6 +1,6 @@
 """From the library's typed errors to what the command line says: exit code, one line, hint.
 
-Exit codes follow the NiPreps convention (README, "Exit codes"). The hints name the
+Exit codes follow the NiPreps convention (docs/usage.md, "Exit codes"). The hints name the
 options that fix a problem; they live here, beside the options, and nowhere in the library.
 """
 

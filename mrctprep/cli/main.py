@@ -33,8 +33,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str]) -> int:
     """Run the command line ``argv``; return the exit code."""
-    opts = build_parser().parse_args(with_subcommand(argv))
+    opts = parse_command_line(argv)
     return int(opts.handler(opts))
+
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """The options of ``argv``; ``arguments`` keeps the subcommand's own words, which
+    ``--config-file`` parses again over the settings of the file."""
+    argv = with_subcommand(argv)
+    return build_parser().parse_args(argv, argparse.Namespace(arguments=argv[1:]))
 
 
 def build_parser() -> argparse.ArgumentParser:

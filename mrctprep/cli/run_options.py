@@ -53,12 +53,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for add_section in (
         _add_bids_options,
+        _add_workflow_options,
         _add_resource_options,
         _add_mr_options,
         _add_drr_options,
         _add_superres_options,
         _add_model_options,
-        _add_workflow_options,
     ):
         add_section(parser)
 
@@ -117,12 +117,15 @@ def _add_resource_options(parser: argparse.ArgumentParser) -> None:
         '--n-cpus',
         type=positive_int,
         default=cpus,
-        help='CPU slots for the MultiProc plugin',
+        metavar='N',
+        help='CPU slots for the MultiProc plugin (default: the CPUs this process may use, '
+        'here %(default)s)',
     )
     perf.add_argument(
         '--omp-nthreads',
         type=positive_int,
         default=None,
+        metavar='N',
         help='threads per process (torch, ITK); default: min(nprocs - 1, 8), at least 1',
     )
     perf.add_argument(
@@ -258,7 +261,7 @@ def _add_superres_options(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=1.0,
         metavar='MM',
-        help='isotropic voxel size of the super-resolved images (default 1.0)',
+        help='isotropic voxel size of the super-resolved images',
     )
     superres.add_argument(
         '--superres-method',
@@ -327,7 +330,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=200,
         metavar='N',
-        help='save a checkpoint (in the work directory) every N steps (default 200)',
+        help='save a checkpoint (in the work directory) every N steps',
     )
     models.add_argument(
         '--resume',
@@ -358,6 +361,7 @@ def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
         '--work-dir',
         type=absolute_path,
         default='work',
+        metavar='DIR',
         help='cache of intermediate results; rerun with the same one to resume',
     )
     flow.add_argument('--write-graph', action='store_true', help='draw the workflow (.dot/.svg)')
@@ -375,7 +379,16 @@ def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
         action='store_true',
         help='write the methods text (logs/CITATION.md) and exit',
     )
-    flow.add_argument('--random-seed', type=int, default=0, help='seed for every random step')
+    flow.add_argument(
+        '--random-seed', type=int, default=0, metavar='N', help='seed for every random step'
+    )
+    flow.add_argument(
+        '--config-file',
+        type=existing_file,
+        metavar='FILE',
+        help='repeat an earlier run: its settings, saved as OUTPUT_DIR/sub-<label>/log/<run_uuid>/'
+        'mrctprep.toml, are read from FILE; the options given here override them',
+    )
     flow.add_argument('--notrack', action='store_true', help='accepted; mrctprep sends nothing')
 
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, get_type_hints
 import tomli_w
 
 from mrctprep import __version__
+from mrctprep.core.errors import ConfigFileError
 
 
 def new_run_uuid() -> str:
@@ -196,15 +197,39 @@ class RunConfig:
 
     @classmethod
     def from_toml(cls, text: str) -> RunConfig:
-        tables = tomllib.loads(text)
-        tables['inputs']['bids_filters'] = json.loads(tables['inputs'].get('bids_filters', '{}'))
-        sections = get_type_hints(cls)
-        return cls(
-            **{
-                name: _section_from_options(section, tables.get(name, {}), prefix='')
-                for name, section in sections.items()
-            }
-        )
+        return cls.from_options(options_from_toml(text))
+
+
+def options_from_toml(text: str) -> dict[str, Any]:
+    """The settings of a TOML text laid out as :meth:`RunConfig.to_toml` writes it, named as
+    :meth:`RunConfig.from_options` reads them (``<prefix><field>``, the options' ``dest``).
+    Tables and keys may be left out; an unknown one raises ``ValueError`` naming it, as does
+    text that is not TOML."""
+    sections = get_type_hints(RunConfig)
+    options = {}
+    for name, values in tomllib.loads(text).items():
+        if name not in sections or not isinstance(values, dict):
+            raise ValueError(f'unknown table [{name}] (tables: {", ".join(sections)})')
+        section = sections[name]
+        fields = {
+            key: hint for key, hint in get_type_hints(section).items() if key != 'OPTION_PREFIX'
+        }
+        for key, value in values.items():
+            if key not in fields:
+                raise ValueError(f'unknown setting {key!r} in [{name}]')
+            if (name, key) == ('inputs', 'bids_filters'):
+                value = json.loads(value)
+            options[section.OPTION_PREFIX + key] = _restore(fields[key], value)
+    return options
+
+
+def read_saved_options(path: Path) -> dict[str, Any]:
+    """:func:`options_from_toml` of a file, such as the ``mrctprep.toml`` a run leaves in each
+    subject's log folder; a file that cannot be read raises :class:`ConfigFileError`."""
+    try:
+        return options_from_toml(path.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOMLDecodeError is a ValueError
+        raise ConfigFileError(path, f'not a run configuration ({exc})') from exc
 
 
 def _section_from_options(

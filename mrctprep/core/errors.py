@@ -124,3 +124,11 @@ class ExistingImagesError(InputError):
         self.bids_dir, self.existing = bids_dir, list(existing)
         shown = first_few([path.as_posix() for path in self.existing])
         super().__init__(f'{bids_dir} already has CT images for these subjects ({shown})')
+
+
+class ConfigFileError(InputError):
+    """A saved run configuration (TOML) that cannot be read back."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f'{path}: {reason}')

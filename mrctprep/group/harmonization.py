@@ -4,7 +4,8 @@
 :mod:`mrctprep.imaging.regions`): the regional mean of mr-preproc's model input (``raw``, the
 ``desc-norm`` image), the same after ComBat (``combat``: neuroHarmonize, a statistical baseline
 on the regional means themselves), and of the IGUANe output (``iguane``, the ``desc-harmonized``
-image of the mr-harmonize pipeline).
+image of the mr-harmonize pipeline). ComBat is optional (the ``combat`` extra: neuroHarmonize
+pins numpy below 2): without it the tables have no ``combat`` column and no ``combat`` row.
 
 ``group_harmonization_summary.tsv`` gives, per method, the site effect: for each region the
 share of the variance across images that the site explains (eta squared of a one-way ANOVA,
@@ -17,6 +18,7 @@ directly, and works for any number of sites; with few images per site it is bias
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import math
@@ -29,7 +31,6 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 from bids.layout import parse_file_entities
-from neuroHarmonize import harmonizationLearn
 
 from mrctprep.core.config import InputOptions
 from mrctprep.core.derivatives import write_text_atomically
@@ -85,21 +86,38 @@ def find_model_inputs(inputs: InputOptions) -> list[ModelInput]:
     return sorted(found, key=lambda image: image.norm)
 
 
+def combat_installed() -> bool:
+    """Whether neuroHarmonize (the ``combat`` extra) can be imported."""
+    return importlib.util.find_spec('neuroHarmonize') is not None
+
+
 def write_harmonization_tables(
     inputs: InputOptions,
     sites: Mapping[str, ParticipantInfo],
     reference_site: str | None = None,
+    *,
+    with_combat: bool | None = None,
 ) -> list[Path]:
     """Write ``group_harmonization.tsv`` and its summary for the participants in ``sites``.
 
     ``reference_site``: the site ComBat maps the others onto (left unchanged), as IGUANe maps
     every site onto its reference; None maps every site onto the pooled mean.
+    ``with_combat``: add the ComBat column; None: when neuroHarmonize is installed.
     """
     images = [image for image in find_model_inputs(inputs) if image.subject in sites]
     if not images:
         raise NoModelInputsError(inputs.output_dir, NORM_PATTERN)
     table = regional_table(images, sites, inputs.output_dir)
-    table['combat'] = combat_harmonize(table, sites, reference_site)
+    if with_combat is None:
+        with_combat = combat_installed()
+    if with_combat:
+        combat = combat_harmonize(table, sites, reference_site)
+        table.insert(table.columns.get_loc('raw') + 1, 'combat', combat)
+    else:
+        LOGGER.info(
+            'No ComBat column: neuroHarmonize is not installed (pip install "mrctprep[combat]"; '
+            'it needs numpy < 2, so Python 3.12 or older)'
+        )
     summary = summarize_site_effects(table)
 
     out = inputs.output_dir
@@ -121,7 +139,7 @@ def write_harmonization_tables(
 def regional_table(
     images: list[ModelInput], sites: Mapping[str, ParticipantInfo], output_dir: Path
 ) -> pd.DataFrame:
-    """The long table (image x region) of regional means; ``combat`` is left empty."""
+    """The long table (image x region) of regional means, without the ``combat`` column."""
     rows = []
     for image in images:
         raw = regional_means(nb.Nifti1Image.from_filename(image.norm))
@@ -139,11 +157,10 @@ def regional_table(
                     'site': sites[image.subject].site,
                     'region': region,
                     'raw': raw[region],
-                    'combat': math.nan,
                     'iguane': iguane.get(region, math.nan),
                 }
             )
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    return pd.DataFrame(rows, columns=[name for name in TABLE_COLUMNS if name != 'combat'])
 
 
 def combat_harmonize(
@@ -229,6 +246,8 @@ def _covariates(
 def _run_combat(
     wide: pd.DataFrame, covariates: pd.DataFrame, reference_site: str | None
 ) -> np.ndarray:
+    from neuroHarmonize import harmonizationLearn  # the optional `combat` extra
+
     # neuroHarmonize reports through print(), kept out of the command line's output, and
     # builds np.matrix objects, which numpy flags with a PendingDeprecationWarning.
     printed = io.StringIO()
@@ -250,9 +269,10 @@ def _confounded(covariates: pd.DataFrame) -> bool:
 
 
 def summarize_site_effects(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method: the images and sites with values, and the site effect."""
+    """Per method of the table (ComBat only where it was run): the images and sites with
+    values, and the site effect."""
     rows = []
-    for method in METHODS:
+    for method in (method for method in METHODS if method in table.columns):
         values = table.dropna(subset=[method])
         rows.append(
             {
