@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -209,7 +208,8 @@ def test_a_subject_without_inputs_is_skipped_with_a_warning(tmp_path):
         tmp_path / 'bids',
         {
             'sub-01/anat/sub-01_T1w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
-            'sub-02/anat/sub-02_T1w.json': json.dumps({'EchoTime': 0.003}).encode(),
+            # valid BIDS (a sidecar alone would not be), but no input of the pipelines
+            'sub-02/anat/sub-02_T2w.nii.gz': SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz',
         },
         participants=['01', '02'],
     )

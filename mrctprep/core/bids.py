@@ -119,18 +119,17 @@ def validate_bids_dir(bids_dir: Path) -> list[ValidatorIssue]:
         is_error = issue.severity == 'error' and not _waived(issue, derivative)
         (errors if is_error else warnings).append(issue)
     _log_warnings(warnings)
-    LOGGER.info(
-        'BIDS validator %s: %d error(s), %d warning(s) in %s',
-        version('bids-validator-deno'),
-        len(errors),
-        len(warnings),
-        bids_dir,
-    )
     if errors:
         for issue in errors:
             LOGGER.error('BIDS validator: %s', issue.describe())
         codes = Counter(issue.code for issue in errors)
         raise BidsValidationError(bids_dir, [issue.describe() for issue in errors], codes)
+    LOGGER.info(
+        'BIDS validator %s: %s is valid (%d warning(s))',
+        version('bids-validator-deno'),
+        bids_dir,
+        len(warnings),
+    )
     return warnings
 
 
