@@ -30,3 +30,13 @@ def test_public_loaders_give_the_shipped_maps(kind):
     )
     assert np.array_equal(template.get_fdata(dtype=np.float32), values.astype(np.float32))
     assert np.array_equal(unit, values.astype(np.float32) / np.float32(255))
+
+
+def test_callers_may_change_the_maps_they_get():
+    """nilearn caches the images its loaders return; ours are copies."""
+    unit, affine = load_mni152_unit_map('gm')
+    expected = unit.copy()
+    unit[...] = -1
+    affine[...] = 0
+    again, again_affine = load_mni152_unit_map('gm')
+    assert np.array_equal(again, expected) and again_affine[3, 3] == 1

@@ -108,7 +108,8 @@ def load_mni152_unit_map(kind: str) -> tuple[np.ndarray, np.ndarray]:
     from nilearn import datasets
 
     img = getattr(datasets, _MNI152_LOADERS[kind])(resolution=1)
-    return np.asarray(img.dataobj, dtype=np.float32), img.affine
+    # nilearn caches the image it returns: a copy, so that callers may change theirs.
+    return np.array(img.dataobj, dtype=np.float32), img.affine.copy()
 
 
 def load_mni152_template(kind: str) -> nb.Nifti1Image:
