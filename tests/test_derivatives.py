@@ -139,3 +139,18 @@ def test_bias_field_is_stored_as_int16_within_a_tenth_of_n4s_tolerance(tmp_path)
     assert np.abs(quantised.get_fdata() - field).max() <= quantised.dataobj.slope / 2 + 1e-7
     assert FIELD_PRECISION * 10 <= correction.parameters['ConvergenceThreshold']
     assert stored['int16'].stat().st_size * 2 < stored['float32'].stat().st_size
+
+
+def test_an_image_with_nan_keeps_its_float_type_when_a_precision_is_asked(tmp_path):
+    values = np.array([[[0.5, np.nan], [1.0, 2.0]]], dtype=np.float32)
+    nb.Nifti1Image(values, np.eye(4)).to_filename(tmp_path / 'map.nii')
+    sink = DerivativesDataSink(
+        base_directory=str(tmp_path / 'out'),
+        source_file=[str(tmp_path / 'sub-01' / 'anat' / 'sub-01_T1w.nii.gz')],
+        in_file=str(tmp_path / 'map.nii'),
+        entities={'desc': 'biasfield'},
+        precision=FIELD_PRECISION,
+    )
+    stored = nb.load(sink.run().outputs.out_file)
+    assert stored.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(stored.get_fdata(), values)

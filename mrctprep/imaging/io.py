@@ -135,11 +135,14 @@ def quantise_to_int16(values: np.ndarray, step: float) -> tuple[np.ndarray, floa
     >>> error = np.abs(codes * slope + intercept - values).max()
     >>> codes.dtype, round(slope, 9), bool(error <= 5e-5)
     (dtype('int16'), 0.0001, True)
+    >>> codes, slope, intercept = quantise_to_int16(np.full(4, 7.5), 0)
+    >>> bool(np.all(codes * slope + intercept == 7.5))
+    True
     """
     low, high = float(values.min()), float(values.max())
     # NIfTI stores both as float32: the codes are computed against those, codes -32767..32767
     # counted from the low end up (the intercept is the value of code 0).
-    slope = float(np.float32(max(step, (high - low) / 65534)))
+    slope = float(np.float32(max(step, (high - low) / 65534) or 1.0))  # 1: a constant image
     intercept = float(np.float32(low + 32767 * slope))
     codes = np.round((values.astype(np.float64) - intercept) / slope)
     return np.clip(codes, -32768, 32767).astype(np.int16), slope, intercept

@@ -121,8 +121,9 @@ def _copy_derivative(inputs: _DerivativesDataSinkInputSpec, destination: Path) -
         shutil.copyfile(inputs.in_file, destination)
         return
     img = load_nifti(inputs.in_file)
-    if isdefined(inputs.precision):
-        codes, slope, intercept = quantise_to_int16(img.get_fdata(), inputs.precision)
+    # int16 holds no NaN or infinity: such an image keeps its float type.
+    if isdefined(inputs.precision) and np.isfinite(values := img.get_fdata()).all():
+        codes, slope, intercept = quantise_to_int16(values, inputs.precision)
         img = img.__class__(codes, img.affine, img.header)
         img.set_data_dtype(np.int16)
         img.header.set_slope_inter(slope, intercept)  # written as they are: codes are int16
