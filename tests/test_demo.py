@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.resources
 import json
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from nibabel.orientations import axcodes2ornt, ornt_transform
 from nibabel.processing import resample_from_to
 from scipy import ndimage as ndi
 
-from mrctprep.core.templates import mni152_template_file
 from mrctprep.demo import dataset as demo
 from mrctprep.imaging.dicom import LPS_FROM_RAS, write_ct_dicom_series
+from mrctprep.imaging.io import load_mni152_template
 from mrctprep.imaging.synthetic_head import head_pose, load_mni152_tissues
 
 SUBJECTS = ('01', '02', '03', '04')
@@ -37,9 +36,7 @@ def bids_dir(demo_bids: Path) -> Path:
 
 @pytest.fixture(scope='module')
 def template() -> nib.Nifti1Image:
-    with importlib.resources.as_file(mni152_template_file('t1')) as path:
-        img = nib.load(path)
-        return nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine)
+    return load_mni152_template('t1')
 
 
 @pytest.fixture(scope='module')

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
+import nibabel as nb
+import numpy as np
 import pytest
 
+from conftest import SHARED_DATA
 from mrctprep import __version__
 from mrctprep.core.derivatives import (
     build_derivative_path,
     write_atomically,
     write_derivative_description,
 )
+from mrctprep.imaging.bias import FIELD_PRECISION, n4_bias_correct
+from mrctprep.imaging.io import load_image
+from mrctprep.interfaces.bids import DerivativesDataSink
 
 
 @pytest.mark.parametrize(
@@ -109,3 +115,47 @@ def test_dataset_description_names_generator_and_source(tmp_path, monkeypatch):
         {'URL': (tmp_path / 'raw').as_uri(), 'DOI': 'doi:10.1/xyz'}
     ]
     assert description['License'] == 'CC0'
+
+
+def test_bias_field_is_stored_as_int16_within_a_tenth_of_n4s_tolerance(tmp_path):
+    """A real N4 field (a 2 mm head T1w, fitted inside its bright voxels) through the sink:
+    int16 at FIELD_PRECISION, under half its float32 size, every value within half a step (20
+    times below N4's convergence threshold)."""
+    head = load_image(SHARED_DATA / 'mr' / 't1_head_2mm.nii.gz')
+    data = head.get_fdata()
+    mask = nb.Nifti1Image((data > 0.2 * data.max()).astype(np.uint8), head.affine)
+    correction = n4_bias_correct(head, mask, threads=2)
+    field_file = tmp_path / 'bias_field.nii'
+    correction.field.to_filename(field_file)
+    stored = {}
+    for name, precision in (('float32', {}), ('int16', {'precision': FIELD_PRECISION})):
+        sink = DerivativesDataSink(
+            base_directory=str(tmp_path / name),
+            source_file=[str(tmp_path / 'sub-01' / 'anat' / 'sub-01_T1w.nii.gz')],
+            in_file=str(field_file),
+            entities={'desc': 'biasfield'},
+            **precision,
+        )
+        stored[name] = Path(sink.run().outputs.out_file)
+    quantised = nb.load(stored['int16'])
+    assert quantised.get_data_dtype() == np.int16
+    assert quantised.dataobj.slope == pytest.approx(FIELD_PRECISION)
+    field = correction.field.get_fdata()
+    assert np.abs(quantised.get_fdata() - field).max() <= quantised.dataobj.slope / 2 + 1e-7
+    assert FIELD_PRECISION * 10 <= correction.parameters['ConvergenceThreshold']
+    assert stored['int16'].stat().st_size * 2 < stored['float32'].stat().st_size
+
+
+def test_an_image_with_nan_keeps_its_float_type_when_a_precision_is_asked(tmp_path):
+    values = np.array([[[0.5, np.nan], [1.0, 2.0]]], dtype=np.float32)
+    nb.Nifti1Image(values, np.eye(4)).to_filename(tmp_path / 'map.nii')
+    sink = DerivativesDataSink(
+        base_directory=str(tmp_path / 'out'),
+        source_file=[str(tmp_path / 'sub-01' / 'anat' / 'sub-01_T1w.nii.gz')],
+        in_file=str(tmp_path / 'map.nii'),
+        entities={'desc': 'biasfield'},
+        precision=FIELD_PRECISION,
+    )
+    stored = nb.load(sink.run().outputs.out_file)
+    assert stored.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(stored.get_fdata(), values)

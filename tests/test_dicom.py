@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import dcm2niix
+import highdicom
 import nibabel as nb
 import numpy as np
 import pydicom
@@ -25,6 +27,7 @@ from mrctprep.imaging.dicom_series import (
     group_series,
     read_headers,
 )
+from mrctprep.importing.ct import import_dataset
 
 GANTRY_TILT = SHARED_DATA / 'dicom' / 'ct_head_ge_gantry_tilt'
 JPEG2000 = SHARED_DATA / 'dicom' / 'ct_abdomen_totalseg_j2k'
@@ -251,3 +254,52 @@ def test_slices_are_sorted_by_position_not_file_name(demo_bids, tmp_path):
         np.asanyarray(convert_folder(shuffled).image.dataobj),
         np.asanyarray(convert_folder(source).image.dataobj),
     )
+
+
+def write_enhanced_ct(folder: Path, target: Path) -> Path:
+    """The series of ``folder`` as one multi-frame CT (highdicom's Legacy Converted Enhanced
+    CT: per-frame plane positions, shared orientation, pixel measures and rescale), each frame's
+    tube current moved into a per-frame CT Exposure macro under Enhanced CT's name for it."""
+    datasets = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
+    enhanced = highdicom.legacy.LegacyConvertedEnhancedCTImage(
+        datasets,
+        series_instance_uid=generate_uid(),
+        series_number=datasets[0].SeriesNumber,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    for groups in enhanced.PerFrameFunctionalGroupsSequence:
+        unassigned = groups.UnassignedPerFrameConvertedAttributesSequence[0]
+        exposure = pydicom.Dataset()
+        exposure.XRayTubeCurrentInmA = float(unassigned.XRayTubeCurrent)
+        groups.CTExposureSequence = [exposure]
+        del unassigned.XRayTubeCurrent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    enhanced.save_as(target)
+    return target
+
+
+def test_enhanced_ct_imports_like_its_single_frames(tmp_path):
+    """A real tilted, unevenly spaced series as one multi-frame file (tube current in the CT
+    Exposure macro): the import gives the same HU, affine and acquisition facts as the 28
+    single-frame files."""
+    single = copy_files(GANTRY_TILT, tmp_path / 'single' / 'head')
+    multi = write_enhanced_ct(GANTRY_TILT, tmp_path / 'multi' / 'head' / 'ct.dcm')
+    images = {}
+    for name, source in (('single', single.parent), ('multi', multi.parent.parent)):
+        import_dataset(source, tmp_path / f'bids_{name}')
+        [image] = sorted((tmp_path / f'bids_{name}').glob('sub-*/anat/*_ct.nii.gz'))
+        sidecar = json.loads(image.with_name(image.name.replace('.nii.gz', '.json')).read_text())
+        images[name] = (nb.load(image), sidecar)
+    (single_img, single_meta), (multi_img, multi_meta) = images['single'], images['multi']
+    assert multi_img.shape == single_img.shape == (512, 611, 37)
+    assert np.array_equal(np.asanyarray(multi_img.dataobj), np.asanyarray(single_img.dataobj))
+    assert np.array_equal(multi_img.affine, single_img.affine)
+    facts = ('KVP', 'XRayTubeCurrent', 'ExposureTime', 'ConvolutionKernel', 'SpacingBetweenSlices')
+    assert {k: multi_meta[k] for k in facts} == {k: single_meta[k] for k in facts}
+    assert multi_meta['Conversion']['FramesRead'] == 28
+    assert (
+        multi_meta['Conversion']['VaryingAcrossSlices']
+        == single_meta['Conversion']['VaryingAcrossSlices']
+    )
+    assert multi_meta['Conversion']['GantryTiltCorrected'] is True

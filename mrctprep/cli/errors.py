@@ -12,6 +12,8 @@ import traceback
 from collections.abc import Callable
 
 from mrctprep.core.errors import (
+    BidsValidationError,
+    BidsValidatorUnavailableError,
     CheckpointError,
     DeviceUnavailableError,
     ExistingImagesError,
@@ -98,7 +100,23 @@ def _dataset_hint(error: NotABidsDatasetError) -> str:
     return f'{error} (`mrctprep demo DIR` writes an example dataset)'
 
 
+def _validation_hint(error: BidsValidationError) -> str:
+    return (
+        f'{error}, each listed above with its file; fix those files, list files that are not '
+        'BIDS in .bidsignore, or pass --skip-bids-validation'
+    )
+
+
+def _validator_hint(error: BidsValidatorUnavailableError) -> str:
+    return (
+        f'{error}; reinstall mrctprep (it needs bids-validator-deno) or pass '
+        '--skip-bids-validation'
+    )
+
+
 _HINTS: dict[type[Exception], Callable[..., str]] = {
+    BidsValidationError: _validation_hint,
+    BidsValidatorUnavailableError: _validator_hint,
     NotABidsDatasetError: _dataset_hint,
     ExistingImagesError: _existing_images_hint,
     WeightsNotFoundError: _weights_hint,

@@ -104,7 +104,7 @@ def _add_bids_options(parser: argparse.ArgumentParser) -> None:
         '--skip_bids_validation',
         '--skip_bids_validator',
         action='store_true',
-        help='do not check that file names are BIDS',
+        help='do not run the BIDS validator (bids-validator-deno) before indexing',
     )
 
 

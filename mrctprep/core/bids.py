@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pathspec
 from bids import BIDSLayout
 from bids.layout import BIDSLayoutIndexer, Query
-from bids_validator import BIDSValidator
 
-from mrctprep.core.errors import InputError, NotABidsDatasetError, first_few
+from mrctprep.core.errors import (
+    BidsValidationError,
+    BidsValidatorUnavailableError,
+    InputError,
+    NotABidsDatasetError,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,53 +70,154 @@ def read_dataset_description(bids_dir: Path) -> dict[str, Any]:
     return description
 
 
-def validate_bids_dir(bids_dir: Path) -> None:
-    """Refuse files whose names are not BIDS, unless the dataset's .bidsignore lists them.
+#: Errors about a file's content, logged as warnings: mrctprep reads every image it processes
+#: and fails that subject alone, naming the file, while the other subjects finish (and
+#: placeholder datasets such as bids-examples, whose files are empty, stay usable).
+_CONTENT_CODES = frozenset({'EMPTY_FILE'})
+#: CT has no suffix in the BIDS schema yet (BEP024 draft): ``_ct`` files are community
+#: practice, which the validator reports as NOT_INCLUDED. Only that code is waived for them;
+#: a CT sidecar that is not valid JSON is still an error.
+_CT_FILES = pathspec.GitIgnoreSpec.from_lines(['*_ct.nii', '*_ct.nii.gz', '*_ct.json'])
 
-    The check covers what the workflows rely on (names and entities); pass
-    ``--skip-bids-validation`` for datasets that are known to be good enough.
+
+@dataclass(frozen=True)
+class ValidatorIssue:
+    """One issue of the BIDS validator: its code, severity and file (None: the dataset)."""
+
+    code: str
+    severity: str
+    location: str | None
+    message: str
+    sub_code: str | None = None
+
+    def describe(self) -> str:
+        """``NOT_INCLUDED sub-01/anat/T1.nii.gz: Files with such naming scheme are ...``"""
+        return f'{self.code} {self.location or "(dataset)"}: {self.message}'
+
+
+def validate_bids_dir(bids_dir: Path) -> list[ValidatorIssue]:
+    """Run the BIDS validator (bids-validator-deno, offline) once over the dataset.
+
+    Its errors are logged one line each and refuse the dataset; its warnings are logged one
+    line per code; the warnings are returned. What does not refuse: issues at files that
+    ``.bidsignore`` lists (gitignore semantics, which the validator itself does not fully
+    apply), NOT_INCLUDED for ``*_ct`` files, the content codes of :data:`_CONTENT_CODES`
+    (NIfTI headers are not read by the validator either, for the same reason), HED schemas
+    that cannot be loaded without the internet, and any error in a derivative dataset (the
+    validator does not cover derivatives fully yet).
     """
-    ignore_patterns = _read_bidsignore(bids_dir)
-    validator = BIDSValidator()
-    invalid = []
-    for path in sorted(bids_dir.rglob('*')):
-        relative = '/' + path.relative_to(bids_dir).as_posix()
-        if path.is_dir() or _is_ignored(relative, ignore_patterns):
+    report = _run_validator(bids_dir)
+    ignored = _read_bidsignore(bids_dir)
+    derivative = read_dataset_description(bids_dir).get('DatasetType') == 'derivative'
+    errors: list[ValidatorIssue] = []
+    warnings: list[ValidatorIssue] = []
+    for issue in _parse_issues(report):
+        if issue.location and ignored.match_file(issue.location):
             continue
-        if not validator.is_bids(relative):
-            invalid.append(relative.lstrip('/'))
-    if invalid:
-        raise InputError(
-            f'{len(invalid)} file(s) in {bids_dir} are not valid BIDS names: '
-            f'{first_few(invalid)}; '
-            'rename them, list them in .bidsignore, or pass --skip-bids-validation'
+        if issue.code == 'NOT_INCLUDED' and _CT_FILES.match_file(issue.location or ''):
+            continue
+        is_error = issue.severity == 'error' and not _waived(issue, derivative)
+        (errors if is_error else warnings).append(issue)
+    _log_warnings(warnings)
+    if errors:
+        for issue in errors:
+            LOGGER.error('BIDS validator: %s', issue.describe())
+        codes = Counter(issue.code for issue in errors)
+        raise BidsValidationError(bids_dir, [issue.describe() for issue in errors], codes)
+    LOGGER.info(
+        'BIDS validator %s: %s is valid (%d warning(s))',
+        version('bids-validator-deno'),
+        bids_dir,
+        len(warnings),
+    )
+    return warnings
+
+
+def _waived(issue: ValidatorIssue, derivative: bool) -> bool:
+    """Errors that are logged as warnings instead of refusing the dataset."""
+    return (
+        derivative
+        or issue.code in _CONTENT_CODES
+        or (issue.code == 'HED_ERROR' and issue.sub_code == 'SCHEMA_LOAD_FAILED')
+    )
+
+
+def _run_validator(bids_dir: Path) -> dict[str, Any]:
+    """The validator's JSON report. It ships as a JavaScript bundle run by the ``deno``
+    wheel, so nothing is downloaded; NIfTI headers are left to mrctprep's own reader."""
+    command = [
+        sys.executable,
+        '-c',
+        'from bids_validator_deno import cli; cli()',
+        str(bids_dir),
+        '--format',
+        'json',
+        '--ignoreNiftiHeaders',
+        '--no-color',
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise BidsValidatorUnavailableError(str(exc)) from None
+    try:
+        report: dict[str, Any] = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        lines = result.stderr.strip().splitlines() or [f'exit code {result.returncode}']
+        raise BidsValidatorUnavailableError(lines[-1]) from None
+    return report
+
+
+def _parse_issues(report: dict[str, Any]) -> list[ValidatorIssue]:
+    issues = report.get('issues', {})
+    code_messages = issues.get('codeMessages', {})
+    parsed = []
+    for raw in issues.get('issues', []):
+        code = str(raw.get('code', 'UNKNOWN'))
+        sub_code = raw.get('subCode')
+        # The code's message says what is wrong; a sub-code names the field or check.
+        text = _first_sentence(code_messages.get(code) or raw.get('issueMessage') or code)
+        location = raw.get('location')
+        parsed.append(
+            ValidatorIssue(
+                code=code,
+                severity=str(raw.get('severity', 'error')),
+                location=location.lstrip('/') if location else None,
+                message=f'{text} ({sub_code})' if sub_code else text,
+                sub_code=sub_code,
+            )
+        )
+    return parsed
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The validator's messages run to paragraphs: their first sentence, on one line."""
+    flat = ' '.join(text.split())
+    sentence = flat.split('. ')[0].rstrip('.')
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + '...'
+
+
+def _log_warnings(warnings: list[ValidatorIssue]) -> None:
+    """One line per warning code (how many, and the first file); each issue at debug level."""
+    by_code: dict[str, list[ValidatorIssue]] = {}
+    for issue in warnings:
+        by_code.setdefault(issue.code, []).append(issue)
+        LOGGER.debug('BIDS validator warning: %s', issue.describe())
+    for code, issues in sorted(by_code.items()):
+        first = issues[0]
+        LOGGER.warning(
+            'BIDS validator warning %s (%d issue(s), first at %s): %s',
+            code,
+            len(issues),
+            first.location or '(dataset)',
+            first.message,
         )
 
 
-def _read_bidsignore(bids_dir: Path) -> list[str]:
+def _read_bidsignore(bids_dir: Path) -> pathspec.GitIgnoreSpec:
+    """The dataset's ``.bidsignore`` (gitignore semantics, as BIDS specifies)."""
     path = bids_dir / '.bidsignore'
-    # CT has no suffix in the BIDS spec yet (BEP024 draft); `_ct` is the community practice.
-    patterns = ['/.*', '/sourcedata/*', '/code/*', '/derivatives/*', '/stimuli/*', '*_ct.*']
-    if path.is_file():
-        patterns += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return patterns
-
-
-def _is_ignored(relative: str, patterns: Iterable[str]) -> bool:
-    """gitignore-like matching, as the BIDS validator applies .bidsignore."""
-    name = relative.rsplit('/', 1)[-1]
-    for pattern in patterns:
-        pattern = pattern.rstrip('/')
-        if pattern.startswith('/'):
-            if fnmatch.fnmatch(relative, pattern) or relative.startswith(pattern + '/'):
-                return True
-        elif (
-            fnmatch.fnmatch(name, pattern)
-            or fnmatch.fnmatch(relative, f'*/{pattern}')
-            or (f'/{pattern}/' in relative)
-        ):
-            return True
-    return False
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 def load_layout(bids_dir: Path, database_dir: Path) -> BIDSLayout:

@@ -27,12 +27,32 @@ class NotABidsDatasetError(InputError):
         super().__init__(f'{reason}: {bids_dir} is not a BIDS dataset')
 
 
+class BidsValidationError(InputError):
+    """The BIDS validator found errors: ``errors`` holds one line per error (code, file,
+    message), ``codes`` how many of each code; the message counts them by code."""
+
+    def __init__(self, bids_dir: Path, errors: Sequence[str], codes: dict[str, int]):
+        self.bids_dir, self.errors, self.codes = bids_dir, list(errors), dict(codes)
+        counts = ', '.join(f'{code}: {count}' for code, count in sorted(codes.items()))
+        super().__init__(
+            f'the BIDS validator found {len(self.errors)} error(s) in {bids_dir} ({counts})'
+        )
+
+
 class WorkflowBuildError(MrctprepError):
     """The workflow could not be built from the selected pipelines and inputs."""
 
 
 class ResourceError(MrctprepError):
     """A required resource (model weights, template, device) is missing or unusable."""
+
+
+class BidsValidatorUnavailableError(ResourceError):
+    """The BIDS validator (bids-validator-deno) could not be run or gave no report."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f'the BIDS validator could not run: {reason}')
 
 
 class DeviceUnavailableError(ResourceError):

@@ -9,6 +9,11 @@ A gantry-tilted acquisition also moves each slice sideways within its plane, whi
 sheared grid that NIfTI cannot hold; unequal slice steps make a grid that no affine holds.
 Both are resampled, as dcm2niix does, onto the orthogonal grid spanned by the row, column and
 normal directions, with uniform steps along the normal.
+
+An enhanced (multi-frame) CT holds a whole series in one file, with each frame's geometry and
+rescale in functional groups (PS3.3 C.7.6.16): shared ones, and per-frame ones that override
+them. Each frame becomes a header of its own, as if it were a single-frame file, so frames go
+through the same grouping, sorting and checks as slices in files.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mrctprep import __version__
@@ -74,10 +81,18 @@ class SkippedFile:
 
 @dataclass(frozen=True)
 class DicomFile:
-    """One DICOM file and its header (pixel data deferred: located, not read)."""
+    """One DICOM image and its header (pixel data deferred: located, not read): a file, or
+    one frame of a multi-frame file with the header that its functional groups give it."""
 
     path: Path
     header: Dataset
+    #: The frame's index (0-based) in a multi-frame file; None for a single-frame file.
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``IM0001.dcm``, or ``ct.dcm frame 3`` (1-based, as DICOM counts frames)."""
+        return self.path.name if self.frame is None else f'{self.path.name} frame {self.frame + 1}'
 
     def text(self, keyword: str) -> str:
         return str(self.header.get(keyword, '') or '').strip()
@@ -126,7 +141,12 @@ class DicomSeries:
         named = ''.join(
             [f' {number}' if number else '', f" '{description}'" if description else '']
         )
-        return f'series{named} ({len(self.files)} file{"s"[: len(self.files) > 1]})'
+        paths = len({file.path for file in self.files})
+        frames = len(self.files)
+        count = f'{paths} file{"s"[: paths > 1]}'
+        if paths != frames:
+            count = f'{frames} frames in {count}'
+        return f'series{named} ({count})'
 
     def unusable_reason(self) -> str | None:
         """Why this series is not a CT volume, or None when it may be one."""
@@ -136,7 +156,7 @@ class DicomSeries:
         if 'LOCALIZER' in [str(v).upper() for v in self.header.get('ImageType', [])]:
             return 'a localizer (scout) image, not a volume'
         if int(self.header.get('NumberOfFrames', 1) or 1) > 1:
-            return 'multi-frame (enhanced) DICOM, which is not supported; export single frames'
+            return 'multi-frame DICOM without per-frame functional groups (no frame geometry)'
         required = ('ImagePositionPatient', 'ImageOrientationPatient', 'PixelSpacing', 'Rows')
         if any(self.header.get(keyword) is None for keyword in required):
             return (
@@ -242,8 +262,64 @@ def read_headers(paths: Iterable[Path]) -> tuple[list[DicomFile], list[SkippedFi
         if 'SOPClassUID' not in header and 'Modality' not in header:
             skipped.append(SkippedFile(path, 'no SOPClassUID or Modality (truncated?)'))
             continue
-        files.append(DicomFile(path, header))
+        if 'PerFrameFunctionalGroupsSequence' in header:
+            files.extend(_frames(path, header))
+        else:
+            files.append(DicomFile(path, header))
     return files, skipped
+
+
+#: The multi-frame file's own elements that its frames' headers leave out.
+_MULTI_FRAME_TAGS = {
+    Tag(keyword)
+    for keyword in (
+        'PixelData',
+        'NumberOfFrames',
+        'SharedFunctionalGroupsSequence',
+        'PerFrameFunctionalGroupsSequence',
+    )
+}
+#: Enhanced CT names some acquisition facts differently (CT Exposure macro); same units.
+_ENHANCED_NAMES = {
+    'ExposureTimeInms': 'ExposureTime',
+    'XRayTubeCurrentInmA': 'XRayTubeCurrent',
+    'ExposureInmAs': 'Exposure',
+}
+
+
+def _frames(path: Path, header: Dataset) -> list[DicomFile]:
+    """One single-frame header per frame: the file's own elements, then those of the shared
+    functional groups, then the frame's own (each macro's attributes, lifted to the top)."""
+    common = Dataset()
+    common.file_meta = header.file_meta
+    for tag in header.keys():
+        if tag not in _MULTI_FRAME_TAGS:
+            common[tag] = header[tag]
+    shared = header.get('SharedFunctionalGroupsSequence') or [Dataset()]
+    frames = []
+    for index, groups in enumerate(header.PerFrameFunctionalGroupsSequence):
+        frame = Dataset()
+        frame.file_meta = header.file_meta
+        frame.update(common)
+        _lift_functional_groups(frame, shared[0])
+        _lift_functional_groups(frame, groups)
+        frames.append(DicomFile(path, frame, index))
+    return frames
+
+
+def _lift_functional_groups(frame: Dataset, groups: Dataset) -> None:
+    """Copy each functional group macro's attributes (Plane Position, Pixel Measures, Pixel
+    Value Transformation, CT Exposure, ...) onto ``frame``; nested sequences stay out."""
+    for macro in groups:
+        if macro.VR != 'SQ' or not macro.value:
+            continue
+        for element in macro.value[0]:
+            if element.VR == 'SQ':
+                continue
+            frame[element.tag] = element
+            alias = _ENHANCED_NAMES.get(element.keyword)
+            if alias:
+                setattr(frame, alias, element.value)
 
 
 def group_series(files: Iterable[DicomFile]) -> list[DicomSeries]:
@@ -342,7 +418,7 @@ def _slice_geometry(
     if np.any(steps < 1e-2):
         k = int(np.argmin(steps))
         raise DicomSeriesError(
-            f'{name}: {slices.files[k].path.name} and {slices.files[k + 1].path.name} lie at '
+            f'{name}: {slices.files[k].name} and {slices.files[k + 1].name} lie at '
             'the same position: two acquisitions mixed in one series'
         )
     spacing = analyse_slice_spacing(distances)
@@ -384,6 +460,10 @@ def _conversion_record(slices: _Slices, geometry: _SliceGeometry) -> dict[str, A
         'GantryTiltCorrected': geometry.tilted,
         'SliceSpacingResampled': not spacing.uniform,
     }
+    frames = [file for file in slices.files if file.frame is not None]
+    if frames:
+        conversion['MultiFrameFiles'] = sorted({file.path.name for file in frames})
+        conversion['FramesRead'] = len(frames)
     if slices.skipped:
         conversion['SkippedFiles'] = [f'{s.path.name}: {s.reason}' for s in slices.skipped]
     if spacing.missing:
@@ -675,12 +755,14 @@ def _read_slices(
 
 
 def _stored_pixels(file: DicomFile) -> np.ndarray:
-    """The stored values of a single-frame slice, read without keeping them in the header.
+    """The stored values of a slice (a file or a frame), read without keeping them in the header.
 
     Uncompressed little-endian 16-bit pixels are read straight from the file: pydicom's
     generic path costs more than all the rest of a conversion. Compressed syntaxes (JPEG 2000,
     JPEG-LS, JPEG lossless, RLE) go through pydicom's decoders on a fresh read of the file.
     """
+    if file.frame is not None:  # decodes this frame only, whatever the transfer syntax
+        return pixel_array(file.path, index=file.frame)
     header = file.header
     syntax = getattr(getattr(header, 'file_meta', None), 'TransferSyntaxUID', None)
     element = header.get_item('PixelData', keep_deferred=True)

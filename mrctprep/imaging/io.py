@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import importlib.resources
 import zlib
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 from nibabel.wrapstruct import WrapStructError
-
-from mrctprep.core.templates import mni152_template_file
 
 
 class ImageReadError(ValueError):
@@ -96,16 +93,56 @@ def load_anatomical(path: str | Path) -> tuple[nb.Nifti1Image, list[str]]:
     return img, warnings
 
 
-def load_mni152_template(kind: str) -> nb.Nifti1Image:
-    """nilearn's bundled MNI152 2009a map ``kind`` (``'t1'``, ``'gm'``, ``'wm'``) in float32,
-    read while the file is at hand (for a zipped package it is a temporary copy)."""
-    with importlib.resources.as_file(mni152_template_file(kind)) as path:
-        img = nb.Nifti1Image.from_filename(path)
-        return nb.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine, img.header)
+#: nilearn's public loaders of the ICBM 2009a symmetric maps it ships (nothing is downloaded).
+_MNI152_LOADERS = {
+    't1': 'load_mni152_template',
+    'gm': 'load_mni152_gm_template',
+    'wm': 'load_mni152_wm_template',
+}
 
 
 def load_mni152_unit_map(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """A bundled template map (T1 intensity or tissue probability, stored 0-255) as 0..1, and
-    its affine."""
-    img = load_mni152_template(kind)
-    return img.get_fdata(dtype=np.float32) / np.float32(255), img.affine
+    """nilearn's 1 mm MNI152 2009a map ``kind`` (``'t1'`` brain, ``'gm'`` or ``'wm'``
+    probability) as nilearn's public loader returns it, scaled 0..1, and its affine."""
+    # nilearn.datasets takes about a second to import: only when a template is needed.
+    from nilearn import datasets
+
+    img = getattr(datasets, _MNI152_LOADERS[kind])(resolution=1)
+    # nilearn caches the image it returns: a copy, so that callers may change theirs.
+    return np.array(img.dataobj, dtype=np.float32), img.affine.copy()
+
+
+def load_mni152_template(kind: str) -> nb.Nifti1Image:
+    """The MNI152 2009a map ``kind`` in the 0-255 of the 8-bit files nilearn ships (float32).
+
+    nilearn scales each map by its maximum, 255, and ``v / 255 * 255`` gives back every 8-bit
+    value exactly in float32, so these are the files' values.
+    """
+    data, affine = load_mni152_unit_map(kind)
+    return nb.Nifti1Image(data * np.float32(255), affine)
+
+
+def quantise_to_int16(values: np.ndarray, step: float) -> tuple[np.ndarray, float, float]:
+    """``values`` as int16 codes with the slope and intercept that give them back (NIfTI's
+    ``scl_slope``/``scl_inter``), to within half a step; the step grows when the range needs
+    more than 65535 of them.
+
+    For smooth maps whose float32 low bits are noise to gzip: a bias field stored at 1e-4
+    takes about 40 % of its float32 size.
+
+    >>> values = np.array([0.5, 1.00004, 2.0])
+    >>> codes, slope, intercept = quantise_to_int16(values, 1e-4)
+    >>> error = np.abs(codes * slope + intercept - values).max()
+    >>> codes.dtype, round(slope, 9), bool(error <= 5e-5)
+    (dtype('int16'), 0.0001, True)
+    >>> codes, slope, intercept = quantise_to_int16(np.full(4, 7.5), 0)
+    >>> bool(np.all(codes * slope + intercept == 7.5))
+    True
+    """
+    low, high = float(values.min()), float(values.max())
+    # NIfTI stores both as float32: the codes are computed against those, codes -32767..32767
+    # counted from the low end up (the intercept is the value of code 0).
+    slope = float(np.float32(max(step, (high - low) / 65534) or 1.0))  # 1: a constant image
+    intercept = float(np.float32(low + 32767 * slope))
+    codes = np.round((values.astype(np.float64) - intercept) / slope)
+    return np.clip(codes, -32768, 32767).astype(np.int16), slope, intercept

@@ -305,7 +305,7 @@ def _dicom_images(
         SourceImage(
             'dcm',
             case.name,
-            tuple(f.path for f in series.files),
+            tuple(dict.fromkeys(f.path for f in series.files)),  # frames share a file
             series,
             tuple(s for s in unreadable if s.path.parent in series.folders),
         )

@@ -20,6 +20,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -30,6 +31,7 @@ from mrctprep.core.derivatives import (
     write_atomically,
     write_json_atomically,
 )
+from mrctprep.imaging.io import quantise_to_int16
 from mrctprep.interfaces.base import load_nifti
 
 #: Entities of the source that its derivatives keep.
@@ -48,6 +50,10 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     suffix = traits.Str(desc='suffix (default: the source file’s)')
     datatype = traits.Str('anat', usedefault=True, desc='folder: anat, figures, …')
     dtype = traits.Str(desc='numpy dtype to store a NIfTI in (mask: uint8, dseg: int16)')
+    precision = traits.Float(
+        desc='store a float NIfTI as int16 with scl_slope at this step, error at most half '
+        '(0: the finest step its range allows)'
+    )
     static_meta = traits.Dict(
         traits.Str, traits.Any, usedefault=True, desc='sidecar fields known when building'
     )
@@ -115,7 +121,13 @@ def _copy_derivative(inputs: _DerivativesDataSinkInputSpec, destination: Path) -
         shutil.copyfile(inputs.in_file, destination)
         return
     img = load_nifti(inputs.in_file)
-    if inputs.dtype:
+    # int16 holds no NaN or infinity: such an image keeps its float type.
+    if isdefined(inputs.precision) and np.isfinite(values := img.get_fdata()).all():
+        codes, slope, intercept = quantise_to_int16(values, inputs.precision)
+        img = img.__class__(codes, img.affine, img.header)
+        img.set_data_dtype(np.int16)
+        img.header.set_slope_inter(slope, intercept)  # written as they are: codes are int16
+    elif inputs.dtype:
         data = np.asanyarray(img.dataobj).astype(inputs.dtype)
         img = img.__class__(data, img.affine, img.header)
         img.set_data_dtype(inputs.dtype)

@@ -17,6 +17,7 @@ from typing import Any
 
 from nipype.pipeline import engine as pe
 
+from mrctprep.imaging.bias import FIELD_PRECISION
 from mrctprep.interfaces.bids import DerivativesDataSink
 from mrctprep.workflows.literate import LiterateWorkflow
 
@@ -29,6 +30,10 @@ MNI_GRID = {
     'world box x -91..90, y -126..91, z -72..109 mm), the geometry IGUANe was trained on',
 }
 _NOT_STRIPPED = {'SkullStripped': False}
+#: ``precision`` 0: int16 at the finest step the image's range allows, range / 65534, so
+#: every value is kept to within 1/131068 of the range: below MR noise by orders of
+#: magnitude and far below one step of an integer-valued scan. Half the disk of float32.
+_FINEST_INT16 = 0.0
 _STRIPPED = {'SkullStripped': True}
 
 
@@ -43,6 +48,8 @@ class Output:
     suffix: str | None = None
     datatype: str = 'anat'
     dtype: str | None = None
+    #: Store a smooth float map as int16 at this step (see ``DerivativesDataSink``).
+    precision: float | None = None
     static_meta: Mapping[str, Any] = field(default_factory=dict)
     meta_dict: tuple[str, Field] | None = None
 
@@ -64,7 +71,11 @@ def add_outputs(
     for output in outputs:
         inputs = {
             key: value
-            for key, value in (('suffix', output.suffix), ('dtype', output.dtype))
+            for key, value in (
+                ('suffix', output.suffix),
+                ('dtype', output.dtype),
+                ('precision', output.precision),
+            )
             if value is not None
         }
         sink = pe.Node(
@@ -150,6 +161,7 @@ def init_ds_mr_preproc(
             'ds_t1w',
             ('n4', 'out_file'),
             {'desc': 'preproc'},
+            precision=_FINEST_INT16,
             static_meta=_NOT_STRIPPED,
             meta_dict=('t1w_metadata', 'out'),
         ),
@@ -165,6 +177,7 @@ def init_ds_mr_preproc(
             'ds_bias',
             ('n4', 'bias_field'),
             {'desc': 'biasfield'},
+            precision=FIELD_PRECISION,
             static_meta=_NOT_STRIPPED,
             meta_dict=('n4', 'metadata'),
         ),
@@ -192,6 +205,7 @@ def init_ds_mr_preproc(
             'ds_mni_t1w',
             ('resample_t1w', 'out_file'),
             {**mni, 'desc': 'preproc'},
+            precision=_FINEST_INT16,
             static_meta={**_NOT_STRIPPED, **MNI_GRID},
             meta_dict=('register', 'metadata'),
         ),
