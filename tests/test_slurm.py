@@ -80,10 +80,16 @@ def multiproc_run(mixed_bids, tmp_path_factory):
 
 
 def _summary(stderr: str) -> list[str]:
-    """The run's closing lines, without times, the run's id and crash file names."""
+    """The run's closing lines, without times, the run's id, crash file names and the output
+    folder (each run writes its own)."""
     lines = [line.split(' ', 1)[1] for line in stderr.splitlines() if re.match(r'\d\d:', line)]
     start = next(i for i, line in enumerate(lines) if 'node(s) failed' in line)
-    return [re.sub(r' \(crash file: .*\)$', '', line) for line in lines[start:]]
+    return [
+        re.sub(
+            r'Report written: .*/', 'Report written: ', re.sub(r' \(crash file: .*\)$', '', line)
+        )
+        for line in lines[start:]
+    ]
 
 
 def _outputs(out: Path) -> dict[str, Path]:

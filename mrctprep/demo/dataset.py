@@ -263,7 +263,9 @@ PARTICIPANTS = demo_participants()
 
 
 def anatomy_description(name: str) -> str:
-    """>>> anatomy_description('C')
+    """What participants.json says of a traveller's anatomy.
+
+    >>> anatomy_description('C')
     'anatomy A smoothly deformed (up to 2.5 mm along each axis), with its own skull'
     """
     if name == 'A':

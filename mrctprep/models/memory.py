@@ -97,7 +97,9 @@ class MemoryEstimate:
 
 
 def gigabytes(size: int) -> str:
-    """>>> gigabytes(3 * 2**30 // 2)
+    """A size in GiB, as the refusals print it.
+
+    >>> gigabytes(3 * 2**30 // 2)
     '1.5 GB'
     """
     return f'{size / 2**30:.1f} GB'
