@@ -27,22 +27,20 @@ def parse_memory_gb(value: str) -> float:
 
 
 def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f'{value!r} is not a positive integer')
-    return number
+    return _whole_number(value, 1, 'a positive integer')
 
 
 def non_negative_int(value: str) -> int:
+    return _whole_number(value, 0, 'a whole number of 0 or more')
+
+
+def _whole_number(value: str, minimum: int, expected: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f'{value!r} is not a whole number of 0 or more')
+        number = minimum - 1
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f'{value!r} is not {expected}')
     return number
 
 
