@@ -303,3 +303,25 @@ def test_cyclegan_training_needs_its_real_radiographs_before_any_work(tmp_path, 
         parse_args([str(tmp_path / 'bids'), str(tmp_path / 'out'), 'group', '--train', 'cyclegan'])
     assert exit_info.value.code == 2
     assert '--train cyclegan needs --real-radiographs DIR' in capsys.readouterr().err
+
+
+def test_too_few_readable_drrs_is_one_line_naming_the_folder_and_the_fix(tmp_path):
+    drr_dir, real_dir = tmp_path / 'drrs', tmp_path / 'real'
+    drr_dir.mkdir(), real_dir.mkdir()
+    ramp = np.outer(np.linspace(0, 1, 48), np.linspace(0.2, 1, 40))
+    Image.fromarray((ramp * 200).astype(np.uint8)).save(drr_dir / 'drr0.png')
+    (drr_dir / 'drr1.png').write_bytes(b'truncated')
+    for n in range(3):
+        Image.fromarray((ramp * 250).astype(np.uint8)).save(real_dir / f'cr{n}.png')
+    ct = SHARED_DATA / 'ct' / 'totalseg_example_ct_sm.nii.gz'
+    bids = write_bids(tmp_path / 'bids', {'sub-01/anat/sub-01_ct.nii.gz': ct}, ['01'])
+    refused = run_cli(
+        bids, tmp_path / 'out', 'group', '--train', 'cyclegan', '--simulated-radiographs',
+        drr_dir, '--real-radiographs', real_dir, '--train-patch-size', '32',
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith('mrctprep: error')]
+    assert len(errors) == 1
+    assert f'1 readable simulated radiograph(s) to train on in {drr_dir}' in errors[0]
+    assert '--simulated-radiographs DIR' in errors[0]
+    assert not (tmp_path / 'out' / 'models').exists()

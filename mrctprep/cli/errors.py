@@ -24,6 +24,7 @@ from mrctprep.core.errors import (
     NoModelInputsError,
     NotABidsDatasetError,
     ResourceError,
+    TooFewRadiographsError,
     WeightsNotFoundError,
     WorkflowBuildError,
 )
@@ -92,6 +93,15 @@ def _no_inputs_hint(error: NoModelInputsError) -> str:
     return f'{error}; run the participant level with --pipelines mr-preproc first'
 
 
+def _radiographs_hint(error: TooFewRadiographsError) -> str:
+    if error.domain == 'simulated':
+        return (
+            f'{error}; run the participant level with --pipelines drr first, or give a folder '
+            'of DRRs with --simulated-radiographs DIR'
+        )
+    return f'{error}; --real-radiographs needs a folder of DICOM, PNG or JPEG radiographs'
+
+
 def _existing_images_hint(error: ExistingImagesError) -> str:
     return f'{error}; pass --overwrite to replace them'
 
@@ -124,6 +134,7 @@ _HINTS: dict[type[Exception], Callable[..., str]] = {
     CheckpointError: _checkpoint_hint,
     NoModelInputsError: _no_inputs_hint,
     InsufficientMemoryError: _memory_hint,
+    TooFewRadiographsError: _radiographs_hint,
 }
 
 

@@ -109,6 +109,17 @@ class NoModelInputsError(InputError):
         )
 
 
+class TooFewRadiographsError(InputError):
+    """A CycleGAN domain has fewer readable training images than training needs."""
+
+    def __init__(self, domain: str, source: Path, readable: int, needed: int):
+        self.domain, self.source, self.readable, self.needed = domain, source, readable, needed
+        super().__init__(
+            f'{readable} readable {domain} radiograph(s) to train on in {source}; '
+            f'at least {needed} needed'
+        )
+
+
 class ImplausibleBrainMaskError(MrctprepError, ValueError):
     """A brain extraction returned a mask whose volume no human brain has."""
 

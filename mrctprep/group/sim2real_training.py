@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
-from mrctprep.core.errors import InputError
+from mrctprep.core.errors import InputError, TooFewRadiographsError
 from mrctprep.imaging.radiographs import (
     Radiograph,
     iter_radiographs,
@@ -42,6 +42,7 @@ MODEL_NAME = 'sim2real'
 #: every this many images of a domain one is held out for the validation panels and scores
 HOLD_OUT_EVERY = 10
 MAX_HELD_OUT = 4
+MIN_TRAINING_IMAGES = 2
 
 
 def find_drr_files(output_dir: Path) -> list[Path]:
@@ -56,7 +57,7 @@ def find_drr_files(output_dir: Path) -> list[Path]:
 
 
 def _load_domain(
-    files: list[Path], settings: CycleGANSettings, what: str
+    files: list[Path], settings: CycleGANSettings, domain: str, source: Path
 ) -> tuple[list[TrainingImage], list[Radiograph]]:
     """The readable images of ``files``: every 10th held out (at most 4) for the validation
     panels and scores, the others prepared for training as they are read."""
@@ -68,12 +69,8 @@ def _load_domain(
             held_out.append(image)
         else:
             training.append(prepare(image, settings))
-    if len(training) < 2:
-        raise InputError(
-            f'--train cyclegan: {len(training)} readable {what} to train on; two at least '
-            'needed (domain A: the participant level with --pipelines drr, or '
-            '--simulated-radiographs DIR)'
-        )
+    if len(training) < MIN_TRAINING_IMAGES:
+        raise TooFewRadiographsError(domain, source, len(training), MIN_TRAINING_IMAGES)
     return training, held_out
 
 
@@ -82,7 +79,7 @@ def train_sim2real(
 ) -> ModelWeights:
     """Train the CycleGAN between the DRRs and the real radiographs; write G_A and its log."""
     if models.real_radiographs is None:
-        raise InputError('--train cyclegan needs a folder of real radiographs (domain B)')
+        raise InputError('the sim2real CycleGAN needs a folder of real radiographs (domain B)')
     drr_files = (
         radiograph_files(models.simulated_radiographs)
         if models.simulated_radiographs
@@ -91,14 +88,12 @@ def train_sim2real(
     real_files = radiograph_files(models.real_radiographs)
     settings = _settings(models, execution)
     domain_a = models.simulated_radiographs or inputs.output_dir
-    train_a, held_a = _load_domain(drr_files, settings, f'DRRs ({domain_a})')
-    train_b, held_b = _load_domain(
-        real_files, settings, f'radiographs in {models.real_radiographs}'
-    )
+    train_a, held_a = _load_domain(drr_files, settings, 'simulated', domain_a)
+    train_b, held_b = _load_domain(real_files, settings, 'real', models.real_radiographs)
     if models.select_best and not held_b:
         LOGGER.warning(
-            '--select-best: too few radiographs to hold one out (%d needed); the last '
-            'generator is kept',
+            'best-generator selection: too few real radiographs to hold one out (%d '
+            'needed); the last generator is kept',
             HOLD_OUT_EVERY,
         )
     weights_file = trained_weights_file(inputs.output_dir, MODEL_NAME)
