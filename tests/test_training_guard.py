@@ -24,7 +24,9 @@ from mrctprep.models.iguane_training import (
     TrainingImage,
     training_step_memory,
 )
-from mrctprep.models.memory import available_bytes, check_fits
+from mrctprep.models.iguane import IguaneGenerator
+from mrctprep.models.inference import tile_that_fits
+from mrctprep.models.memory import available_bytes, check_fits, inference_memory
 from mrctprep.models.training import (
     ModelSelection,
     TrainingSettings,
@@ -32,19 +34,43 @@ from mrctprep.models.training import (
     write_training_log,
 )
 
-HELPER = Path(__file__).parent / 'helpers' / 'training_memory.py'
+HELPERS = Path(__file__).parent / 'helpers'
+
+
+def _measured_against_predicted(*args: object) -> dict[str, int]:
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, check=True
+    )
+    figures: dict[str, int] = json.loads(result.stdout.splitlines()[-1])
+    return figures
 
 
 @pytest.mark.parametrize('patch', [32, 48])
 def test_the_memory_estimate_is_within_30_percent_of_the_measured_peak(tmp_path, patch):
-    result = subprocess.run(
-        [sys.executable, str(HELPER), str(patch), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    figures = json.loads(result.stdout.splitlines()[-1])
+    figures = _measured_against_predicted(HELPERS / 'training_memory.py', patch, tmp_path)
     assert 0.7 < figures['measured'] / figures['predicted'] < 1.3, figures
+
+
+@pytest.mark.parametrize('side', [64, 96])
+def test_the_inference_estimate_is_within_30_percent_of_the_measured_peak(side):
+    figures = _measured_against_predicted(HELPERS / 'inference_memory.py', side)
+    assert 0.7 < figures['measured'] / figures['predicted'] < 1.3, figures
+
+
+def test_a_volume_that_does_not_fit_is_tiled_before_running_and_a_tile_that_does_not_refused():
+    memory = inference_memory(IguaneGenerator())
+    whole = (160, 192, 160)
+    needed = memory.at(int(np.prod(whole))).total
+    fits = dict(device='cpu', multiple=16, min_tile=64)
+    assert tile_that_fits(memory, whole, needed, **fits) is None
+    tile = tile_that_fits(memory, whole, needed // 4, **fits)
+    assert tile is not None and all(t % 16 == 0 and t < w for t, w in zip(tile, whole))
+    assert memory.at(int(np.prod(tile))).total <= needed // 4
+    with pytest.raises(InsufficientMemoryError) as refused:
+        tile_that_fits(memory, whole, 10 * 2**20, **fits)
+    line = describe_error(refused.value)
+    assert line.startswith('inference on tiles of (64, 64, 64) needs about ')
+    assert '0.0 GB available on cpu; use a machine or GPU' in line
 
 
 def test_a_step_that_does_not_fit_is_refused_with_the_patch_size_that_fits():

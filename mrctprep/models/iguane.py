@@ -27,6 +27,7 @@ from torch.nn import functional
 from mrctprep.core.devices import fast_precision
 from mrctprep.imaging.intensity import MEDIAN_TARGET, SIZE_MULTIPLE
 from mrctprep.models.inference import Shape3D, predict_in_tiles, predict_whole_or_tiled
+from mrctprep.models.memory import check_fits, inference_memory
 
 ENCODER_CHANNELS = (16, 32, 64, 128)
 BOTTLENECK_CHANNELS = 256
@@ -212,9 +213,20 @@ def harmonize_volume(
             output[with_brain] = generator(crops[with_brain]).to(output.dtype)
         return output
 
+    if tile is None:
+        memory = inference_memory(generator, device=device)
+    else:
+        check_fits(
+            inference_memory(generator, device=device),
+            voxels=CROPS_PER_CALL * int(np.prod(tile)),
+            device=device,
+            what=f'IGUANe inference on crops of {tile}',
+        )
     with torch.inference_mode(), fast_precision(device):
         if tile is None:
-            output = predict_whole_or_tiled(generator, volume, multiple=SIZE_MULTIPLE)
+            output = predict_whole_or_tiled(
+                generator, volume, multiple=SIZE_MULTIPLE, memory=memory
+            )
         else:
             output = predict_in_tiles(
                 generate_brain, volume, tile=tile, overlap=0.5, tiles_per_call=CROPS_PER_CALL

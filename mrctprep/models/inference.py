@@ -1,5 +1,6 @@
 """Running a volume-to-volume network on a whole volume, or in overlapping tiles when it does
-not fit in memory (never a silent crop)."""
+not fit in memory (never a silent crop): chosen before running from the network's memory
+estimate, and again should the device run out all the same."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from types import EllipsisType
 import numpy as np
 import torch
 
+from mrctprep.core.errors import InsufficientMemoryError
+from mrctprep.models.memory import StepMemory, available_bytes, gigabytes
+
 LOGGER = logging.getLogger(__name__)
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -20,15 +24,39 @@ Window = tuple[EllipsisType | slice, ...]
 
 
 def predict_whole_or_tiled(
-    predict: Predict, volume: torch.Tensor, *, multiple: int, min_tile: int = 64
+    predict: Predict,
+    volume: torch.Tensor,
+    *,
+    multiple: int,
+    memory: StepMemory | None = None,
+    min_tile: int = 64,
 ) -> torch.Tensor:
-    """``predict(volume)``; when that runs out of memory, the same in ever smaller tiles.
+    """``predict(volume)``, or the same in tiles when the volume does not fit in memory.
 
     ``volume`` is ``(1, C, D, H, W)`` on the model's device; the result comes back on the CPU.
-    Tiles are halved until they fit, down to ``min_tile`` voxels a side (then the error
-    stands). Networks with whole-volume statistics (instance norm) give slightly different
-    results in tiles, so falling back is logged as a warning.
+    With ``memory`` (the network's inference estimate) the tile is chosen before running:
+    :func:`tile_that_fits`. Should the device run out all the same (estimates of GPU memory
+    miss the allocator's fragmentation), tiles are halved until they fit, down to
+    ``min_tile`` voxels a side. Networks with whole-volume statistics (instance norm) give
+    slightly different results in tiles, so tiling is logged as a warning.
     """
+    shape = _spatial_shape(volume)
+    if memory is not None:
+        device = str(volume.device)
+        tile = tile_that_fits(
+            memory, shape, available_bytes(device), device=device, multiple=multiple,
+            min_tile=min_tile,
+        )  # fmt: skip
+        if tile is not None:
+            LOGGER.warning(
+                '%s: the whole volume %s needs about %s, more than is available; predicting '
+                'in tiles of %s',
+                device,
+                shape,
+                gigabytes(memory.at(int(np.prod(shape))).total),
+                tile,
+            )
+            return predict_in_tiles(predict, volume, tile=tile)
     try:
         return predict(volume).cpu()
     except RuntimeError as exc:  # torch.OutOfMemoryError included
@@ -37,9 +65,9 @@ def predict_whole_or_tiled(
         LOGGER.warning(
             '%s: the whole volume %s does not fit in memory; predicting in tiles',
             volume.device,
-            tuple(volume.shape[2:]),
+            shape,
         )
-    tile = _spatial_shape(volume)
+    tile = shape
     while max(tile) > min_tile:
         tile = _halved(tile, multiple=multiple, min_tile=min_tile)
         _release_cached_memory(volume.device)
@@ -50,6 +78,39 @@ def predict_whole_or_tiled(
                 raise
             LOGGER.warning('tiles of %s do not fit either', tile)
     raise MemoryError(f'not even {min_tile}^3-voxel tiles fit in memory on {volume.device}')
+
+
+def tile_that_fits(
+    memory: StepMemory,
+    shape: Shape3D,
+    available: int,
+    *,
+    device: str,
+    multiple: int,
+    min_tile: int,
+) -> Shape3D | None:
+    """None when a volume of ``shape`` fits in ``available`` bytes of ``device``; else the
+    first tile, of sides halved again and again (multiples of ``multiple``, at least
+    ``min_tile``), that does; :class:`InsufficientMemoryError` when not even that does.
+
+    >>> kilobyte_a_voxel = StepMemory(1000.0, {'network': 0})
+    >>> fits = dict(device='cpu', multiple=16, min_tile=64)
+    >>> tile_that_fits(kilobyte_a_voxel, (160, 192, 160), 10**10, **fits)
+    >>> tile_that_fits(kilobyte_a_voxel, (160, 192, 160), 10**9, **fits)
+    (80, 96, 80)
+    """
+    tile = shape
+    while memory.at(int(np.prod(tile))).total > available:
+        if max(tile) <= min_tile:
+            raise InsufficientMemoryError(
+                f'inference on tiles of {tile}',
+                memory.at(int(np.prod(tile))).describe(),
+                gigabytes(available),
+                device,
+                None,
+            )
+        tile = _halved(tile, multiple=multiple, min_tile=min_tile)
+    return None if tile == shape else tile
 
 
 def predict_in_tiles(

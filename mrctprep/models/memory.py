@@ -3,21 +3,27 @@
 A fully convolutional network keeps, for its backward pass, activations whose size grows in
 proportion to the number of input voxels. :func:`saved_bytes_per_voxel` measures that
 proportion once, on a small probe input, by counting the tensors autograd saves; a model's
-estimate then adds its weights, optimiser states and images by arithmetic. The OOM killer of a
-CPU machine gives no error message, so training refuses what does not fit before it starts.
+estimate then adds its weights, optimiser states and images by arithmetic. Inference keeps no
+activations for a backward pass: :func:`inference_bytes_per_voxel` follows the tensors alive at
+once during a probe pass instead. The OOM killer of a CPU machine gives no error message, so
+training refuses, and inference tiles, what does not fit before it starts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import weakref
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from mrctprep.core.devices import training_precision
+from mrctprep.core.devices import fast_precision, training_precision
 from mrctprep.core.errors import InsufficientMemoryError
 
 LOGGER = logging.getLogger(__name__)
@@ -25,6 +31,11 @@ LOGGER = logging.getLogger(__name__)
 #: Adam keeps two moments per parameter, beside the parameter and its gradient.
 BYTES_PER_TRAINED_PARAMETER = 4 * 4
 PROBE_SIZE = 16
+#: Inference probes a larger cube: its deepest level must not be a single voxel.
+INFERENCE_PROBE_SIZE = 32
+#: What an inference pass takes beyond its live tensors: oneDNN's workspaces and first-call
+#: allocations (IGUANe on a CPU: peaks 62-64 MB above the live tensors at 64^3 and 96^3).
+INFERENCE_RUNTIME_BYTES = 64 * 2**20
 _CGROUP_LIMIT = Path('/sys/fs/cgroup/memory.max')
 _CGROUP_USAGE = Path('/sys/fs/cgroup/memory.current')
 
@@ -126,6 +137,63 @@ def saved_bytes_per_voxel(network: nn.Module, *, channels: int = 1, device: str 
     ):
         network(probe)
     return sum(saved.values()) / PROBE_SIZE**3
+
+
+class _LiveTensorBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    """Bytes of the tensor storages that the operations run under it create and that are still
+    referenced, and their peak. A storage counts once however many views share it."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.references: Counter[int] = Counter()
+        self.sizes: dict[int, int] = {}
+        self.current = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        result = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(result):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        return result
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.sizes:
+            self.sizes[key] = storage.nbytes()
+            self.current += self.sizes[key]
+            self.peak = max(self.peak, self.current)
+        self.references[key] += 1
+        weakref.finalize(tensor, self._release, key)
+
+    def _release(self, key: int) -> None:
+        self.references[key] -= 1
+        if self.references[key] == 0:
+            del self.references[key]
+            self.current -= self.sizes.pop(key)
+
+
+def inference_bytes_per_voxel(
+    network: nn.Module, *, channels: int = 1, device: str = 'cpu'
+) -> float:
+    """The peak bytes of tensors alive at once during an inference pass of ``network``, per
+    input voxel: measured on an :data:`INFERENCE_PROBE_SIZE`-cube in the precision inference
+    runs in (activations of a fully convolutional network grow with the voxels)."""
+    side = INFERENCE_PROBE_SIZE
+    probe = torch.zeros((1, channels, side, side, side), device=device)
+    live = _LiveTensorBytes()
+    with torch.inference_mode(), fast_precision(torch.device(device).type), live:
+        network(probe)
+    return live.peak / side**3
+
+
+def inference_memory(network: nn.Module, *, channels: int = 1, device: str = 'cpu') -> StepMemory:
+    """An inference pass's memory: live tensors in proportion to the voxels, the network's
+    weights and the runtime's own."""
+    weights = sum(p.numel() * p.element_size() for p in network.parameters())
+    fixed = {'network': weights, 'torch runtime': INFERENCE_RUNTIME_BYTES}
+    per_voxel = inference_bytes_per_voxel(network, channels=channels, device=device)
+    return StepMemory(per_voxel, fixed)
 
 
 def trained_parameter_bytes(*networks: nn.Module) -> int:

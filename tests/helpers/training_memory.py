@@ -43,11 +43,11 @@ def main(patch: int, folder: Path) -> None:
     training = IguaneTraining(images[:2], {'B': images[2:]}, settings)
     for _ in range(settings.steps):
         training.train_step()
-    peak = _peak_resident_bytes()
+    peak = peak_resident_bytes()
     print(json.dumps({'predicted': before + estimate, 'measured': peak}))
 
 
-def _peak_resident_bytes() -> int:
+def peak_resident_bytes() -> int:
     """This process's high-water mark of resident memory (``VmHWM``). Not ``ru_maxrss``:
     Linux carries the parent's peak over into it across fork and exec."""
     for line in Path('/proc/self/status').read_text().splitlines():
