@@ -1,0 +1,180 @@
+"""EfficientSCN's inference geometry: the CT in the authors' array layout, the localization
+input at 6 mm, the organ box it yields, and the SCN crop at 2 mm.
+
+Upstream works on SimpleITK images reoriented to the identity direction (LPS+: x toward the
+patient's left, y posterior, z superior) as numpy arrays ``(z, y, x)``; box coordinates are
+millimetres from the first voxel's outer corner along those axes (voxel ``i`` covers
+``[i s, (i + 1) s)``). Every function here uses that layout: sizes, spacings and boxes are
+``(z, y, x)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import nibabel as nb
+import numpy as np
+import numpy.typing as npt
+from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+FloatArray = npt.NDArray[np.float32]
+Triple = tuple[float, float, float]
+IntTriple = tuple[int, int, int]
+
+LOCALIZATION_SPACING_MM = 6.0
+#: Allowed localization sizes per axis (z, y, x); the first strictly larger, else the largest.
+LOCALIZATION_SIZES = (tuple(range(32, 257, 16)), (32, 48, 64, 80), (32, 48, 64, 80))
+#: Extra spacing factor when the scan does not fit the largest localization size.
+LOCALIZATION_FIT_MARGIN = 0.02
+BOX_MARGIN_MM = 10.0
+SEGMENTATION_SPACING_MM = 2.0
+SEGMENTATION_SPACING_TOLERANCE_MM = 0.1
+#: Allowed SCN sizes per axis, upstream's x, y, z lists applied in array order.
+SEGMENTATION_SIZES = ((32, 64, 96, 128, 160), (32, 64, 96, 128), (32, 64, 96, 128, 160))
+SEGMENTATION_SMOOTHING_MM = 1.0
+#: Headers that claim 1 x 1 x 1 mm get FLARE21's mean spacing instead (x, y, z).
+UNKNOWN_SPACING_REPLACEMENT_XYZ = (0.814528640267884, 0.814528640267884, 2.52795318268203)
+AIR_HU = -1024.0
+LPS = ('L', 'P', 'S')
+
+
+@dataclass(frozen=True)
+class LpsVolume:
+    """A CT as upstream's arrays hold it: ``(z, y, x)`` in LPS+ voxel order, its spacing, and
+    the affine of that (x, y, z)-indexed grid, to map boxes back to the world."""
+
+    array: FloatArray
+    spacing: Triple
+    affine_xyz: npt.NDArray[np.float64]
+
+
+def to_lps_volume(image: nb.Nifti1Image) -> LpsVolume:
+    """Reorder and flip the voxel axes to the LPS+ order closest to the affine (no resampling,
+    as SimpleITK's DICOMOrient), and apply upstream's 1 x 1 x 1 mm spacing fix."""
+    transform = ornt_transform(io_orientation(image.affine), axcodes2ornt(LPS))
+    data = nb.apply_orientation(np.asarray(image.dataobj, dtype=np.float32), transform)
+    affine = image.affine @ inv_ornt_aff(transform, image.shape[:3])
+    spacing_xyz = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    if all(abs(v - 1.0) < 1e-6 for v in spacing_xyz):
+        spacing_xyz = UNKNOWN_SPACING_REPLACEMENT_XYZ
+    spacing = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
+    return LpsVolume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, affine)
+
+
+def next_allowed_size(extent: float, allowed: tuple[int, ...]) -> int:
+    """The smallest allowed size strictly larger than ``extent``, else the largest."""
+    return min((size for size in allowed if size > extent), default=max(allowed))
+
+
+def localization_spacing(size: IntTriple, spacing: Triple) -> Triple:
+    """6 mm, inflated (by the overflow ratio + 2 %) when the scan would exceed the largest
+    localization size along any axis."""
+    expected = [
+        math.ceil(n * s / LOCALIZATION_SPACING_MM) for n, s in zip(size, spacing, strict=True)
+    ]
+    ratio = max(e / max(a) for e, a in zip(expected, LOCALIZATION_SIZES, strict=True))
+    ratio += LOCALIZATION_FIT_MARGIN
+    factor = ratio if ratio > 1 else 1.0
+    return (LOCALIZATION_SPACING_MM * factor,) * 3
+
+
+def size_for_spacing(size: IntTriple, spacing: Triple, new_spacing: Triple) -> IntTriple:
+    return tuple(  # type: ignore[return-value]
+        math.ceil(n * s / t) for n, s, t in zip(size, spacing, new_spacing, strict=True)
+    )
+
+
+def area_weights(in_size: int, out_size: int) -> FloatArray:
+    """``(out, in)`` weights of area (box-average) resizing: output sample ``i`` averages the
+    input over ``[i, i + 1) * in / out`` with fractional overlaps (TensorFlow's 'area')."""
+    scale = in_size / out_size
+    edges_in = np.arange(in_size + 1, dtype=np.float64)
+    starts = np.arange(out_size) * scale
+    ends = starts + scale
+    overlap = np.clip(
+        np.minimum(ends[:, None], edges_in[None, 1:])
+        - np.maximum(starts[:, None], edges_in[None, :-1]),
+        0,
+        None,
+    )
+    return (overlap / scale).astype(np.float32)
+
+
+def area_resize(array: FloatArray, size: IntTriple) -> FloatArray:
+    """Area-resize a 3D array to ``size``, one axis at a time."""
+    for axis, out_size in enumerate(size):
+        weights = area_weights(array.shape[axis], out_size)
+        array = np.moveaxis(np.tensordot(weights, array, axes=([1], [axis])), 0, axis)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def centre_pad(array: FloatArray, size: IntTriple, value: float) -> tuple[FloatArray, IntTriple]:
+    """Pad to ``size`` (not smaller than the array), half before and half after; returns the
+    padded array and the padding before each axis."""
+    before = tuple((n - m) // 2 for n, m in zip(size, array.shape, strict=True))
+    pads = [(b, n - m - b) for b, n, m in zip(before, size, array.shape, strict=True)]
+    return np.pad(array, pads, constant_values=value), before  # type: ignore[return-value]
+
+
+def network_intensity(hu: FloatArray) -> FloatArray:
+    """Upstream's CT intensity: HU / 2048 clipped to [-1, 1]."""
+    return np.clip(hu / 2048.0, -1.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LocalizationInput:
+    array: FloatArray
+    spacing: Triple
+    padding_before: IntTriple
+
+
+def localization_input(volume: LpsVolume) -> LocalizationInput:
+    """The whole scan, area-resampled to the localization spacing, centre-padded with air to
+    the allowed sizes, in network intensity."""
+    size: IntTriple = volume.array.shape  # type: ignore[assignment]
+    spacing = localization_spacing(size, volume.spacing)
+    resized = area_resize(volume.array, size_for_spacing(size, volume.spacing, spacing))
+    valid: IntTriple = tuple(  # type: ignore[assignment]
+        next_allowed_size(n, allowed)
+        for n, allowed in zip(resized.shape, LOCALIZATION_SIZES, strict=True)
+    )
+    padded, before = centre_pad(resized, valid, AIR_HU)
+    return LocalizationInput(network_intensity(padded), spacing, before)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in upstream's millimetres (z, y, x) from the first voxel's outer corner."""
+
+    start: Triple
+    end: Triple
+
+    @property
+    def extent(self) -> Triple:
+        return tuple(e - s for s, e in zip(self.start, self.end, strict=True))  # type: ignore[return-value]
+
+
+def box_from_mask(mask: npt.NDArray[np.bool_], loc: LocalizationInput) -> Box:
+    """The foreground's box (the whole input when empty), its padding removed, in mm, with
+    upstream's 10 mm margin: ``start s - 10``, ``(end + 1) s + 10``."""
+    start, end = [], []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        first, last = (hits[0], hits[-1]) if hits.size else (0, mask.shape[axis] - 1)
+        spacing, pad = loc.spacing[axis], loc.padding_before[axis]
+        start.append(spacing * (first - pad) - BOX_MARGIN_MM)
+        end.append(spacing * (last - pad + 1) + BOX_MARGIN_MM)
+    return Box(tuple(start), tuple(end))  # type: ignore[arg-type]
+
+
+def box_world_ras(box: Box, volume: LpsVolume) -> tuple[Triple, Triple]:
+    """The box's corners in world millimetres (RAS+), as the min and max over its 8 corners.
+    Upstream's millimetre ``p`` along an axis is the continuous voxel index ``p / s - 0.5``."""
+    corners = []
+    for pick in np.ndindex(2, 2, 2):
+        zyx = [(box.start, box.end)[p][a] / volume.spacing[a] - 0.5 for a, p in enumerate(pick)]
+        corners.append(volume.affine_xyz @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))
+    ras = np.array(corners)[:, :3]  # a NIfTI affine maps to RAS+ world
+    return tuple(ras.min(axis=0).tolist()), tuple(ras.max(axis=0).tolist())

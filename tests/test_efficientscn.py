@@ -1,0 +1,240 @@
+"""EfficientSCN: the networks against the authors' checkpoints, the inference geometry, and the
+authors' localization weights finding the organs of a real abdominal CT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+
+import nibabel as nb
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional
+
+from conftest import SHARED_DATA, run_cli
+from mrctprep.cli.main import run
+from mrctprep.imaging.organ_boxes import (
+    area_resize,
+    area_weights,
+    box_from_mask,
+    box_world_ras,
+    localization_input,
+    localization_spacing,
+    next_allowed_size,
+    to_lps_volume,
+)
+from mrctprep.models.efficientscn import (
+    LocalizationNet,
+    SpatialConfigurationNet,
+    binary_entropy_bits,
+    count_parameters,
+    fuse,
+    upsample_separable,
+)
+from mrctprep.models.efficientscn_import import (
+    torch_shape_in_tensorflow,
+    upstream_variables,
+)
+from mrctprep.models.efficientscn_inference import load_localization_net, localization_mask
+from mrctprep.models.tf_checkpoint import (
+    checkpoint_prefix,
+    object_graph_paths,
+    read_checkpoint_index,
+    read_tensor,
+)
+from mrctprep.models.weights import resolve_weights
+
+RELEASED = SHARED_DATA / 'models' / 'efficientscn'
+CT = SHARED_DATA / 'ct'
+#: TotalSegmentator's labels of FLARE21's organs: spleen, kidneys, liver, pancreas.
+FLARE_ORGANS_IN_TOTALSEG = (1, 2, 3, 5, 7)
+
+
+def _numeric_entries(folder):
+    entries = read_checkpoint_index(checkpoint_prefix(folder))
+    return {key: entry for key, entry in entries.items() if not key.startswith('_')}
+
+
+@pytest.mark.parametrize(
+    ('folder', 'network', 'variables'),
+    [('localization', LocalizationNet, 42), ('segmentation', SpatialConfigurationNet, 212)],
+)
+def test_every_released_variable_is_a_parameter_of_the_same_shape(folder, network, variables):
+    net = network()
+    entries = _numeric_entries(RELEASED / folder)
+    mapping = upstream_variables(net)
+    parameters = dict(net.named_parameters())
+    assert len(entries) == len(mapping) == len(parameters) == variables
+    assert {v.checkpoint_key for v in mapping} == set(entries)
+    assert {v.torch_key for v in mapping} == set(parameters)
+    for variable in mapping:
+        entry = entries[variable.checkpoint_key]
+        shape = torch_shape_in_tensorflow(tuple(parameters[variable.torch_key].shape))
+        assert (entry.dtype_name, entry.shape) == ('float32', shape), variable
+    # the authors' parameter counts, summed from their checkpoints
+    assert count_parameters(net) == sum(math.prod(e.shape) for e in entries.values())
+
+
+def test_the_localization_mapping_follows_the_checkpoints_own_object_names():
+    paths = object_graph_paths(checkpoint_prefix(RELEASED / 'localization'))
+    for variable in upstream_variables(LocalizationNet()):
+        assert variable.upstream_name in paths[variable.checkpoint_key], variable
+
+
+def test_the_spatial_unet_of_the_background_is_the_one_with_five_inputs():
+    """Upstream's list of spatial U-Nets is indexed by label - 1: the background's comes last."""
+    entries = _numeric_entries(RELEASED / 'segmentation')
+    first_kernels = {
+        int(m.group(1)) // 34: entries[key].shape[3]
+        for key in entries
+        if (m := re.match(r'spatial_configuration/variables/(\d+)/', key))
+        and int(m.group(1)) % 34 == 0
+    }
+    assert first_kernels == {0: 4, 1: 4, 2: 4, 3: 4, 4: 5}
+
+
+def test_linear_upsampling_is_trilinear_and_cubic_keeps_constants_and_ramps():
+    x = torch.randn(1, 2, 3, 4, 5, dtype=torch.float64)
+    expected = functional.interpolate(x, scale_factor=2, mode='trilinear', align_corners=False)
+    torch.testing.assert_close(upsample_separable(x, 2, cubic=False), expected)
+    ramp = torch.arange(8, dtype=torch.float64).view(1, 1, 1, 1, 8).expand(1, 1, 2, 2, 8)
+    up = upsample_separable(ramp, 4, cubic=True)[0, 0, 0, 0]
+    # half-voxel aligned: sub-voxel p of voxel i sits at i + (2p - 3) / 8; exact away from edges
+    torch.testing.assert_close(up[8:24], torch.arange(8, 24, dtype=torch.float64) / 4 - 0.375)
+    assert torch.allclose(
+        upsample_separable(torch.full((1, 1, 2, 3, 2), 0.7), 4, cubic=True), torch.tensor(0.7)
+    )
+
+
+def test_fusion_trusts_the_certain_spatial_branch_and_renormalises():
+    local = torch.tensor([4.0, -4.0, 0.0, -4.0, -4.0]).view(1, 5, 1, 1, 1)
+    certain = torch.tensor([-30.0, 30.0, -30.0, -30.0, -30.0]).view(1, 5, 1, 1, 1)
+    fused = fuse(local, certain)[0, :, 0, 0, 0]
+    assert fused.argmax() == 1 and fused.sum().item() == pytest.approx(1.0, abs=1e-4)
+    uncertain = torch.zeros(1, 5, 1, 1, 1)  # sigmoid 0.5: one full bit, so the local branch wins
+    assert fuse(local, uncertain)[0, :, 0, 0, 0].argmax() == 0
+    assert binary_entropy_bits(torch.tensor([0.0, 0.5, 1.0])).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_the_scn_stops_gradients_into_the_local_appearance_from_the_spatial_branch():
+    net = SpatialConfigurationNet(filters=4, spatial_filters=2).eval()
+    outputs = net.outputs(torch.randn(1, 1, 32, 32, 32))
+    outputs.spatial_logits.sum().backward()
+    assert all(p.grad is None for p in net.local_appearance.parameters())
+    assert all(p.grad is not None for p in net.spatial_unets.parameters())
+
+
+def test_the_allowed_sizes_and_spacing_rules():
+    sizes = (32, 64, 96, 128)
+    assert [next_allowed_size(e, sizes) for e in (10, 32, 33, 127.5, 128, 400)] == [
+        32,
+        64,
+        64,
+        128,
+        128,
+        128,
+    ]
+    assert localization_spacing((112, 101, 122), (3.0, 3.0, 3.0)) == (6.0, 6.0, 6.0)
+    # 600 mm across x needs 100 voxels at 6 mm where 80 is the most: 6 x (100 / 80 + 0.02)
+    assert localization_spacing((100, 500, 500), (2.5, 1.2, 1.2)) == pytest.approx((7.62,) * 3)
+
+
+def test_area_resizing_averages_boxes_with_fractional_overlaps():
+    weights = area_weights(5, 2)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(weights[0], [0.4, 0.4, 0.2, 0, 0], rtol=1e-6)
+    volume = np.random.default_rng(0).normal(size=(6, 4, 8)).astype(np.float32)
+    halved = volume.reshape(3, 2, 2, 2, 4, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(area_resize(volume, (3, 2, 4)), halved, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def localization_weights(tmp_path_factory):
+    output = tmp_path_factory.mktemp('weights') / 'efficientscn-localization.pt'
+    result = run_cli(
+        'import-weights',
+        'efficientscn-localization',
+        RELEASED / 'localization',
+        '--output',
+        output,
+    )
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+def test_import_weights_converts_the_released_checkpoint_with_its_provenance(localization_weights):
+    card = json.loads(localization_weights.with_suffix('.json').read_text())
+    variables = RELEASED / 'localization' / 'variables'
+    assert card['converted_from']['files'] == [
+        {'file': name, 'sha256': hashlib.sha256((variables / name).read_bytes()).hexdigest()}
+        for name in ('variables.index', 'variables.data-00000-of-00001')
+    ]
+    state = resolve_weights(
+        'efficientscn-localization', explicit=localization_weights
+    ).load_state_dict()
+    prefix = checkpoint_prefix(RELEASED / 'localization')
+    key = 'model/variables/20/.ATTRIBUTES/VARIABLE_VALUE'  # expanding level 0, first conv
+    kernel = read_tensor(prefix, key, read_checkpoint_index(prefix)[key], 1)
+    assert kernel.shape == (3, 3, 3, 64, 32)
+    # TensorFlow's kernel[z, y, x, in, out] is torch's weight[out, in, z, y, x]
+    assert state['unet.expanding.0.conv0.weight'][7, 40, 0, 1, 2].item() == kernel[0, 1, 2, 40, 7]
+
+
+def test_import_weights_refuses_the_wrong_network_in_one_line(tmp_path, capsys):
+    output = tmp_path / 'out' / 'efficientscn-localization.pt'
+    code = run(
+        [
+            'import-weights',
+            'efficientscn-localization',
+            str(RELEASED / 'segmentation'),
+            '--output',
+            str(output),
+        ]
+    )
+    assert code == 126
+    stderr = capsys.readouterr().err
+    assert stderr.count('\n') == 1 and 'not the LocalizationNet checkpoint' in stderr
+    assert not output.parent.exists()
+
+
+def _organ_world_points():
+    """The FLARE organs of the TotalSegmentator label map in world mm on the full CT's grid.
+
+    The label map lies on ``totalseg_example_ct_sm``'s grid, whose voxels are slices of the
+    full CT but whose header kept the full CT's origin: the slice offset is found from the
+    voxels themselves."""
+    full, small = (
+        nb.load(CT / 'totalseg_example_ct.nii.gz'),
+        nb.load(CT / 'totalseg_example_ct_sm.nii.gz'),
+    )
+    full_data, small_data = np.asarray(full.dataobj), np.asarray(small.dataobj)
+    offsets = [
+        z
+        for z in range(full.shape[2] - small.shape[2] + 1)
+        if np.array_equal(full_data[..., z : z + small.shape[2]], small_data)
+    ]
+    assert offsets == [82]
+    labels = np.asarray(nb.load(CT / 'totalseg_example_seg.nii.gz').dataobj)
+    voxels = np.argwhere(np.isin(labels, FLARE_ORGANS_IN_TOTALSEG)) + [0, 0, offsets[0]]
+    return nb.affines.apply_affine(full.affine, voxels), full
+
+
+def test_the_released_localization_net_boxes_the_organs_of_a_real_ct(localization_weights):
+    points, ct = _organ_world_points()
+    volume = to_lps_volume(ct)
+    loc = localization_input(volume)
+    assert loc.array.shape == (64, 64, 64) and loc.spacing == (6.0, 6.0, 6.0)
+    torch.set_num_threads(2)
+    state = resolve_weights(
+        'efficientscn-localization', explicit=localization_weights
+    ).load_state_dict()
+    mask = localization_mask(load_localization_net(state, 'cpu'), loc, 'cpu')
+    low, high = (np.array(corner) for corner in box_world_ras(box_from_mask(mask, loc), volume))
+    inside = np.all((points >= low) & (points <= high), axis=1)
+    assert inside.mean() >= 0.95
+    # and the box is the organs', not the scan's: well under half of the CT's volume
+    ct_extent = np.array(ct.shape) * 3.0
+    assert np.prod(high - low) < 0.5 * np.prod(ct_extent)
