@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.nn import functional
 
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, run_cli, write_bids
 from mrctprep.cli.main import run
 from mrctprep.imaging.organ_boxes import (
     area_resize,
@@ -45,7 +45,7 @@ from mrctprep.models.tf_checkpoint import (
     read_checkpoint_index,
     read_tensor,
 )
-from mrctprep.models.weights import resolve_weights
+from mrctprep.models.weights import WEIGHTS_DIR_ENV, resolve_weights, save_weights, sha256_of
 
 RELEASED = SHARED_DATA / 'models' / 'efficientscn'
 CT = SHARED_DATA / 'ct'
@@ -238,3 +238,60 @@ def test_the_released_localization_net_boxes_the_organs_of_a_real_ct(localizatio
     # and the box is the organs', not the scan's: well under half of the CT's volume
     ct_extent = np.array(ct.shape) * 3.0
     assert np.prod(high - low) < 0.5 * np.prod(ct_extent)
+
+
+@pytest.fixture(scope='module')
+def small_scn_weights(tmp_path_factory):
+    """A small SCN (8 / 4 filters) as weights with their card; its labels are whatever an
+    untrained network gives: the pipeline's plumbing is what the test checks with it."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('scn') / 'efficientscn-segmentation.pt'
+    state = SpatialConfigurationNet(filters=8, spatial_filters=4).state_dict()
+    save_weights(state, path, name='efficientscn-segmentation', provenance={'trained': {}})
+    return path
+
+
+def test_organ_seg_writes_labels_table_box_and_figure(
+    tmp_path, localization_weights, small_scn_weights
+):
+    ct = CT / 'totalseg_example_ct_sm.nii.gz'
+    bids = write_bids(tmp_path / 'bids', {'sub-01/anat/sub-01_ct.nii.gz': ct}, ['01'])
+    out, cache = tmp_path / 'out', {'XDG_CACHE_HOME': str(tmp_path / 'cache'), WEIGHTS_DIR_ENV: ''}
+    args = [bids, out, 'participant', '-w', tmp_path / 'work', '--pipelines', 'organ-seg']
+    args += ['--skip-bids-validation']  # the validator has its own tests
+    args += ['--weights', f'efficientscn-localization={localization_weights}']
+    missing = run_cli(*args, env=cache)
+    assert missing.returncode == 126, missing.stderr
+    errors = [line for line in missing.stderr.splitlines() if 'error' in line.lower()]
+    assert len(errors) == 1 and 'efficientscn-segmentation' in errors[0]
+    assert '--train efficientscn --train-labels DIR' in errors[0]
+
+    args += ['--weights', f'efficientscn-segmentation={small_scn_weights}', '--nprocs', '1']
+    result = run_cli(*args, env=cache)
+    assert result.returncode == 0, result.stderr
+    anat = out / 'sub-01' / 'anat'
+    dseg = nb.load(anat / 'sub-01_seg-organs_dseg.nii.gz')
+    conformed = nb.load(ct)
+    labels = np.asanyarray(dseg.dataobj)
+    assert dseg.get_data_dtype() == np.uint8 and labels.shape == conformed.shape
+    assert np.allclose(dseg.affine, conformed.affine) and labels.max() <= 4
+    sidecar = json.loads((anat / 'sub-01_seg-organs_dseg.json').read_text())
+    box = sidecar['LocalizationBox']
+    assert np.all(np.array(box['MinRAS']) < np.array(box['MaxRAS']))
+    assert sidecar['LocalizationWeightsSHA256'] == sha256_of(localization_weights)
+    assert sidecar['SegmentationWeightsSHA256'] == sha256_of(small_scn_weights)
+    # the table's volumes and HU are those of the written labels on the CT
+    rows = [
+        line.split('\t')
+        for line in (anat / 'sub-01_seg-organs_volumes.tsv').read_text().splitlines()
+    ]
+    assert rows[0] == ['organ', 'label', 'volume_ml', 'mean_hu', 'median_hu', 'touches_fov_edge']
+    hu = np.asanyarray(conformed.dataobj, dtype=np.float64)
+    for organ, label, volume, mean, _, _ in rows[1:]:
+        inside = labels == int(label)
+        assert float(volume) == pytest.approx(inside.sum() * 27 / 1000, abs=1e-3), organ
+        if inside.any():
+            assert float(mean) == pytest.approx(hu[inside].mean(), abs=0.06), organ
+    table = (out / 'seg-organs_dseg.tsv').read_text().splitlines()
+    assert table[0] == 'index\tname\tabbreviation\tcolor' and table[2].startswith('1\tliver')
+    assert (out / 'sub-01' / 'figures' / 'sub-01_desc-organs_dseg.svg').stat().st_size > 5_000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nb
 import numpy as np
@@ -178,3 +179,155 @@ def box_world_ras(box: Box, volume: LpsVolume) -> tuple[Triple, Triple]:
         corners.append(volume.affine_xyz @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))
     ras = np.array(corners)[:, :3]  # a NIfTI affine maps to RAS+ world
     return tuple(ras.min(axis=0).tolist()), tuple(ras.max(axis=0).tolist())
+
+
+def from_lps_array(array: npt.NDArray[Any], image: nb.Nifti1Image) -> npt.NDArray[Any]:
+    """An array of :func:`to_lps_volume`'s layout back on ``image``'s own voxel grid."""
+    transform = ornt_transform(axcodes2ornt(LPS), io_orientation(image.affine))
+    return np.ascontiguousarray(nb.apply_orientation(array.transpose(2, 1, 0), transform))
+
+
+def segmentation_spacing(box: Box) -> float:
+    """2 mm, or (when the box exceeds the largest SCN size at 1.9 mm) what fits plus 0.1 mm."""
+    needed = max(e / max(a) for e, a in zip(box.extent, SEGMENTATION_SIZES, strict=True))
+    limit = SEGMENTATION_SPACING_MM - SEGMENTATION_SPACING_TOLERANCE_MM
+    return (
+        needed + SEGMENTATION_SPACING_TOLERANCE_MM if needed > limit else SEGMENTATION_SPACING_MM
+    )
+
+
+def segmentation_box(box: Box, spacing: float) -> tuple[Box, IntTriple]:
+    """The box resized to an allowed SCN size around its centre, and that size.
+
+    As upstream: extent ``ceil(end - start) / s`` truncated to whole voxels, the next allowed
+    size, and a new box of ``centre -+ floor(size s / 2)`` millimetres."""
+    size: IntTriple = tuple(  # type: ignore[assignment]
+        next_allowed_size(int(math.ceil(e) / spacing), allowed)
+        for e, allowed in zip(box.extent, SEGMENTATION_SIZES, strict=True)
+    )
+    centre = [(s + e) / 2 for s, e in zip(box.start, box.end, strict=True)]
+    half = [math.floor(n * spacing / 2) for n in size]
+    start = tuple(c - h for c, h in zip(centre, half, strict=True))
+    end = tuple(c + h for c, h in zip(centre, half, strict=True))
+    return Box(start, end), size  # type: ignore[arg-type]
+
+
+def gaussian_smooth(array: FloatArray, sigma_voxels: Triple) -> FloatArray:
+    """Separable Gaussian with upstream's kernel (``2 ceil(4 sigma + 0.5) + 1`` taps,
+    normalised) and symmetric (edge-repeating mirror) padding."""
+    from scipy.ndimage import correlate1d
+
+    out = array
+    for axis, sigma in enumerate(sigma_voxels):
+        half = math.ceil(4 * sigma + 0.5)
+        taps = np.arange(-half, half + 1, dtype=np.float64)
+        kernel = np.exp(-0.5 * taps**2 / sigma**2)
+        out = correlate1d(out, kernel / kernel.sum(), axis=axis, mode='reflect')
+    return out.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The SCN's box on the CT's voxels: the in-image index range and the padding beyond."""
+
+    start: IntTriple
+    stop: IntTriple
+    pad_before: IntTriple
+    pad_after: IntTriple
+
+    @property
+    def padded_shape(self) -> IntTriple:
+        return tuple(  # type: ignore[return-value]
+            b - a + p + q
+            for a, b, p, q in zip(
+                self.start, self.stop, self.pad_before, self.pad_after, strict=True
+            )
+        )
+
+
+def crop_for_box(box: Box, volume: LpsVolume) -> Crop:
+    """Upstream's voxel range of a box: ``floor(start / s)`` to ``ceil((end + 1) / s)``."""
+    first = [math.floor(s / sp) for s, sp in zip(box.start, volume.spacing, strict=True)]
+    last = [math.ceil((e + 1) / sp) for e, sp in zip(box.end, volume.spacing, strict=True)]
+    shape = volume.array.shape
+    return Crop(
+        start=tuple(max(f, 0) for f in first),  # type: ignore[arg-type]
+        stop=tuple(min(n, s) for n, s in zip(last, shape, strict=True)),  # type: ignore[arg-type]
+        pad_before=tuple(max(-f, 0) for f in first),  # type: ignore[arg-type]
+        pad_after=tuple(max(n - s, 0) for n, s in zip(last, shape, strict=True)),  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True)
+class SegmentationInput:
+    array: FloatArray
+    spacing: float
+    box: Box
+    crop: Crop
+
+
+def segmentation_input(volume: LpsVolume, box: Box) -> SegmentationInput:
+    """The SCN's input: the CT smoothed (sigma 1 mm), cropped to the resized box (zeros beyond
+    the image, as upstream pads), area-resampled to the allowed size, in network intensity."""
+    spacing = segmentation_spacing(box)
+    scn_box, size = segmentation_box(box, spacing)
+    crop = crop_for_box(scn_box, volume)
+    region = tuple(slice(a, b) for a, b in zip(crop.start, crop.stop, strict=True))
+    # smoothing only the crop and a margin of the kernel's reach gives the same values
+    margin = [math.ceil(4 * SEGMENTATION_SMOOTHING_MM / s + 0.5) for s in volume.spacing]
+    outer = tuple(
+        slice(max(r.start - m, 0), min(r.stop + m, n))
+        for r, m, n in zip(region, margin, volume.array.shape, strict=True)
+    )
+    sigma: Triple = tuple(SEGMENTATION_SMOOTHING_MM / s for s in volume.spacing)  # type: ignore[assignment]
+    smoothed = gaussian_smooth(volume.array[outer], sigma)
+    inner = tuple(
+        slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer, strict=True)
+    )
+    pads = list(zip(crop.pad_before, crop.pad_after, strict=True))
+    cropped = np.pad(smoothed[inner], pads, constant_values=0.0)
+    return SegmentationInput(network_intensity(area_resize(cropped, size)), spacing, scn_box, crop)
+
+
+def linear_weights(in_size: int, out_size: int) -> FloatArray:
+    """``(out, in)`` weights of linear resizing with half-voxel-aligned samples, clamped at the
+    edges (TensorFlow's bilinear with half-pixel centres)."""
+    position = np.clip((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0, in_size - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, in_size - 1)
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, low), 1 - (position - low))
+    np.add.at(weights, (rows, high), position - low)
+    return weights
+
+
+def labels_on_crop(
+    probabilities: FloatArray, crop: Crop, rows_per_chunk: int = 16
+) -> npt.NDArray[np.uint8]:
+    """Argmax of ``(C, z, y, x)`` probabilities linearly resized to the padded crop, its padding
+    removed. Resized a few output slices at a time: the full-resolution probabilities of every
+    class never exist at once."""
+    shape = crop.padded_shape
+    weights = [linear_weights(n, m) for n, m in zip(probabilities.shape[1:], shape, strict=True)]
+    labels = np.empty(shape, dtype=np.uint8)
+    for first in range(0, shape[0], rows_per_chunk):
+        slab = np.tensordot(
+            weights[0][first : first + rows_per_chunk], probabilities, axes=([1], [1])
+        )
+        slab = np.tensordot(slab, weights[1], axes=([2], [1]))  # (rows, C, x_in, y)
+        slab = np.tensordot(slab, weights[2], axes=([2], [1]))  # (rows, C, y, x)
+        labels[first : first + rows_per_chunk] = slab.argmax(axis=1)
+    inner = tuple(
+        slice(p, n - q) for p, q, n in zip(crop.pad_before, crop.pad_after, shape, strict=True)
+    )
+    return labels[inner]
+
+
+def paste_labels(
+    labels: npt.NDArray[np.uint8], crop: Crop, shape: IntTriple
+) -> npt.NDArray[np.uint8]:
+    """The crop's labels in a full-size volume of background."""
+    full = np.zeros(shape, dtype=np.uint8)
+    full[tuple(slice(a, b) for a, b in zip(crop.start, crop.stop, strict=True))] = labels
+    return full
