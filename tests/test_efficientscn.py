@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 
 import nibabel as nb
 import numpy as np
@@ -25,7 +26,9 @@ from mrctprep.imaging.organ_boxes import (
     localization_spacing,
     next_allowed_size,
     to_lps_volume,
+    training_sample,
 )
+from mrctprep.imaging.organs import flare_labels
 from mrctprep.models.efficientscn import (
     LocalizationNet,
     SpatialConfigurationNet,
@@ -39,13 +42,20 @@ from mrctprep.models.efficientscn_import import (
     upstream_variables,
 )
 from mrctprep.models.efficientscn_inference import load_localization_net, localization_mask
+from mrctprep.models.efficientscn_training import (
+    AdaptiveGradientClipper,
+    ScnSample,
+    ScnTraining,
+    generalized_dice_loss,
+)
 from mrctprep.models.tf_checkpoint import (
     checkpoint_prefix,
     object_graph_paths,
     read_checkpoint_index,
     read_tensor,
 )
-from mrctprep.models.weights import WEIGHTS_DIR_ENV, resolve_weights, save_weights, sha256_of
+from mrctprep.models.training import TrainingSettings, run_training
+from mrctprep.models.weights import WEIGHTS_DIR_ENV, resolve_weights, sha256_of
 
 RELEASED = SHARED_DATA / 'models' / 'efficientscn'
 CT = SHARED_DATA / 'ct'
@@ -240,34 +250,42 @@ def test_the_released_localization_net_boxes_the_organs_of_a_real_ct(localizatio
     assert np.prod(high - low) < 0.5 * np.prod(ct_extent)
 
 
-@pytest.fixture(scope='module')
-def small_scn_weights(tmp_path_factory):
-    """A small SCN (8 / 4 filters) as weights with their card; its labels are whatever an
-    untrained network gives: the pipeline's plumbing is what the test checks with it."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('scn') / 'efficientscn-segmentation.pt'
-    state = SpatialConfigurationNet(filters=8, spatial_filters=4).state_dict()
-    save_weights(state, path, name='efficientscn-segmentation', provenance={'trained': {}})
-    return path
-
-
-def test_organ_seg_writes_labels_table_box_and_figure(
-    tmp_path, localization_weights, small_scn_weights
+def test_group_training_then_organ_seg_writes_labels_table_box_and_figure(
+    tmp_path, localization_weights
 ):
+    """Without SCN weights organ-seg exits 126 in one line; group --train efficientscn trains a
+    small SCN (2 steps) from TotalSegmentator labels; organ-seg then writes every output."""
     ct = CT / 'totalseg_example_ct_sm.nii.gz'
     bids = write_bids(tmp_path / 'bids', {'sub-01/anat/sub-01_ct.nii.gz': ct}, ['01'])
+    labels = tmp_path / 'labels'
+    (labels / 'sub-01' / 'anat').mkdir(parents=True)
+    shutil.copyfile(
+        CT / 'totalseg_example_seg.nii.gz', labels / 'sub-01' / 'anat' / 'sub-01_dseg.nii.gz'
+    )
+    rows = ['index\tname'] + [f'{index}\t{name}' for index, name in TOTALSEG_NAMES.items()]
+    (labels / 'dseg.tsv').write_text('\n'.join(rows) + '\n')
     out, cache = tmp_path / 'out', {'XDG_CACHE_HOME': str(tmp_path / 'cache'), WEIGHTS_DIR_ENV: ''}
+    localization = ['--weights', f'efficientscn-localization={localization_weights}']
     args = [bids, out, 'participant', '-w', tmp_path / 'work', '--pipelines', 'organ-seg']
-    args += ['--skip-bids-validation']  # the validator has its own tests
-    args += ['--weights', f'efficientscn-localization={localization_weights}']
+    args += ['--skip-bids-validation', *localization]  # the validator has its own tests
     missing = run_cli(*args, env=cache)
     assert missing.returncode == 126, missing.stderr
     errors = [line for line in missing.stderr.splitlines() if 'error' in line.lower()]
     assert len(errors) == 1 and 'efficientscn-segmentation' in errors[0]
     assert '--train efficientscn --train-labels DIR' in errors[0]
 
-    args += ['--weights', f'efficientscn-segmentation={small_scn_weights}', '--nprocs', '1']
-    result = run_cli(*args, env=cache)
+    train = run_cli(
+        bids, out, 'group', '-w', tmp_path / 'work', '--train', 'efficientscn', '--train-labels',
+        labels, *localization, '--steps', '2', '--network-width', '4', '--train-spacing', '6',
+        '--skip-bids-validation', env=cache,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    models = out / 'models' / 'efficientscn-segmentation'
+    card = json.loads((models / 'efficientscn-segmentation.json').read_text())
+    assert card['trained']['NetworkWidth'] == {'filters': 4, 'spatial_filters': 2}
+    assert (models / 'training_log.tsv').read_text().count('\n') == 3
+
+    result = run_cli(*args, '--nprocs', '1', env=cache)
     assert result.returncode == 0, result.stderr
     anat = out / 'sub-01' / 'anat'
     dseg = nb.load(anat / 'sub-01_seg-organs_dseg.nii.gz')
@@ -279,7 +297,7 @@ def test_organ_seg_writes_labels_table_box_and_figure(
     box = sidecar['LocalizationBox']
     assert np.all(np.array(box['MinRAS']) < np.array(box['MaxRAS']))
     assert sidecar['LocalizationWeightsSHA256'] == sha256_of(localization_weights)
-    assert sidecar['SegmentationWeightsSHA256'] == sha256_of(small_scn_weights)
+    assert sidecar['SegmentationWeightsSHA256'] == card['sha256']
     # the table's volumes and HU are those of the written labels on the CT
     rows = [
         line.split('\t')
@@ -295,3 +313,74 @@ def test_organ_seg_writes_labels_table_box_and_figure(
     table = (out / 'seg-organs_dseg.tsv').read_text().splitlines()
     assert table[0] == 'index\tname\tabbreviation\tcolor' and table[2].startswith('1\tliver')
     assert (out / 'sub-01' / 'figures' / 'sub-01_desc-organs_dseg.svg').stat().st_size > 5_000
+
+
+#: TotalSegmentator's names of the labels that matter here (its class map; others: background).
+TOTALSEG_NAMES = {
+    1: 'spleen',
+    2: 'kidney_right',
+    3: 'kidney_left',
+    4: 'gallbladder',
+    5: 'liver',
+    7: 'pancreas',
+}
+
+
+def test_generalized_dice_is_zero_for_a_perfect_and_one_for_a_disjoint_prediction():
+    target = functional.one_hot(torch.randint(5, (1, 8, 8, 8)), 5).permute(0, 4, 1, 2, 3).float()
+    assert generalized_dice_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert generalized_dice_loss(1 - target, target).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_clipper_follows_the_running_norm():
+    clipper = AdaptiveGradientClipper()
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    parameter.grad = torch.full((4,), 100.0)  # norm 200, over 5 x 10
+    assert clipper.clip([parameter]) == pytest.approx(200.0)
+    assert parameter.grad.norm().item() == pytest.approx(50.0, rel=1e-5)
+    assert clipper.mean_norm == pytest.approx(0.01 * 50 + 0.99 * 10)
+
+
+@pytest.fixture(scope='module')
+def training_crop():
+    """The training CT's organs (TotalSegmentator's pseudo-labels as FLARE labels) prepared
+    as an SCN crop, at 6 mm instead of 2 mm so that a test trains in seconds."""
+    ct = nb.load(CT / 'totalseg_example_ct_sm.nii.gz')
+    names = nb.load(CT / 'totalseg_example_seg.nii.gz')
+    labels = flare_labels(np.asarray(names.dataobj), TOTALSEG_NAMES)
+    volume = to_lps_volume(ct)
+    lps_labels = to_lps_volume(nb.Nifti1Image(labels.astype(np.float32), ct.affine)).array
+    image, crop_labels = training_sample(
+        volume, np.rint(lps_labels).astype(np.uint8), 5, spacing=6.0
+    )
+    return ScnSample(torch.from_numpy(image.array), torch.from_numpy(crop_labels), 6.0)
+
+
+def test_the_scn_learns_a_real_crop_and_resumes_exactly(training_crop, tmp_path):
+    assert tuple(training_crop.image.shape) == (32, 64, 64)
+    assert set(torch.unique(training_crop.labels).tolist()) == {0, 1, 2, 3, 4}
+
+    def task():
+        torch.manual_seed(0)
+        return ScnTraining(
+            SpatialConfigurationNet(filters=4, spatial_filters=2),
+            [training_crop],
+            device='cpu',
+            seed=1,
+        )
+
+    def settings(steps, resume):
+        return TrainingSettings(
+            'scn', steps, tmp_path / 'checkpoint.pt', checkpoint_every=3, resume=resume
+        )
+
+    torch.set_num_threads(2)
+    straight = task()
+    history = run_training(straight, settings(24, False))
+    first, last = (np.mean([row['loss'] for row in rows]) for rows in (history[:4], history[-4:]))
+    assert last < 0.9 * first
+    resumed = task()
+    run_training(resumed, settings(21, False))
+    run_training(resumed := task(), settings(24, True))
+    for key, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[key]), key

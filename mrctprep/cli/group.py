@@ -20,6 +20,8 @@ from mrctprep.reports.group import write_group_report
 LOGGER = logging.getLogger(__name__)
 #: ``--train`` names that train the sim2real CycleGAN
 SIM2REAL_TRAINING = ('cyclegan', 'sim2real')
+#: ``--train`` name of EfficientSCN's SCN (from --train-labels)
+ORGAN_TRAINING = 'efficientscn'
 
 
 def run_group(config: RunConfig) -> int:
@@ -42,6 +44,16 @@ def _write_group_tables(config: RunConfig) -> int:
         train_sim2real(inputs=inputs, models=models, execution=config.execution)
         LOGGER.info(
             'apply with: mrctprep %s %s participant --pipelines drr --drr-sim2real',
+            inputs.bids_dir,
+            inputs.output_dir,
+        )
+        return EXIT_OK
+    if models.train == ORGAN_TRAINING:
+        from mrctprep.group.organ_training import train_organ_segmentation
+
+        train_organ_segmentation(inputs=inputs, models=models, execution=config.execution)
+        LOGGER.info(
+            'segment with: mrctprep %s %s participant --pipelines organ-seg',
             inputs.bids_dir,
             inputs.output_dir,
         )

@@ -266,10 +266,13 @@ class SegmentationInput:
     crop: Crop
 
 
-def segmentation_input(volume: LpsVolume, box: Box) -> SegmentationInput:
+def segmentation_input(
+    volume: LpsVolume, box: Box, spacing: float | None = None
+) -> SegmentationInput:
     """The SCN's input: the CT smoothed (sigma 1 mm), cropped to the resized box (zeros beyond
-    the image, as upstream pads), area-resampled to the allowed size, in network intensity."""
-    spacing = segmentation_spacing(box)
+    the image, as upstream pads), area-resampled to the allowed size, in network intensity.
+    ``spacing``: the SCN grid's (default: upstream's rule, :func:`segmentation_spacing`)."""
+    spacing = spacing or segmentation_spacing(box)
     scn_box, size = segmentation_box(box, spacing)
     crop = crop_for_box(scn_box, volume)
     region = tuple(slice(a, b) for a, b in zip(crop.start, crop.stop, strict=True))
@@ -331,3 +334,56 @@ def paste_labels(
     full = np.zeros(shape, dtype=np.uint8)
     full[tuple(slice(a, b) for a, b in zip(crop.start, crop.stop, strict=True))] = labels
     return full
+
+
+TRAINING_BOX_MARGIN_MM = 32.0
+
+
+def labels_box(
+    labels: npt.NDArray[np.uint8], spacing: Triple, margin_mm: float = TRAINING_BOX_MARGIN_MM
+) -> Box:
+    """The box of all labelled voxels of an array in :func:`to_lps_volume`'s layout, in
+    upstream's millimetres, enlarged by ``margin_mm`` (training: 32 mm) on every side."""
+    start, end = [], []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(labels.any(axis=others))
+        start.append(spacing[axis] * hits[0] - margin_mm)
+        end.append(spacing[axis] * (hits[-1] + 1) + margin_mm)
+    return Box(tuple(start), tuple(end))
+
+
+def nearest_resize(labels: npt.NDArray[np.uint8], size: IntTriple) -> npt.NDArray[np.uint8]:
+    """Nearest-neighbour resizing with half-voxel-aligned samples."""
+    for axis, out_size in enumerate(size):
+        index = np.minimum(
+            ((np.arange(out_size) + 0.5) * labels.shape[axis] / out_size).astype(int),
+            labels.shape[axis] - 1,
+        )
+        labels = np.take(labels, index, axis=axis)
+    return labels
+
+
+def smooth_labels(labels: npt.NDArray[np.uint8], classes: int) -> npt.NDArray[np.uint8]:
+    """Upstream's label smoothing: one-hot, Gaussian sigma 1 voxel per class, argmax."""
+    smoothed = [
+        gaussian_smooth((labels == c).astype(np.float32), (1.0, 1.0, 1.0)) for c in range(classes)
+    ]
+    return np.argmax(np.stack(smoothed), axis=0).astype(np.uint8)
+
+
+def training_sample(
+    volume: LpsVolume, labels: npt.NDArray[np.uint8], classes: int, spacing: float | None = None
+) -> tuple[SegmentationInput, npt.NDArray[np.uint8]]:
+    """An SCN training crop: the labels' box (+32 mm) prepared as at inference (smoothing,
+    crop, area resampling; ``spacing`` coarser than upstream's 2 mm for small CPU runs), and the
+    labels on the same grid (nearest, then smoothed)."""
+    box = labels_box(labels, volume.spacing)
+    chosen = spacing or segmentation_spacing(box)
+    image = segmentation_input(volume, box, spacing=chosen)
+    crop = image.crop
+    region = tuple(slice(a, b) for a, b in zip(crop.start, crop.stop, strict=True))
+    pads = list(zip(crop.pad_before, crop.pad_after, strict=True))
+    cropped = np.pad(labels[region], pads, constant_values=0)
+    resized = nearest_resize(cropped, image.array.shape)  # type: ignore[arg-type]
+    return image, smooth_labels(resized, classes)

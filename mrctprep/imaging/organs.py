@@ -135,3 +135,26 @@ def plot_organ_contours(
     figure.savefig(out, facecolor='black', format=out.suffix.lstrip('.'), dpi=QC_DPI)
     plt.close(figure)
     return out
+
+
+#: Label names (a dseg.tsv's ``name`` column, lower case) that mean each FLARE organ.
+FLARE_SYNONYMS = {
+    'liver': 1,
+    'kidneys': 2,
+    'kidney': 2,
+    'kidney_left': 2,
+    'kidney_right': 2,
+    'left kidney': 2,
+    'right kidney': 2,
+    'spleen': 3,
+    'pancreas': 4,
+}
+
+
+def flare_labels(labels: npt.NDArray[np.integer], names: dict[int, str]) -> npt.NDArray[np.uint8]:
+    """Any label map with named labels (e.g. TotalSegmentator's 117) as FLARE's four organs;
+    labels whose names mean none of them become background."""
+    lookup = np.zeros(max(max(names), int(labels.max())) + 1, dtype=np.uint8)
+    for index, name in names.items():
+        lookup[index] = FLARE_SYNONYMS.get(name.strip().lower(), 0)
+    return lookup[labels]
