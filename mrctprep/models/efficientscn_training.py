@@ -162,7 +162,10 @@ class ScnTraining:
         norm = self.clipper.clip(list(self.network.parameters()))
         self.optimizer.step()
         update_ema(self.average, self.network)
-        return {**{name: float(value) for name, value in terms.items()}, 'grad_norm': norm}
+        return {
+            **{name: float(value.detach()) for name, value in terms.items()},
+            'grad_norm': norm,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
