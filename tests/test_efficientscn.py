@@ -298,6 +298,7 @@ def test_group_training_then_organ_seg_writes_labels_table_box_and_figure(
     assert np.all(np.array(box['MinRAS']) < np.array(box['MaxRAS']))
     assert sidecar['LocalizationWeightsSHA256'] == sha256_of(localization_weights)
     assert sidecar['SegmentationWeightsSHA256'] == card['sha256']
+    assert sidecar['SegmentationSpacingMM'] == 6.0  # the grid it was trained on
     # the table's volumes and HU are those of the written labels on the CT
     rows = [
         line.split('\t')

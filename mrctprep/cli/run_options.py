@@ -374,7 +374,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_organ_training_options(parser: argparse.ArgumentParser) -> None:
     """EfficientSCN's SCN: its labelled CTs (``group --train efficientscn``)."""
-    organs = parser.add_argument_group('Organ segmentation training (efficientscn)')
+    organs = parser.add_argument_group('Organ segmentation training (organ-seg)')
     organs.add_argument(
         '--train-labels',
         type=absolute_path,

@@ -159,7 +159,8 @@ def train_organ_segmentation(
         'Images': len(samples),
         'Steps': steps,
         'NetworkWidth': {'filters': width, 'spatial_filters': max(width // 2, 1)},
-        'SpacingMM': [round(sample.spacing_mm, 4) for sample in samples],
+        # the grid inference must use: only when the user chose one (else upstream's rule)
+        'SpacingMM': [round(sample.spacing_mm, 4) for sample in samples] if spacing else None,
         'Weights': 'exponential moving average (decay 0.999)',
         'RandomSeed': execution.random_seed,
         'Device': execution.device,

@@ -83,7 +83,7 @@ def measures_table(measures: list[OrganMeasures]) -> str:
     rows = ['organ\tlabel\tvolume_ml\tmean_hu\tmedian_hu\ttouches_fov_edge']
     for (label, *_), m in zip(FLARE_ORGANS, measures, strict=True):
         rows.append(
-            f'{m.name}\t{label}\t{m.volume_ml:g}\t{cell(m.mean_hu)}\t{cell(m.median_hu)}\t'
+            f'{m.name}\t{label}\t{m.volume_ml:.3f}\t{cell(m.mean_hu)}\t{cell(m.median_hu)}\t'
             f'{str(m.touches_fov_edge).lower()}'
         )
     return '\n'.join(rows) + '\n'

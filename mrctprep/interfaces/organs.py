@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nipype.interfaces.base import Bunch, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import Bunch, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from mrctprep.core.derivatives import write_text_atomically
 from mrctprep.core.devices import set_torch_threads
@@ -22,6 +22,7 @@ class _SegmentOrgansInputSpec(TorchInputSpec):
     localization_sha256 = traits.Str(mandatory=True, desc='their SHA-256, from the card')
     scn_weights = File(exists=True, mandatory=True, desc='verified stage-2 (SCN) weights')
     scn_sha256 = traits.Str(mandatory=True, desc='their SHA-256, from the card')
+    scn_spacing = traits.Float(desc="the SCN grid's spacing its weights were trained at (mm)")
 
 
 class SegmentOrgans(SimpleInterface):
@@ -41,7 +42,8 @@ class SegmentOrgans(SimpleInterface):
         localization, scn = load_organ_networks(
             self.inputs.localization_weights, self.inputs.scn_weights, self.inputs.device
         )
-        result = segment_organs(ct, localization, scn, self.inputs.device)
+        spacing = self.inputs.scn_spacing if isdefined(self.inputs.scn_spacing) else None
+        result = segment_organs(ct, localization, scn, self.inputs.device, scn_spacing=spacing)
         out_file = os.path.join(runtime.cwd, 'organs_dseg.nii.gz')
         labels = nb.Nifti1Image(result.labels, ct.affine, ct.header)
         labels.set_data_dtype(np.uint8)

@@ -74,13 +74,15 @@ def segment_organs(
     localization: LocalizationNet,
     scn: SpatialConfigurationNet,
     device: str,
+    scn_spacing: float | None = None,
 ) -> OrganSegmentation:
-    """Both stages on one CT (in HU): box the organs at 6 mm, segment the box at 2 mm, and
-    bring the labels back onto the CT's grid."""
+    """Both stages on one CT (in HU): box the organs at 6 mm, segment the box at 2 mm (or at
+    ``scn_spacing``, the spacing a CPU-sized SCN was trained at), and bring the labels back
+    onto the CT's grid."""
     volume = to_lps_volume(image)
     loc = localization_input(volume)
     box = box_from_mask(localization_mask(localization, loc, device), loc)
-    scn_input = segmentation_input(volume, box)
+    scn_input = segmentation_input(volume, box, spacing=scn_spacing)
     probabilities = scn_probabilities(scn, scn_input, device)
     labels = labels_on_crop(probabilities, scn_input.crop)
     shape: tuple[int, int, int] = volume.array.shape  # type: ignore[assignment]

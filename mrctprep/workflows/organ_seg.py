@@ -70,6 +70,9 @@ def init_organ_seg_wf(
         scn_weights=str(segmentation.path),
         scn_sha256=segmentation.sha256,
     )
+    trained_spacing = segmentation.card.get('trained', {}).get('SpacingMM')
+    if trained_spacing:  # a CPU-sized SCN runs at the (coarser) spacing it was trained at
+        segment.inputs.scn_spacing = float(max(trained_spacing))
     measure = pe.Node(OrganTable(), name='measure')
     plot_organs = pe.Node(
         OrgansRPT(title=f'{source_file.rsplit("/", 1)[-1]}: organs'), name='plot_organs'
