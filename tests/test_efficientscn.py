@@ -22,6 +22,7 @@ from mrctprep.imaging.organ_boxes import (
     area_weights,
     box_from_mask,
     box_world_ras,
+    from_lps_array,
     localization_input,
     localization_spacing,
     next_allowed_size,
@@ -384,3 +385,13 @@ def test_scn_training_on_a_real_crop_resumes_exactly(training_crop, tmp_path):
     run_training(resumed, settings(4, True))
     for key, value in straight.network.state_dict().items():
         assert torch.equal(value, resumed.network.state_dict()[key]), key
+
+
+def test_the_lps_layout_round_trips_any_voxel_order():
+    data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    las = nb.Nifti1Image(data, np.diag([-2.0, 1.0, 3.0, 1.0]))
+    volume = to_lps_volume(las)
+    assert volume.array.shape == (4, 3, 2) and volume.spacing == (3.0, 1.0, 2.0)
+    # LPS: x grows to the left (index 0 of LAS's flipped-to-L axis), y posterior, z superior
+    assert volume.array[0, 0, 0] == data[0, 2, 0]
+    np.testing.assert_array_equal(from_lps_array(volume.array, las), data)
