@@ -286,7 +286,8 @@ def test_group_training_then_organ_seg_writes_labels_table_box_and_figure(
     assert card['trained']['NetworkWidth'] == {'filters': 4, 'spatial_filters': 2}
     assert (models / 'training_log.tsv').read_text().count('\n') == 3
 
-    result = run_cli(*args, '--nprocs', '1', env=cache)
+    # with ct-ingest too, as CT users run it: the group level tabulates both
+    result = run_cli(*args, '--pipelines', 'organ-seg', 'ct-ingest', '--nprocs', '1', env=cache)
     assert result.returncode == 0, result.stderr
     anat = out / 'sub-01' / 'anat'
     dseg = nb.load(anat / 'sub-01_seg-organs_dseg.nii.gz')
@@ -315,6 +316,17 @@ def test_group_training_then_organ_seg_writes_labels_table_box_and_figure(
     table = (out / 'seg-organs_dseg.tsv').read_text().splitlines()
     assert table[0] == 'index\tname\tabbreviation\tcolor' and table[2].startswith('1\tliver')
     assert (out / 'sub-01' / 'figures' / 'sub-01_desc-organs_dseg.svg').stat().st_size > 5_000
+    group = run_cli(
+        bids, out, 'group', '-w', tmp_path / 'work', '--skip-bids-validation', env=cache
+    )
+    assert group.returncode == 0, group.stderr
+    header, row = (out / 'group_organs.tsv').read_text().splitlines()
+    values = dict(zip(header.split('\t'), row.split('\t'), strict=True))
+    assert values['participant_id'] == 'sub-01' and values['session_id'] == 'n/a'
+    assert (
+        values['liver_volume_ml'] == rows[1][2]
+        and values['pancreas_touches_fov_edge'] == rows[4][5]
+    )
 
 
 #: TotalSegmentator's names of the labels that matter here (its class map; others: background).

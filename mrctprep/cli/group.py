@@ -13,6 +13,7 @@ from mrctprep.group.harmonization import (
     find_model_inputs,
     write_harmonization_tables,
 )
+from mrctprep.group.organ_tables import write_group_organs
 from mrctprep.group.sites import choose_reference_site, read_participant_sites
 from mrctprep.group.tables import write_group_tables
 from mrctprep.reports.group import write_group_report
@@ -59,6 +60,7 @@ def _write_group_tables(config: RunConfig) -> int:
         )
         return EXIT_OK
     write_group_tables(inputs)
+    write_group_organs(inputs)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.
     model_inputs = find_model_inputs(inputs)
     if not model_inputs:
