@@ -127,7 +127,11 @@ def test_fusion_trusts_the_certain_spatial_branch_and_renormalises():
     assert fused.argmax() == 1 and fused.sum().item() == pytest.approx(1.0, abs=1e-4)
     uncertain = torch.zeros(1, 5, 1, 1, 1)  # sigmoid 0.5: one full bit, so the local branch wins
     assert fuse(local, uncertain)[0, :, 0, 0, 0].argmax() == 0
-    assert binary_entropy_bits(torch.tensor([0.0, 0.5, 1.0])).tolist() == [0.0, 1.0, 0.0]
+    saturated = torch.tensor([-120.0, 0.0, 40.0], requires_grad=True)  # sigmoid: 0, 0.5, 1
+    bits = binary_entropy_bits(saturated)
+    assert bits.tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)
+    bits.sum().backward()
+    assert torch.isfinite(saturated.grad).all()
 
 
 def test_the_scn_stops_gradients_into_the_local_appearance_from_the_spatial_branch():

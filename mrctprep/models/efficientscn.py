@@ -229,15 +229,17 @@ def fuse(
     """Where the spatial branch is uncertain (binary entropy near 1 bit) trust the local
     appearance, elsewhere the spatial configuration; then renormalise over the channels."""
     local, spatial = torch.sigmoid(local_logits.float()), torch.sigmoid(spatial_logits.float())
-    uncertainty = binary_entropy_bits(spatial)
+    uncertainty = binary_entropy_bits(spatial_logits.float())
     fused = local * uncertainty + spatial * (1 - uncertainty)
     return fused / (fused.sum(dim=1, keepdim=True) + epsilon)
 
 
-def binary_entropy_bits(probability: torch.Tensor) -> torch.Tensor:
-    """H(p) / ln 2, in [0, 1]; 0 log 0 taken as 0."""
-    p = probability.clamp(0.0, 1.0)
-    entropy = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+def binary_entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """H(sigmoid(x)) / ln 2, in [0, 1], from the logits: ``p softplus(-x) + (1 - p)
+    softplus(x)`` stays finite, and so does its gradient, where the sigmoid saturates at
+    exactly 0 or 1 (``p log p`` there has an infinite derivative times zero: NaN)."""
+    p = torch.sigmoid(logits)
+    entropy = p * functional.softplus(-logits) + (1 - p) * functional.softplus(logits)
     bits: torch.Tensor = entropy / math.log(2.0)
     return bits
 

@@ -160,8 +160,9 @@ class ScnTraining:
         terms = scn_loss(self.network, image, one_hot)
         terms['loss'].backward()  # type: ignore[no-untyped-call]
         norm = self.clipper.clip(list(self.network.parameters()))
-        self.optimizer.step()
-        update_ema(self.average, self.network)
+        if math.isfinite(norm):  # as upstream's loss scaling, a non-finite step is skipped
+            self.optimizer.step()
+            update_ema(self.average, self.network)
         return {
             **{name: float(value.detach()) for name, value in terms.items()},
             'grad_norm': norm,
