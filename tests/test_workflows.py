@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -62,6 +63,13 @@ def test_every_pipeline_builds_an_expandable_graph(tmp_path, pipeline):
     subjects = [_subject(tmp_path, '01'), _subject(tmp_path, '02', session='A')]
     weights = save_weights({}, tmp_path / 'iguane.pt', name='iguane', provenance={})
     config = _config(tmp_path, [pipeline], weights.path)  # mr-harmonize checks its weights first
+    organ_weights = {  # so does organ-seg, both stages
+        name: str(save_weights({}, tmp_path / f'{name}.pt', name=name, provenance={}).path)
+        for name in ('efficientscn-localization', 'efficientscn-segmentation')
+    }
+    config = dataclasses.replace(
+        config, models=ModelOptions(weights={**config.models.weights, **organ_weights})
+    )
     workflow = init_mrctprep_wf(subjects=subjects, config=config)
     expanded = generate_expanded_graph(workflow._create_flat_graph())
     names = {node.fullname for node in expanded.nodes()}

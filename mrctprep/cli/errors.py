@@ -53,6 +53,9 @@ def exit_code_of(error: Exception) -> int:
 #: how to train a model's weights, where that is not ``--train <model name>``
 _TRAINING_COMMANDS = {
     'sim2real': 'cyclegan --real-radiographs DIR (or give an upstream latest_net_G_A.pth)',
+    'efficientscn-localization': "efficientscn --train-labels DIR (or convert the authors' "
+    'SavedModel: mrctprep import-weights efficientscn-localization DIR)',
+    'efficientscn-segmentation': 'efficientscn --train-labels DIR',
 }
 
 

@@ -13,6 +13,7 @@ from mrctprep.group.harmonization import (
     find_model_inputs,
     write_harmonization_tables,
 )
+from mrctprep.group.organ_tables import write_group_organs
 from mrctprep.group.sites import choose_reference_site, read_participant_sites
 from mrctprep.group.tables import write_group_tables
 from mrctprep.reports.group import write_group_report
@@ -20,6 +21,8 @@ from mrctprep.reports.group import write_group_report
 LOGGER = logging.getLogger(__name__)
 #: ``--train`` names that train the sim2real CycleGAN
 SIM2REAL_TRAINING = ('cyclegan', 'sim2real')
+#: ``--train`` name of EfficientSCN's SCN (from --train-labels)
+ORGAN_TRAINING = 'efficientscn'
 
 
 def run_group(config: RunConfig) -> int:
@@ -46,7 +49,18 @@ def _write_group_tables(config: RunConfig) -> int:
             inputs.output_dir,
         )
         return EXIT_OK
+    if models.train == ORGAN_TRAINING:
+        from mrctprep.group.organ_training import train_organ_segmentation
+
+        train_organ_segmentation(inputs=inputs, models=models, execution=config.execution)
+        LOGGER.info(
+            'segment with: mrctprep %s %s participant --pipelines organ-seg',
+            inputs.bids_dir,
+            inputs.output_dir,
+        )
+        return EXIT_OK
     write_group_tables(inputs)
+    write_group_organs(inputs)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.
     model_inputs = find_model_inputs(inputs)
     if not model_inputs:

@@ -10,9 +10,10 @@ from typing import Any
 from mrctprep.cli.console import add_verbosity_options, setup_logging
 from mrctprep.cli.errors import EXIT_OK, report_error
 from mrctprep.core.errors import MrctprepError
-from mrctprep.models.weights import WEIGHTS_SUFFIX, user_cache_dir
+from mrctprep.models.weights import WEIGHTS_SUFFIX, ModelWeights, user_cache_dir
 
 LOGGER = logging.getLogger(__name__)
+IMPORTERS = ('iguane', 'efficientscn-localization')
 
 
 def add_parser(subparsers: Any, name: str) -> None:
@@ -23,10 +24,12 @@ def add_parser(subparsers: Any, name: str) -> None:
         description="Convert a model's published weights into mrctprep's format: a torch "
         'state dict FILE.pt with its model card FILE.json (source file and SHA-256). iguane: '
         "the authors' Keras .h5 of the harmonization generator (TensorFlow 2 save_weights or "
-        'save), checked layer by layer.',
+        'save), checked layer by layer. efficientscn-localization: the FLARE21 EfficientSCN '
+        "authors' localization SavedModel folder (or its variables/ folder), read without "
+        'TensorFlow and checked variable by variable.',
     )
-    parser.add_argument('model', choices=('iguane',), help='the model the weights are for')
-    parser.add_argument('source', type=Path, help='the published weights file')
+    parser.add_argument('model', choices=IMPORTERS, help='the model the weights are for')
+    parser.add_argument('source', type=Path, help='the published weights file or folder')
     parser.add_argument(
         '--output',
         type=Path,
@@ -45,10 +48,8 @@ def handle(opts: argparse.Namespace) -> int:
         )
     verbosity = opts.verbose - opts.quiet
     setup_logging(verbosity)
-    from mrctprep.models.keras_import import import_keras_weights
-
     try:
-        weights = import_keras_weights(opts.source, output)
+        weights = _import(opts.model, opts.source, output)
     except MrctprepError as exc:
         return report_error(exc, verbosity)
     LOGGER.info(
@@ -59,3 +60,13 @@ def handle(opts: argparse.Namespace) -> int:
         weights.sha256,
     )
     return EXIT_OK
+
+
+def _import(model: str, source: Path, output: Path) -> ModelWeights:
+    if model == 'efficientscn-localization':
+        from mrctprep.models.efficientscn_import import import_localization_weights
+
+        return import_localization_weights(source, output)
+    from mrctprep.models.keras_import import import_keras_weights
+
+    return import_keras_weights(source, output)

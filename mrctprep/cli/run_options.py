@@ -61,6 +61,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         _add_superres_options,
         _add_model_options,
         _add_sim2real_options,
+        _add_organ_training_options,
     ):
         add_section(parser)
 
@@ -313,7 +314,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument(
         '--train',
-        choices=[*model_names(), 'cyclegan'],
+        choices=[*model_names(), 'cyclegan', 'efficientscn'],
         metavar='NAME',
         help='group level: train model NAME on the participant outputs (iguane: on mr-preproc '
         "outputs, sites from participants.tsv's site column or the sidecars' scanner; "
@@ -368,6 +369,26 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help='score the weights on held-out data every N steps (default: iguane 1000, its '
         "authors' 5 epochs, on the held-out participants; cyclegan 500, a saved panel of "
         'held-out DRRs mapped and mapped back, and their score)',
+    )
+
+
+def _add_organ_training_options(parser: argparse.ArgumentParser) -> None:
+    """EfficientSCN's SCN: its labelled CTs (``group --train efficientscn``)."""
+    organs = parser.add_argument_group('Organ segmentation training (organ-seg)')
+    organs.add_argument(
+        '--train-labels',
+        type=absolute_path,
+        metavar='DIR',
+        help='BIDS-Derivatives label maps aligned with the CTs (sub-<l>/anat/*_dseg.nii.gz, '
+        'a dseg.tsv naming the labels beside each or at DIR); names such as liver, kidney_left, '
+        'spleen, pancreas map onto the FLARE organs, other labels to background',
+    )
+    organs.add_argument(
+        '--train-spacing',
+        type=float,
+        metavar='MM',
+        help="the SCN training grid's spacing (default: upstream's 2 mm, coarser when the "
+        'organs do not fit 160x128x160); 6 makes CPU training of a small SCN practical',
     )
 
 

@@ -172,6 +172,10 @@ class ModelOptions:
     train_preprocess: str = 'resize_and_crop'
     network_width: int = 64
     select_best: bool = False
+    #: efficientscn: BIDS-Derivatives label maps aligned with the CTs, and the SCN grid's
+    #: spacing (None: upstream's 2 mm rule)
+    train_labels: Path | None = None
+    train_spacing: float | None = None
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ DESCRIPTIONS = {
     'harmonized': 'Harmonized by IGUANe (the mr-harmonize pipeline): the model input mapped '
     "to the reference site's appearance (median-500 scale, background 0), on the model grid "
     "(space-) or brought back to the native grid; the sidecar names the weights' SHA-256.",
+    'organs': 'Figure: organ contours (organ-seg) over soft-tissue-window slices through each '
+    'organ.',
     'superres': 'Super-resolved (UniRes model): every scan of the session co-registered and '
     'fitted jointly onto one isotropic grid (res- label: voxel size in mm); figures: the first '
     'scan of the contrast above the result.',
@@ -93,6 +95,7 @@ BIDSIGNORE = [
     'models/',
     '*.html',
     'sub-*/log/',
+    '*_volumes.tsv',
 ]
 
 SOFTWARE = ('nipype', 'pybids', 'nibabel', 'numpy', 'SimpleITK', 'torch')

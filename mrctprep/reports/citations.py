@@ -181,6 +181,17 @@ REFERENCES = {
                 'doi': '10.1007/978-3-030-00937-3_12',
             },
         ),
+        Reference(
+            'efficientscn',
+            'misc',
+            {
+                'author': 'Thaler, F. and Payer, C. and Bischof, H. and Stern, D.',
+                'year': '2021',
+                'title': 'Efficient multi-organ segmentation using SpatialConfiguration-Net '
+                'with low GPU memory requirements',
+                'url': 'https://arxiv.org/abs/2111.13630',
+            },
+        ),
         _article(
             'matplotlib',
             'Hunter, J. D.',
@@ -200,6 +211,7 @@ PIPELINE_REFERENCES = {
     'mr-harmonize': ('iguane', 'n4', 'simpleitk', 'ants', 'pytorch'),
     'superres': ('unires', 'simpleitk'),
     'drr': ('deepdrr',),
+    'organ-seg': ('efficientscn', 'pytorch'),
 }
 _FRAMEWORK = ('mrctprep', 'nipype', 'pybids', 'nibabel', 'matplotlib')
 _SKULL_STRIP_REFERENCES = {'hdbet': 'hdbet', 'hdbet-accurate': 'hdbet', 'deepbet': 'deepbet'}

@@ -103,6 +103,15 @@ PIPELINES: dict[str, Pipeline] = {
             sections=('superres', 'execution'),
             per_image=False,
         ),
+        Pipeline(
+            name='organ-seg',
+            level='participant',
+            summary='EfficientSCN: liver, kidneys, spleen, pancreas on each CT (uint8 dseg, '
+            'volumes and HU per organ, box in the sidecar) + QC figure',
+            inputs=('ct',),
+            factory='mrctprep.workflows.organ_seg:init_organ_seg_wf',
+            sections=('models', 'execution'),
+        ),
     )
 }
 

@@ -1,0 +1,185 @@
+"""Training pieces of EfficientSCN as the authors' code defines them: the losses, the
+norm-adaptive gradient clipping, the weight EMA, the intensity augmentation, and the SCN's
+training task for the shared loop (:mod:`mrctprep.models.training`).
+
+Spatial augmentation here is the affine part of upstream's (translation +-20 mm, rotation
++-0.35 rad per axis, isotropic scale 0.8-1.2, per-axis scale 0.9-1.1), composed in voxel units
+of the training grid; upstream's elastic B-spline deformation is not reproduced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from mrctprep.models.efficientscn import FLARE_LABELS, SpatialConfigurationNet
+
+L2_FACTOR = 1e-6
+SCN_LEARNING_RATE = 1e-4
+EMA_DECAY = 0.999
+CLIP_INITIAL_NORM, CLIP_FACTOR, CLIP_MOMENTUM = 10.0, 5.0, 0.01
+
+
+def generalized_dice_loss(probabilities: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+    """Sudre et al.'s generalized Dice as upstream writes it: class weights
+    ``1 / ((sum g)^2 + 1e-4)``, squared probabilities in the denominator, batch mean."""
+    axes = tuple(range(2, probabilities.dim()))
+    weights = 1.0 / (one_hot.sum(dim=axes) ** 2 + 1e-4)
+    numerator = (weights * (one_hot * probabilities).sum(dim=axes)).sum(dim=1)
+    denominator = (weights * (one_hot + probabilities**2).sum(dim=axes)).sum(dim=1)
+    return (1 - 2 * (numerator + 1e-8) / (denominator + 1e-8)).mean()
+
+
+def l2_penalty(network: nn.Module) -> torch.Tensor:
+    """``1e-6 * sum ||W||^2`` over the convolution kernels (not the biases)."""
+    kernels = [p for name, p in network.named_parameters() if name.endswith('weight')]
+    return L2_FACTOR * sum((kernel**2).sum() for kernel in kernels)  # type: ignore[return-value]
+
+
+def scn_loss(
+    network: SpatialConfigurationNet, image: torch.Tensor, one_hot: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """GD on the fused probabilities + BCE of both branches' sigmoids + L2, weights 1."""
+    outputs = network.outputs(image)
+    terms = {
+        'dice': generalized_dice_loss(outputs.probabilities, one_hot),
+        'bce_local': functional.binary_cross_entropy_with_logits(outputs.local_logits, one_hot),
+        'bce_spatial': functional.binary_cross_entropy_with_logits(
+            outputs.spatial_logits, one_hot
+        ),
+        'l2': l2_penalty(network),
+    }
+    terms['loss'] = sum(terms.values())  # type: ignore[assignment]
+    return terms
+
+
+class AdaptiveGradientClipper:
+    """Clip the global gradient norm at 5 m, m a running mean of the (clipped) norms:
+    ``m <- 0.01 min(norm, 5 m) + 0.99 m`` when the norm is finite (m starts at 10)."""
+
+    def __init__(self) -> None:
+        self.mean_norm = CLIP_INITIAL_NORM
+
+    def clip(self, parameters: list[nn.Parameter]) -> float:
+        limit = CLIP_FACTOR * self.mean_norm
+        norm = float(torch.nn.utils.clip_grad_norm_(parameters, limit))
+        if math.isfinite(norm):
+            self.mean_norm = (
+                CLIP_MOMENTUM * min(norm, limit) + (1 - CLIP_MOMENTUM) * self.mean_norm
+            )
+        return norm
+
+
+def update_ema(average: nn.Module, network: nn.Module, decay: float = EMA_DECAY) -> None:
+    """``average <- decay * average + (1 - decay) * network``, parameter by parameter."""
+    with torch.no_grad():
+        for kept, current in zip(average.parameters(), network.parameters(), strict=True):
+            kept.mul_(decay).add_(current.detach(), alpha=1 - decay)
+
+
+def augment_intensity(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Both stages: add U(-0.2, 0.2), multiply by 1 + U(-0.2, 0.2), clip to [-1, 1]."""
+    shift, scale = (torch.rand(2, generator=generator) * 0.4 - 0.2).tolist()
+    augmented: torch.Tensor = ((image + shift) * (1 + scale)).clamp(-1.0, 1.0)
+    return augmented
+
+
+def random_affine_grid(
+    shape: tuple[int, ...], spacing_mm: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A sampling grid (for ``grid_sample``) of a random rotation, scale and translation about
+    the volume's centre, in upstream's ranges."""
+    u = torch.rand(10, generator=generator, dtype=torch.float64) * 2 - 1
+    angles = (u[:3] * 0.35).tolist()
+    matrix = torch.eye(3, dtype=torch.float64)
+    for axis, angle in enumerate(angles):
+        rotation = torch.eye(3, dtype=torch.float64)
+        i, j = [a for a in range(3) if a != axis]
+        c, s = math.cos(angle), math.sin(angle)
+        rotation[i, i], rotation[i, j], rotation[j, i], rotation[j, j] = c, -s, s, c
+        matrix = rotation @ matrix
+    scale = (1 + 0.2 * u[3]) * (1 + 0.1 * u[4:7])
+    matrix = matrix @ torch.diag(1 / scale)
+    # grid units: [-1, 1] over each axis; 20 mm in those units per axis (x, y, z order)
+    sizes = torch.tensor(shape[::-1], dtype=torch.float64)
+    translation = u[7:10] * 20.0 / (spacing_mm * sizes / 2)
+    theta = torch.cat([matrix, translation[:, None]], dim=1)[None].float()
+    return functional.affine_grid(theta, [1, 1, *shape], align_corners=False)
+
+
+@dataclass(frozen=True)
+class ScnSample:
+    """One training crop on the SCN grid: network-intensity image and uint8 FLARE labels."""
+
+    image: torch.Tensor
+    labels: torch.Tensor
+    spacing_mm: float
+
+
+class ScnTraining:
+    """The SCN's training task: Adam 1e-4, batch 1, augmentation, adaptive clipping, EMA."""
+
+    def __init__(
+        self,
+        network: SpatialConfigurationNet,
+        samples: list[ScnSample],
+        *,
+        device: str,
+        seed: int,
+        augment: bool = True,
+    ) -> None:
+        self.network = network.to(device).train()
+        self.average = copy.deepcopy(network).eval()
+        self.samples, self.device, self.augment = samples, device, augment
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=SCN_LEARNING_RATE)
+        self.clipper = AdaptiveGradientClipper()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(torch.randint(len(self.samples), (1,), generator=self.generator))
+        sample = self.samples[index]
+        image = sample.image[None, None].float()
+        labels = sample.labels[None, None].float()
+        if self.augment:
+            grid = random_affine_grid(tuple(sample.image.shape), sample.spacing_mm, self.generator)
+            image = functional.grid_sample(image, grid, padding_mode='border', align_corners=False)
+            labels = functional.grid_sample(labels, grid, mode='nearest', align_corners=False)
+            image = augment_intensity(image, self.generator)
+        one_hot = functional.one_hot(labels[:, 0].long(), len(FLARE_LABELS))
+        return image.to(self.device), one_hot.permute(0, 4, 1, 2, 3).float().to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        image, one_hot = self._batch()
+        self.optimizer.zero_grad()
+        terms = scn_loss(self.network, image, one_hot)
+        terms['loss'].backward()  # type: ignore[no-untyped-call]
+        norm = self.clipper.clip(list(self.network.parameters()))
+        if math.isfinite(norm):  # as upstream's loss scaling, a non-finite step is skipped
+            self.optimizer.step()
+            update_ema(self.average, self.network)
+        return {
+            **{name: float(value.detach()) for name, value in terms.items()},
+            'grad_norm': norm,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            'network': self.network.state_dict(),
+            'average': self.average.state_dict(),
+            'optimizer': self.optimizer.state_dict(),
+            'clip_mean_norm': self.clipper.mean_norm,
+            'generator': self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state['network'])
+        self.average.load_state_dict(state['average'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.clipper.mean_norm = state['clip_mean_norm']
+        self.generator.set_state(state['generator'])
