@@ -18,13 +18,13 @@ from mrctprep.cli.errors import EXIT_RESOURCE, describe_error, exit_code_of
 from mrctprep.core.errors import InputError, InsufficientMemoryError
 from mrctprep.group.sites import ParticipantInfo
 from mrctprep.group.validation import HarmonizationScore, ValidationImage, choose_held_out
+from mrctprep.models.iguane import IguaneGenerator
 from mrctprep.models.iguane_training import (
     IguaneTraining,
     IguaneTrainingSettings,
     TrainingImage,
     training_step_memory,
 )
-from mrctprep.models.iguane import IguaneGenerator
 from mrctprep.models.inference import tile_that_fits
 from mrctprep.models.memory import available_bytes, check_fits, inference_memory
 from mrctprep.models.training import (
@@ -64,7 +64,9 @@ def test_a_volume_that_does_not_fit_is_tiled_before_running_and_a_tile_that_does
     fits = dict(device='cpu', multiple=16, min_tile=64)
     assert tile_that_fits(memory, whole, needed, **fits) is None
     tile = tile_that_fits(memory, whole, needed // 4, **fits)
-    assert tile is not None and all(t % 16 == 0 and t < w for t, w in zip(tile, whole))
+    assert tile is not None and all(
+        t % 16 == 0 and t < w for t, w in zip(tile, whole, strict=True)
+    )
     assert memory.at(int(np.prod(tile))).total <= needed // 4
     with pytest.raises(InsufficientMemoryError) as refused:
         tile_that_fits(memory, whole, 10 * 2**20, **fits)
