@@ -21,6 +21,7 @@ SECTIONS = (
     'Super-resolution (superres)',
     'Models (mr-harmonize; training at the group level)',
     'Sim2real CycleGAN training',
+    'CTFlow training',
 )
 
 

@@ -61,6 +61,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         _add_superres_options,
         _add_model_options,
         _add_sim2real_options,
+        _add_ctflow_training_options,
     ):
         add_section(parser)
 
@@ -407,6 +408,37 @@ def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
         action='store_true',
         help='keep the generator whose held-out images came closest to the held-out real '
         'radiographs (intensity histograms), not the last one',
+    )
+
+
+def _add_ctflow_training_options(parser: argparse.ArgumentParser) -> None:
+    """CTFlow: which reconstructions pair up, and its size (``group --train ctflow``)."""
+    ctflow = parser.add_argument_group('CTFlow training')
+    ctflow.add_argument(
+        '--reference-rec',
+        metavar='LABEL',
+        help='the rec- label of the reconstruction to harmonize onto (default: standard100, '
+        "simulate-ct's full-dose standard kernel)",
+    )
+    ctflow.add_argument(
+        '--source-rec',
+        nargs='+',
+        metavar='LABEL',
+        help='the rec- labels mapped onto the reference (default: every other rec- label of '
+        'the same acquisitions)',
+    )
+    ctflow.add_argument(
+        '--ctflow-size',
+        choices=('cpu', 'paper'),
+        default='cpu',
+        help='paper: nb 14, nf 64, K 16 (29.2 M parameters, for GPUs); cpu: nb 4, nf 32, K 4',
+    )
+    ctflow.add_argument(
+        '--ctflow-batch',
+        type=positive_int,
+        default=16,
+        metavar='N',
+        help='crops per training step (upstream: 16)',
     )
 
 

@@ -172,6 +172,11 @@ class ModelOptions:
     train_preprocess: str = 'resize_and_crop'
     network_width: int = 64
     select_best: bool = False
+    #: ctflow: the target reconstruction's rec- label, the sources' (empty: all others)
+    reference_rec: str | None = None
+    source_rec: tuple[str, ...] = ()
+    ctflow_size: str = 'cpu'
+    ctflow_batch: int = 16
 
 
 @dataclass(frozen=True)
