@@ -28,6 +28,7 @@ import numpy as np
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
 from mrctprep.core.errors import InputError
+from mrctprep.imaging.io import ImageReadError, load_image
 from mrctprep.models.ctflow import HU_OFFSET, SIZES, WINDOW_HU, WINDOW_WIDTH, count_parameters
 from mrctprep.models.ctflow_training import CTFlowSettings, CTFlowTraining, SlicePair
 from mrctprep.models.training import (
@@ -94,7 +95,10 @@ def to_network(hu: np.ndarray) -> np.ndarray:
 def load_slice_pairs(pair: ReconstructionPair, crop: int) -> list[SlicePair]:
     """The pair's axial slices in network values, each padded with air to at least ``crop``
     and to multiples of 8; refused when the two images are not on one grid."""
-    source, reference = nb.load(pair.source), nb.load(pair.reference)
+    try:
+        source, reference = load_image(pair.source), load_image(pair.reference)
+    except ImageReadError as exc:
+        raise InputError(f'--train ctflow: {exc}') from exc
     if source.shape != reference.shape or not np.allclose(
         source.affine, reference.affine, atol=1e-3
     ):

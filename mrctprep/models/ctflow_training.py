@@ -61,7 +61,8 @@ def random_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` aligned ``crop``-square crops of random pairs, each flipped left-right with
     p = 1/2; (source, reference) as B x 1 x crop x crop tensors."""
-    sources, references = [], []
+    sources: list[npt.NDArray[np.float32]] = []
+    references: list[npt.NDArray[np.float32]] = []
     for _ in range(batch):
         source, reference = pairs[int(rng.integers(len(pairs)))]
         top = int(rng.integers(source.shape[0] - crop + 1))
@@ -109,7 +110,7 @@ class CTFlowTraining:
         if self.step <= self.settings.pretrain_steps:
             loss = functional.l1_loss(self.model.RRDB(source), reference)
             self.pretrain_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             self.pretrain_optimizer.step()
             return {'l1': loss.item()}
         flow_step = self.step - self.settings.pretrain_steps
@@ -117,7 +118,7 @@ class CTFlowTraining:
         self.model.RRDB.requires_grad_(not encoder_frozen)
         loss = self.model.nll_bits_per_dim(source, reference).mean()
         self.flow_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         self.flow_optimizer.step()
         self.flow_schedule.step()
         return {'nll_bits': loss.item()}
