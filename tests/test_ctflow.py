@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from mrctprep.models.ctflow import PAPER_SIZE, SIZES, CTFlow, CTFlowSize, count_parameters
+from mrctprep.models.ctflow import (
+    PAPER_SIZE,
+    SIZES,
+    CTFlow,
+    CTFlowSize,
+    count_parameters,
+    hu_to_network,
+    network_to_hu,
+)
+from mrctprep.models.ctflow_inference import harmonize_volume
 from mrctprep.models.ctflow_layers import ActNorm
 from mrctprep.models.weights import bundled_card
 
@@ -131,3 +141,29 @@ def test_model_card_prints_the_paper_size_and_its_parameter_count():
         expected['stacked_blocks'] = list(size.stacked_blocks)
         del expected['levels'], expected['transition_steps']
         assert card['architecture']['sizes'][name] == expected
+
+
+def test_volume_harmonization_keeps_the_grid_and_what_lies_outside_the_window():
+    generator = torch.Generator().manual_seed(4)
+    hu = (torch.rand(20, 13, 3, generator=generator) * 600 - 300).numpy()
+    hu[2, 3, 1] = 1500.0  # bone above the window
+    hu[5, 5, 0] = -2048.0  # padding below it
+    torch.manual_seed(5)
+    model = CTFlow(TINY).train()
+    model.encode(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))  # ActNorm's initialisation
+    mean_like = harmonize_volume(model, hu, tau=0.0, samples=1, batch=2)
+    assert mean_like.hu.shape == hu.shape and mean_like.std is None
+    assert mean_like.hu[2, 3, 1] == 1500.0 and mean_like.hu[5, 5, 0] == -2048.0
+    assert np.array_equal(harmonize_volume(model, hu, tau=0.0).hu, mean_like.hu)
+    # tau 0 is the flow's decoding of all-zero latents, slice by slice
+    padded = torch.nn.functional.pad(hu_to_network(torch.from_numpy(hu[:, :, 2])), (0, 3, 0, 4))
+    with torch.no_grad():
+        zeros = [torch.zeros(s) for s in model.latent_shapes(1, 24, 16)]
+        expected = network_to_hu(model.decode(padded[None, None], zeros))[0, 0, :20, :13]
+    inside = (hu[:, :, 2] >= -1024) & (hu[:, :, 2] <= 476)
+    assert np.allclose(mean_like.hu[:, :, 2][inside], expected.numpy()[inside], atol=1e-3)
+    sampled = harmonize_volume(model, hu, tau=0.8, samples=4, seed=1)
+    assert sampled.std is not None and sampled.std[inside].min() >= 0.0
+    assert sampled.std[inside].mean() > 1.0 and sampled.std[2, 3, 1] == 0.0
+    again = harmonize_volume(model, hu, tau=0.8, samples=4, seed=1)
+    assert np.array_equal(again.hu, sampled.hu)  # seeded
