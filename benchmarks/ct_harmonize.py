@@ -88,11 +88,11 @@ def to_network(hu: np.ndarray) -> np.ndarray:
     return np.clip((hu + 1024.0) / 1500.0, 0.0, 1.0).astype(np.float32)
 
 
-def train_both(pairs, minutes: float, seed: int):
+def train_both(pairs, minutes: float, seed: int, crop: int, batch: int):
     """CTFlow and the L1 baseline, each for ``minutes`` of wall time on the same data."""
     # paced by the slowest step (flow and encoder trained jointly), after one warm-up step
     probe = CTFlowTraining(
-        pairs, CTFlowSettings(steps=2, pretrain_share=0.0, crop=CROP, batch=BATCH)
+        pairs, CTFlowSettings(steps=2, pretrain_share=0.0, crop=crop, batch=batch)
     )
     probe.train_step()
     start = time.perf_counter()
@@ -101,7 +101,7 @@ def train_both(pairs, minutes: float, seed: int):
     step_seconds = (time.perf_counter() - start) / 3
     steps = max(8, int(minutes * 60 / step_seconds))
     torch.manual_seed(seed)
-    task = CTFlowTraining(pairs, CTFlowSettings(steps=steps, crop=CROP, batch=BATCH, seed=seed))
+    task = CTFlowTraining(pairs, CTFlowSettings(steps=steps, crop=crop, batch=batch, seed=seed))
     start = time.perf_counter()
     losses = []
     while task.step < steps and time.perf_counter() - start < minutes * 60 * 1.2:
@@ -115,7 +115,7 @@ def train_both(pairs, minutes: float, seed: int):
     start = time.perf_counter()
     baseline_steps = 0
     while time.perf_counter() - start < flow_seconds:
-        source, reference = random_batch(pairs, CROP, BATCH, rng)
+        source, reference = random_batch(pairs, crop, batch, rng)
         loss = torch.nn.functional.l1_loss(baseline(source), reference)
         optimizer.zero_grad()
         torch.autograd.backward(loss)
@@ -125,7 +125,7 @@ def train_both(pairs, minutes: float, seed: int):
         f'training: CTFlow {task.step} steps ({task.settings.pretrain_steps} L1 pre-training) '
         f'in {flow_seconds:.0f} s = {task.step / flow_seconds:.2f} steps/s, last losses '
         f'{losses[-1]}; baseline {baseline_steps} steps in the same time '
-        f'({baseline_steps / flow_seconds:.2f} steps/s), batch {BATCH} x {CROP}^2'
+        f'({baseline_steps / flow_seconds:.2f} steps/s), batch {batch} x {crop}^2'
     )
     return task.model.eval(), baseline.eval()
 
@@ -279,6 +279,8 @@ def main() -> None:
     parser.add_argument('--samples', type=int, default=8)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--seed', type=int, default=10)
+    parser.add_argument('--crop', type=int, default=CROP)
+    parser.add_argument('--batch', type=int, default=BATCH)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     hu, pixel = canonical_hu(DATA / 'ct' / 'totalseg_example_ct.nii.gz')
@@ -292,7 +294,7 @@ def main() -> None:
     for z in range(chosen.shape[2]):
         padded = [np.pad(to_network(v[:, :, z]), ((0, 6), (0, 3))) for v in (source, reference)]
         pairs.append((padded[0], padded[1]))
-    model, baseline = train_both(pairs, args.minutes, args.seed)
+    model, baseline = train_both(pairs, args.minutes, args.seed, args.crop, args.batch)
     pulmonary, pulmonary_pixel = canonical_hu(DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz')
     test = pulmonary[:, :, body_slices(pulmonary, args.test_slices)]
     evaluate('pulmonary CT', test, pulmonary_pixel, None, model, baseline, args.samples, 1)
