@@ -96,6 +96,11 @@ def test_noise_sd_scales_as_one_over_the_square_root_of_the_dose(projected):
     assert 5.0 < sd[1.0] < 40.0  # clinical full-dose noise
     assert sd[0.25] / sd[1.0] == pytest.approx(2.0, rel=0.1)
     assert sd[0.1] / sd[1.0] == pytest.approx(np.sqrt(10.0), rel=0.1)
+    # the dose is per rotation: half the views, the same dose, about the same noise
+    sinogram, angles = projected
+    half = (sinogram[:, ::2], angles[::2])
+    sparse = np.mean([_noise(half, 'standard', 1.0, s)[interior].std() for s in (0, 1)])
+    assert sparse == pytest.approx(sd[1.0], rel=0.1)
 
 
 def test_sharper_filters_noise_power_peaks_at_higher_frequency(projected):

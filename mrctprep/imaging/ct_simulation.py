@@ -115,10 +115,14 @@ def add_quantum_noise(
 ) -> FloatArray:
     """Measured line integrals: Poisson photon counts plus electronic noise, log-transformed.
 
-    Counts below one photon (possible with electronic noise on a dark ray) are held at one, as
-    a scanner's log step must.
+    ``line_integrals`` is bins x views. The dose is per rotation: ``scanner.photons`` per bin
+    and view at the default sampling (pi/2 views per bin), spread over the views there are, so
+    that fewer views change the angular sampling and not the dose. Counts below one photon
+    (possible with electronic noise on a dark ray) are held at one, as a scanner's log step
+    must.
     """
-    incident = scanner.photons * dose
+    bins, views = line_integrals.shape
+    incident = scanner.photons * dose * len(view_angles(bins, None)) / views
     expected = incident * np.exp(-line_integrals)
     counts = rng.poisson(expected).astype(np.float64)
     counts += rng.normal(0.0, scanner.electronic_noise, size=counts.shape)
