@@ -22,6 +22,7 @@ SECTIONS = (
     'Models (mr-harmonize; training at the group level)',
     'Sim2real CycleGAN training',
     'Organ segmentation training (organ-seg)',
+    'CTFlow training',
 )
 
 

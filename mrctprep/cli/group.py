@@ -59,6 +59,11 @@ def _write_group_tables(config: RunConfig) -> int:
             inputs.output_dir,
         )
         return EXIT_OK
+    if models.train == 'ctflow':
+        from mrctprep.group.ctflow_training import train_ctflow
+
+        train_ctflow(inputs=inputs, models=models, execution=config.execution)
+        return EXIT_OK
     write_group_tables(inputs)
     write_group_organs(inputs)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.

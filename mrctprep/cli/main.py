@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from mrctprep.cli import demo, import_images, import_weights, slurm_array
+from mrctprep.cli import demo, import_images, import_weights, simulate_ct, slurm_array
 from mrctprep.cli import run as run_command
 
 # nipype asks a web service for updates on import; a BIDS App must not touch the network.
@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     'import': import_images,
     'import-weights': import_weights,
     'slurm-array': slurm_array,
+    'simulate-ct': simulate_ct,
 }
 
 

@@ -27,6 +27,9 @@ from mrctprep.imaging.skullstrip import SKULL_STRIP_METHODS
 from mrctprep.models.weights import WEIGHTS_DIR_ENV, model_names, user_cache_dir
 from mrctprep.workflows.pipelines import DEFAULT_PIPELINES, PIPELINES, describe_pipelines
 
+#: ``--train`` names: the group level's trainings (sim2real is cyclegan's model name)
+TRAINABLE_MODELS = ('iguane', 'cyclegan', 'sim2real', 'efficientscn', 'ctflow')
+
 
 class _ListPipelinesAction(argparse.Action):
     """Print the pipelines and exit, like ``--version``: no positional arguments needed."""
@@ -62,6 +65,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         _add_model_options,
         _add_sim2real_options,
         _add_organ_training_options,
+        _add_ctflow_training_options,
     ):
         add_section(parser)
 
@@ -314,12 +318,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument(
         '--train',
-        choices=[*model_names(), 'cyclegan', 'efficientscn'],
+        choices=TRAINABLE_MODELS,
         metavar='NAME',
         help='group level: train model NAME on the participant outputs (iguane: on mr-preproc '
         "outputs, sites from participants.tsv's site column or the sidecars' scanner; "
-        'cyclegan: the sim2real CycleGAN from the drr outputs to --real-radiographs); writes '
-        'OUTPUT_DIR/models/NAME/ (cyclegan: models/sim2real/)',
+        'cyclegan: the sim2real CycleGAN from the drr outputs to --real-radiographs; '
+        'efficientscn: the organ SCN from --train-labels; ctflow: from rec- pairs of the CTs); '
+        'writes OUTPUT_DIR/models/NAME/ (cyclegan: models/sim2real/)',
     )
     models.add_argument(
         '--steps',
@@ -428,6 +433,37 @@ def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
         action='store_true',
         help='keep the generator whose held-out images came closest to the held-out real '
         'radiographs (intensity histograms), not the last one',
+    )
+
+
+def _add_ctflow_training_options(parser: argparse.ArgumentParser) -> None:
+    """CTFlow: which reconstructions pair up, and its size (``group --train ctflow``)."""
+    ctflow = parser.add_argument_group('CTFlow training')
+    ctflow.add_argument(
+        '--reference-rec',
+        metavar='LABEL',
+        help='the rec- label of the reconstruction to harmonize onto (default: standard100, '
+        "simulate-ct's full-dose standard kernel)",
+    )
+    ctflow.add_argument(
+        '--source-rec',
+        nargs='+',
+        metavar='LABEL',
+        help='the rec- labels mapped onto the reference (default: every other rec- label of '
+        'the same acquisitions)',
+    )
+    ctflow.add_argument(
+        '--ctflow-size',
+        choices=('cpu', 'paper'),
+        default='cpu',
+        help='paper: nb 14, nf 64, K 16 (29.2 M parameters, for GPUs); cpu: nb 4, nf 32, K 4',
+    )
+    ctflow.add_argument(
+        '--ctflow-batch',
+        type=positive_int,
+        default=16,
+        metavar='N',
+        help='crops per training step (upstream: 16)',
     )
 
 

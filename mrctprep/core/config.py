@@ -176,6 +176,11 @@ class ModelOptions:
     #: spacing (None: upstream's 2 mm rule)
     train_labels: Path | None = None
     train_spacing: float | None = None
+    #: ctflow: the target reconstruction's rec- label, the sources' (empty: all others)
+    reference_rec: str | None = None
+    source_rec: tuple[str, ...] = ()
+    ctflow_size: str = 'cpu'
+    ctflow_batch: int = 16
 
 
 @dataclass(frozen=True)

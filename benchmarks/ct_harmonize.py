@@ -1,0 +1,318 @@
+"""CTFlow on a CPU: does the CPU size, trained within a time budget on simulated pairs of one
+CT, bring unseen CTs' sharp/low-dose reconstructions closer to their reference, against a
+regression CNN (the same RRDB encoder with its L1 head) trained for the same time?
+
+    python benchmarks/ct_harmonize.py [--minutes 5] [--train-slices 24] [--test-slices 6]
+                                      [--threads 2] [--samples 8]
+
+Pairs: mrctprep's scanner simulation (imaging/ct_simulation.py) of every n-th axial slice of
+../shared/data/ct/totalseg_example_ct.nii.gz as sharp kernel at 25 % dose (source) and
+standard kernel at full dose (reference). Test: the same simulation of slices of
+totalseg_pulmonary_ct_cropped.nii.gz and of the DICOM series dicom/ct_abdomen_totalseg_j2k/
+(read with SimpleITK), which training never saw.
+
+Prints, per test CT: PSNR and SSIM in the body (reference > -500 HU, holes filled) in the
+soft-tissue window [-160, 240] HU and the network's full window [-1024, 476] HU for the input,
+CTFlow at tau 0 and 0.8 and the baseline; the relative distance of each image's noise power
+spectrum to the reference's (noise = image minus the simulator's noise-free input, 32x32 ROIs
+inside the body); first-order and GLCM features in body ROIs and the share with CCC >= 0.85
+against the reference (scikit-image's GLCM, not pyradiomics, which is not installed);
+uncertainty: Spearman correlation of the SD over --samples draws with the absolute error, and
+the share of body voxels whose error lies within 2 SD; training steps/s and inference seconds
+per 512x512 slice for the CPU size and the paper size, and peak memory. All figures are for
+the CPU size unless marked paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage, stats
+from skimage.feature import graycomatrix, graycoprops
+from skimage.metrics import structural_similarity
+
+from mrctprep.imaging.ct_simulation import (
+    ScanCondition,
+    ScannerModel,
+    radial_noise_power_spectrum,
+    simulate_volume,
+)
+from mrctprep.models.ctflow import PAPER_SIZE, SIZES, CTFlow
+from mrctprep.models.ctflow_encoder import RRDBNet
+from mrctprep.models.ctflow_inference import harmonize_volume
+from mrctprep.models.ctflow_training import CTFlowSettings, CTFlowTraining, random_batch
+
+DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+SOURCE = ScanCondition('sharp', 0.25)
+REFERENCE = ScanCondition('standard', 1.0)
+WINDOWS = {'soft tissue': (-160.0, 240.0), 'full': (-1024.0, 476.0)}
+CROP = 64
+BATCH = 8
+ROI = 32
+
+
+def canonical_hu(path: Path) -> tuple[np.ndarray, float]:
+    image = nb.as_closest_canonical(nb.load(path))
+    return np.asarray(image.dataobj, dtype=np.float32), float(image.header.get_zooms()[0])
+
+
+def dicom_hu(folder: Path) -> tuple[np.ndarray, float]:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    hu = np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)).astype(np.float32)
+    return hu, float(image.GetSpacing()[0])
+
+
+def body_slices(hu: np.ndarray, count: int) -> list[int]:
+    body = [(hu[:, :, z] > -500).mean() for z in range(hu.shape[2])]
+    candidates = [z for z, share in enumerate(body) if share > 0.2]
+    return [int(z) for z in np.linspace(candidates[0], candidates[-1], count).round()]
+
+
+def simulate_pair(hu: np.ndarray, pixel_mm: float, views: int | None, seed: int):
+    scanner = ScannerModel(views=views)
+    source = simulate_volume(hu, 2, pixel_mm, SOURCE, scanner, seed)
+    reference = simulate_volume(hu, 2, pixel_mm, REFERENCE, scanner, seed + 1)
+    return source.astype(np.float32), reference.astype(np.float32)
+
+
+def to_network(hu: np.ndarray) -> np.ndarray:
+    return np.clip((hu + 1024.0) / 1500.0, 0.0, 1.0).astype(np.float32)
+
+
+def train_both(pairs, minutes: float, seed: int, crop: int, batch: int):
+    """CTFlow and the L1 baseline, each for ``minutes`` of this process's CPU time (fair on a
+    shared machine, where wall time depends on the neighbours) on the same data."""
+    # paced by the slowest step (flow and encoder trained jointly), after one warm-up step
+    probe = CTFlowTraining(
+        pairs, CTFlowSettings(steps=2, pretrain_share=0.0, crop=crop, batch=batch)
+    )
+    probe.train_step()
+    start = time.process_time()
+    for _ in range(3):
+        probe.train_step()
+    step_seconds = (time.process_time() - start) / 3
+    steps = max(8, int(minutes * 60 / step_seconds))
+    torch.manual_seed(seed)
+    task = CTFlowTraining(pairs, CTFlowSettings(steps=steps, crop=crop, batch=batch, seed=seed))
+    start = time.process_time()
+    losses = []
+    while task.step < steps and time.process_time() - start < minutes * 60 * 1.2:
+        losses.append(task.train_step())
+    flow_seconds = time.process_time() - start
+    size = SIZES['cpu']
+    torch.manual_seed(seed)
+    baseline = RRDBNet(size.rrdb_blocks, size.features, size.growth, size.stacked_blocks)
+    optimizer = torch.optim.Adam(baseline.parameters(), 2e-4, betas=(0.9, 0.99))
+    rng = np.random.default_rng(seed)
+    start = time.process_time()
+    baseline_steps = 0
+    while time.process_time() - start < flow_seconds:
+        source, reference = random_batch(pairs, crop, batch, rng)
+        loss = torch.nn.functional.l1_loss(baseline(source), reference)
+        optimizer.zero_grad()
+        torch.autograd.backward(loss)
+        optimizer.step()
+        baseline_steps += 1
+    print(
+        f'training: CTFlow {task.step} steps ({task.settings.pretrain_steps} L1 pre-training) '
+        f'in {flow_seconds:.0f} CPU s = {task.step / flow_seconds:.2f} steps per CPU s, last '
+        f'losses {losses[-1]}; baseline {baseline_steps} steps in the same time '
+        f'({baseline_steps / flow_seconds:.2f} steps per CPU s), batch {batch} x {crop}^2'
+    )
+    return task.model.eval(), baseline.eval()
+
+
+@torch.no_grad()
+def baseline_volume(baseline: RRDBNet, hu: np.ndarray) -> np.ndarray:
+    slices = torch.from_numpy(to_network(np.moveaxis(hu, 2, 0))[:, None])
+    pad = (0, -slices.shape[-1] % 8, 0, -slices.shape[-2] % 8)
+    out = baseline(torch.nn.functional.pad(slices, pad))[..., : hu.shape[0], : hu.shape[1]]
+    mapped = np.moveaxis(out[:, 0].clamp(0, 1).numpy() * 1500.0 - 1024.0, 0, 2)
+    return np.where((hu < -1024) | (hu > 476), hu, mapped)
+
+
+def body_mask(reference: np.ndarray) -> np.ndarray:
+    mask = np.stack(
+        [ndimage.binary_fill_holes(reference[:, :, z] > -500) for z in range(reference.shape[2])],
+        axis=2,
+    )
+    return ndimage.binary_erosion(mask, structure=np.ones((5, 5, 1)))
+
+
+def psnr_ssim(image, reference, body, window):
+    low, high = window
+    a, b = np.clip(image, low, high), np.clip(reference, low, high)
+    mse = np.mean((a[body] - b[body]) ** 2)
+    psnr = 10 * np.log10((high - low) ** 2 / mse)
+    ssims = []
+    for z in range(image.shape[2]):
+        _, full = structural_similarity(a[:, :, z], b[:, :, z], data_range=high - low, full=True)
+        ssims.append(full[body[:, :, z]])
+    return psnr, float(np.mean(np.concatenate(ssims)))
+
+
+def roi_corners(body: np.ndarray) -> list[tuple[int, int, int]]:
+    inside = ndimage.binary_erosion(body, structure=np.ones((ROI, ROI, 1)))
+    corners = []
+    for z in range(body.shape[2]):
+        xs, ys = np.nonzero(inside[:, :, z])
+        for x, y in list(zip(xs, ys, strict=True))[:: max(1, len(xs) // 6)][:6]:
+            corners.append((x - ROI // 2, y - ROI // 2, z))
+    return corners
+
+
+def nps_distance(image, reference, truth, corners, pixel_mm):
+    def nps(x):
+        rois = np.stack([(x - truth)[i : i + ROI, j : j + ROI, z] for i, j, z in corners])
+        return radial_noise_power_spectrum(rois, pixel_mm, bins=8)[1]
+
+    target = nps(reference)
+    return float(np.linalg.norm(nps(image) - target) / np.linalg.norm(target))
+
+
+def features(image, corners) -> np.ndarray:
+    rows = []
+    for i, j, z in corners:
+        roi = image[i : i + ROI, j : j + ROI, z]
+        levels = np.clip((roi + 160) / 400 * 31, 0, 31).astype(np.uint8)
+        glcm = graycomatrix(levels, [1], [0, np.pi / 2], levels=32, symmetric=True, normed=True)
+        texture = [
+            graycoprops(glcm, p).mean()
+            for p in ('contrast', 'dissimilarity', 'homogeneity', 'energy', 'correlation')
+        ]
+        first = [roi.mean(), roi.std(), stats.skew(roi.ravel()), stats.kurtosis(roi.ravel())]
+        first += list(np.percentile(roi, [10, 90]))
+        rows.append(first + texture)
+    return np.array(rows)
+
+
+def ccc(a: np.ndarray, b: np.ndarray) -> float:
+    covariance = np.mean((a - a.mean()) * (b - b.mean()))
+    return float(2 * covariance / (a.var() + b.var() + (a.mean() - b.mean()) ** 2 + 1e-12))
+
+
+def share_reproducible(image, reference, corners) -> float:
+    x, y = features(image, corners), features(reference, corners)
+    return float(np.mean([ccc(x[:, k], y[:, k]) >= 0.85 for k in range(x.shape[1])]))
+
+
+def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed):
+    source, reference = simulate_pair(truth, pixel_mm, views, seed)
+    body = body_mask(reference)
+    start = time.perf_counter()
+    tau0 = harmonize_volume(model, source, tau=0.0).hu
+    seconds = (time.perf_counter() - start) / source.shape[2]
+    tau8 = harmonize_volume(model, source, tau=0.8, seed=seed).hu
+    sampled = harmonize_volume(model, source, tau=0.8, samples=samples, seed=seed)
+    images = {
+        'input': source,
+        'CTFlow tau 0': tau0,
+        'CTFlow tau 0.8': tau8,
+        'baseline (L1)': baseline_volume(baseline, source),
+    }
+    corners = roi_corners(body)
+    print(
+        f'\n{name}: {truth.shape[0]}x{truth.shape[1]}, {truth.shape[2]} slices at '
+        f'{pixel_mm:.2f} mm; {int(body.sum())} body voxels, {len(corners)} ROIs; '
+        f'CTFlow {seconds:.2f} s per slice'
+    )
+    print(
+        f'{"image":16s} {"PSNR st":>8s} {"SSIM st":>8s} {"PSNR full":>9s} {"SSIM full":>9s} '
+        f'{"NPS dist":>8s} {"CCC>=.85":>8s}'
+    )
+    for label, image in images.items():
+        figures = [
+            f for window in WINDOWS.values() for f in psnr_ssim(image, reference, body, window)
+        ]
+        distance = nps_distance(image, reference, truth, corners, pixel_mm)
+        share = share_reproducible(image, reference, corners)
+        print(
+            f'{label:16s} {figures[0]:8.2f} {figures[1]:8.3f} {figures[2]:9.2f} '
+            f'{figures[3]:9.3f} {distance:8.3f} {share:8.2f}'
+        )
+    error = np.abs(sampled.hu - reference)[body]
+    std = sampled.std[body]
+    rho = stats.spearmanr(std, error).statistic
+    print(
+        f'uncertainty ({samples} samples, tau 0.8): Spearman(SD, |error|) = {rho:.3f}; '
+        f'|error| <= 2 SD for {np.mean(error <= 2 * std):.1%} of body voxels'
+    )
+
+
+def timing(size_name: str, size) -> None:
+    model = CTFlow(size)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+    x, y = torch.rand(2, 1, CROP, CROP), torch.rand(2, 1, CROP, CROP)
+    start = time.perf_counter()
+    for _ in range(2):
+        loss = model.nll_bits_per_dim(x, y).mean()
+        optimizer.zero_grad()
+        torch.autograd.backward(loss)
+        optimizer.step()
+    train = (time.perf_counter() - start) / 2
+    model.eval()
+    start = time.perf_counter()
+    harmonize_volume(model, np.zeros((512, 512, 1), np.float32) - 1000, tau=0.8)
+    infer = time.perf_counter() - start
+    print(
+        f'{size_name} size: {sum(p.numel() for p in model.parameters()):,} parameters; '
+        f'{1 / train:.2f} training steps/s (batch 2 x {CROP}^2); {infer:.1f} s per 512x512 '
+        'slice'
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--minutes', type=float, default=5.0)
+    parser.add_argument('--train-slices', type=int, default=24)
+    parser.add_argument('--test-slices', type=int, default=6)
+    parser.add_argument('--dicom-slices', type=int, default=2)
+    parser.add_argument('--dicom-views', type=int, default=360)
+    parser.add_argument('--samples', type=int, default=8)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--seed', type=int, default=10)
+    parser.add_argument('--crop', type=int, default=CROP)
+    parser.add_argument('--paper-timing', action='store_true')
+    parser.add_argument('--batch', type=int, default=BATCH)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    hu, pixel = canonical_hu(DATA / 'ct' / 'totalseg_example_ct.nii.gz')
+    start = time.perf_counter()
+    chosen = hu[:, :, body_slices(hu, args.train_slices)]
+    source, reference = simulate_pair(chosen, pixel, None, args.seed)
+    print(
+        f'simulated {chosen.shape[2]} training slice pairs in {time.perf_counter() - start:.0f} s'
+    )
+    pairs = []
+    for z in range(chosen.shape[2]):
+        padded = [np.pad(to_network(v[:, :, z]), ((0, 6), (0, 3))) for v in (source, reference)]
+        pairs.append((padded[0], padded[1]))
+    model, baseline = train_both(pairs, args.minutes, args.seed, args.crop, args.batch)
+    pulmonary, pulmonary_pixel = canonical_hu(DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz')
+    test = pulmonary[:, :, body_slices(pulmonary, args.test_slices)]
+    evaluate('pulmonary CT', test, pulmonary_pixel, None, model, baseline, args.samples, 1)
+    if args.dicom_slices:
+        dicom, dicom_pixel = dicom_hu(DATA / 'dicom' / 'ct_abdomen_totalseg_j2k')
+        test = dicom[:, :, body_slices(dicom, args.dicom_slices)]
+        evaluate(
+            'DICOM abdomen', test, dicom_pixel, args.dicom_views, model, baseline, args.samples, 2
+        )
+    print()
+    timing('cpu', SIZES['cpu'])
+    if args.paper_timing:
+        timing('paper', PAPER_SIZE)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f'peak memory {peak:.0f} MB (the whole benchmark)')
+
+
+if __name__ == '__main__':
+    main()
