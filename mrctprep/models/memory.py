@@ -208,6 +208,15 @@ def resident_bytes() -> int:
     return pages * os.sysconf('SC_PAGE_SIZE')
 
 
+def peak_resident_bytes() -> int:
+    """This process's high-water mark of resident memory (``VmHWM``). Not ``ru_maxrss``:
+    Linux carries the parent's peak over into it across fork and exec."""
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError('no VmHWM in /proc/self/status')
+
+
 def available_bytes(device: str) -> int:
     """Memory a new allocation can take on ``device``: the GPU's free memory, or the RAM
     the kernel can give this process (the smaller of the machine's available memory and

@@ -13,10 +13,9 @@ import sys
 
 import numpy as np
 import torch
-from training_memory import peak_resident_bytes
 
 from mrctprep.models.iguane import IguaneGenerator, harmonize_volume
-from mrctprep.models.memory import inference_memory, resident_bytes
+from mrctprep.models.memory import inference_memory, peak_resident_bytes, resident_bytes
 
 
 def main(side: int) -> None:

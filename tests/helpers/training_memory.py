@@ -21,7 +21,7 @@ from mrctprep.models.iguane_training import (
     TrainingImage,
     training_step_memory,
 )
-from mrctprep.models.memory import resident_bytes
+from mrctprep.models.memory import peak_resident_bytes, resident_bytes
 
 SHAPE = (96, 112, 96)
 
@@ -45,15 +45,6 @@ def main(patch: int, folder: Path) -> None:
         training.train_step()
     peak = peak_resident_bytes()
     print(json.dumps({'predicted': before + estimate, 'measured': peak}))
-
-
-def peak_resident_bytes() -> int:
-    """This process's high-water mark of resident memory (``VmHWM``). Not ``ru_maxrss``:
-    Linux carries the parent's peak over into it across fork and exec."""
-    for line in Path('/proc/self/status').read_text().splitlines():
-        if line.startswith('VmHWM:'):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError('no VmHWM in /proc/self/status')
 
 
 if __name__ == '__main__':
