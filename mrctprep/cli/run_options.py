@@ -14,6 +14,7 @@ from mrctprep.cli.option_types import (
     drr_angles,
     drr_view_grid,
     existing_file,
+    non_negative_float,
     non_negative_int,
     parse_memory_gb,
     positive_float,
@@ -66,6 +67,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         _add_sim2real_options,
         _add_organ_training_options,
         _add_ctflow_training_options,
+        _add_ct_harmonization_options,
     ):
         add_section(parser)
 
@@ -464,6 +466,26 @@ def _add_ctflow_training_options(parser: argparse.ArgumentParser) -> None:
         default=16,
         metavar='N',
         help='crops per training step (upstream: 16)',
+    )
+
+
+def _add_ct_harmonization_options(parser: argparse.ArgumentParser) -> None:
+    """CTFlow applied: its temperature and samples (``--pipelines ct-harmonize``)."""
+    harmonize = parser.add_argument_group('CT harmonization (ct-harmonize)')
+    harmonize.add_argument(
+        '--ctflow-tau',
+        type=non_negative_float,
+        default=0.8,
+        metavar='TAU',
+        help="sampling temperature (upstream's 0.8; 0 gives the mean-like output)",
+    )
+    harmonize.add_argument(
+        '--ctflow-samples',
+        type=positive_int,
+        default=1,
+        metavar='N',
+        help='samples per slice: their mean is the harmonized CT and, from 2 on, their SD '
+        'the uncertainty map',
     )
 
 
