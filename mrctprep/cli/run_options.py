@@ -562,6 +562,15 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
         )
     if opts.train in ('cyclegan', 'sim2real') and not opts.real_radiographs:
         parser.error('--train cyclegan needs --real-radiographs DIR (domain B)')
+    if opts.train == 'efficientscn' and not opts.train_labels:
+        parser.error('--train efficientscn needs the label maps: --train-labels DIR')
+    given_weights = {name for name, _ in opts.weights or ()}
+    if opts.train == 'efficientscn' and 'efficientscn-localization' not in given_weights:
+        parser.error(
+            '--train efficientscn trains the SCN only: give the localization stage with '
+            '--weights efficientscn-localization=FILE (mrctprep import-weights '
+            "efficientscn-localization DIR converts the authors' SavedModel)"
+        )
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
         parser.error(
