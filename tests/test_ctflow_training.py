@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, write_bids
+from mrctprep.cli.errors import describe_error
 from mrctprep.cli.main import run as run_command
 from mrctprep.core.errors import InputError
 from mrctprep.group.ctflow_training import find_reconstruction_pairs, load_slice_pairs
@@ -48,8 +49,10 @@ def test_pairs_come_from_rec_entities_and_differing_grids_are_refused(paired_dat
     slices = load_slice_pairs(pairs[0], crop=32)
     assert len(slices) == 2 and slices[0][0].shape == (64, 64)
     assert 0.0 <= slices[0][1].min() and slices[0][1].max() <= 1.0
-    with pytest.raises(InputError, match='rec-smooth10 reference.*sharp25, standard100'):
+    with pytest.raises(InputError, match='rec-smooth10 reference.*sharp25, standard100') as no:
         find_reconstruction_pairs(paired_dataset, 'smooth10')
+    assert describe_error(no.value).endswith('`mrctprep simulate-ct BIDS_DIR` makes pairs from '
+                                             'single CTs')  # fmt: skip
 
     other = tmp_path / 'bids'
     shutil.copytree(paired_dataset, other)

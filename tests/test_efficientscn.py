@@ -411,3 +411,14 @@ def test_the_lps_layout_round_trips_any_voxel_order():
     # LPS: x grows to the left (index 0 of LAS's flipped-to-L axis), y posterior, z superior
     assert volume.array[0, 0, 0] == data[0, 2, 0]
     np.testing.assert_array_equal(from_lps_array(volume.array, las), data)
+
+
+def test_scn_training_needs_its_labels_and_localization_before_any_work(tmp_path, capsys):
+    base = [str(tmp_path / 'bids'), str(tmp_path / 'out'), 'group', '--train', 'efficientscn']
+    for extra, said in (
+        ([], '--train efficientscn needs the label maps: --train-labels DIR'),
+        (['--train-labels', str(tmp_path)], '--weights efficientscn-localization=FILE'),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run([*base, *extra])
+        assert exit_info.value.code == 2 and said in capsys.readouterr().err

@@ -23,6 +23,7 @@ SECTIONS = (
     'Sim2real CycleGAN training',
     'Organ segmentation training (organ-seg)',
     'CTFlow training',
+    'CT harmonization (ct-harmonize)',
 )
 
 

@@ -13,6 +13,7 @@ from nipype.pipeline.engine.utils import generate_expanded_graph
 from conftest import run_cli
 from mrctprep.core.bids import SubjectData
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions, RunConfig
+from mrctprep.models.ctflow import CPU_SIZE
 from mrctprep.models.weights import save_weights
 from mrctprep.workflows.base import SubjectPlan
 from mrctprep.workflows.base import init_mrctprep_wf as _init_mrctprep_wf
@@ -67,9 +68,12 @@ def test_every_pipeline_builds_an_expandable_graph(tmp_path, pipeline):
         name: str(save_weights({}, tmp_path / f'{name}.pt', name=name, provenance={}).path)
         for name in ('efficientscn-localization', 'efficientscn-segmentation')
     }
-    config = dataclasses.replace(
-        config, models=ModelOptions(weights={**config.models.weights, **organ_weights})
-    )
+    ctflow = save_weights(
+        {}, tmp_path / 'ctflow.pt', name='ctflow',
+        provenance={'trained': {'SizeParameters': CPU_SIZE.as_dict()}},
+    )  # fmt: skip
+    given = {**config.models.weights, **organ_weights, 'ctflow': str(ctflow.path)}
+    config = dataclasses.replace(config, models=ModelOptions(weights=given))
     workflow = init_mrctprep_wf(subjects=subjects, config=config)
     expanded = generate_expanded_graph(workflow._create_flat_graph())
     names = {node.fullname for node in expanded.nodes()}

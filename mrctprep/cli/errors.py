@@ -22,6 +22,7 @@ from mrctprep.core.errors import (
     InsufficientMemoryError,
     MrctprepError,
     NoModelInputsError,
+    NoReconstructionPairsError,
     NotABidsDatasetError,
     ResourceError,
     TooFewRadiographsError,
@@ -105,6 +106,13 @@ def _radiographs_hint(error: TooFewRadiographsError) -> str:
     return f'{error}; --real-radiographs needs a folder of DICOM, PNG or JPEG radiographs'
 
 
+def _pairs_hint(error: NoReconstructionPairsError) -> str:
+    return (
+        f'{error}; --reference-rec names the reference, and `mrctprep simulate-ct BIDS_DIR` '
+        'makes pairs from single CTs'
+    )
+
+
 def _existing_images_hint(error: ExistingImagesError) -> str:
     return f'{error}; pass --overwrite to replace them'
 
@@ -138,6 +146,7 @@ _HINTS: dict[type[Exception], Callable[..., str]] = {
     NoModelInputsError: _no_inputs_hint,
     InsufficientMemoryError: _memory_hint,
     TooFewRadiographsError: _radiographs_hint,
+    NoReconstructionPairsError: _pairs_hint,
 }
 
 

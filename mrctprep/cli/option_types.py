@@ -7,6 +7,7 @@ import argparse
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from mrctprep.core.devices import DEVICE_PATTERN
@@ -45,12 +46,20 @@ def _whole_number(value: str, minimum: int, expected: str) -> int:
 
 
 def positive_float(value: str) -> float:
+    return _real_number(value, lambda number: number > 0, 'a positive number')
+
+
+def non_negative_float(value: str) -> float:
+    return _real_number(value, lambda number: number >= 0, 'a number of 0 or more')
+
+
+def _real_number(value: str, allowed: Callable[[float], bool], expected: str) -> float:
     try:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise argparse.ArgumentTypeError(f'{value!r} is not a positive number')
+    if not (math.isfinite(number) and allowed(number)):
+        raise argparse.ArgumentTypeError(f'{value!r} is not {expected}')
     return number
 
 

@@ -14,6 +14,7 @@ from mrctprep.cli.option_types import (
     drr_angles,
     drr_view_grid,
     existing_file,
+    non_negative_float,
     non_negative_int,
     parse_memory_gb,
     positive_float,
@@ -66,6 +67,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         _add_sim2real_options,
         _add_organ_training_options,
         _add_ctflow_training_options,
+        _add_ct_harmonization_options,
     ):
         add_section(parser)
 
@@ -467,6 +469,26 @@ def _add_ctflow_training_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ct_harmonization_options(parser: argparse.ArgumentParser) -> None:
+    """CTFlow applied: its temperature and samples (``--pipelines ct-harmonize``)."""
+    harmonize = parser.add_argument_group('CT harmonization (ct-harmonize)')
+    harmonize.add_argument(
+        '--ctflow-tau',
+        type=non_negative_float,
+        default=0.8,
+        metavar='TAU',
+        help="sampling temperature (upstream's 0.8; 0 gives the mean-like output)",
+    )
+    harmonize.add_argument(
+        '--ctflow-samples',
+        type=positive_int,
+        default=1,
+        metavar='N',
+        help='samples per slice: their mean is the harmonized CT and, from 2 on, their SD '
+        'the uncertainty map',
+    )
+
+
 def _add_workflow_options(parser: argparse.ArgumentParser) -> None:
     """Pipelines, work directory and what to run or write."""
     flow = parser.add_argument_group('Workflow')
@@ -540,6 +562,15 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
         )
     if opts.train in ('cyclegan', 'sim2real') and not opts.real_radiographs:
         parser.error('--train cyclegan needs --real-radiographs DIR (domain B)')
+    if opts.train == 'efficientscn' and not opts.train_labels:
+        parser.error('--train efficientscn needs the label maps: --train-labels DIR')
+    given_weights = {name for name, _ in opts.weights or ()}
+    if opts.train == 'efficientscn' and 'efficientscn-localization' not in given_weights:
+        parser.error(
+            '--train efficientscn trains the SCN only: give the localization stage with '
+            '--weights efficientscn-localization=FILE (mrctprep import-weights '
+            "efficientscn-localization DIR converts the authors' SavedModel)"
+        )
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
         parser.error(

@@ -181,6 +181,9 @@ class ModelOptions:
     source_rec: tuple[str, ...] = ()
     ctflow_size: str = 'cpu'
     ctflow_batch: int = 16
+    #: ct-harmonize: CTFlow's sampling temperature and samples per slice
+    ctflow_tau: float = 0.8
+    ctflow_samples: int = 1
 
 
 @dataclass(frozen=True)

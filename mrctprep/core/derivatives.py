@@ -75,7 +75,14 @@ DESCRIPTIONS = {
     'SHA-256. Figure: each view beside its sim2real image.',
     'harmonized': 'Harmonized by IGUANe (the mr-harmonize pipeline): the model input mapped '
     "to the reference site's appearance (median-500 scale, background 0), on the model grid "
-    "(space-) or brought back to the native grid; the sidecar names the weights' SHA-256.",
+    "(space-) or brought back to the native grid; the sidecar names the weights' SHA-256. "
+    'CT (the ct-harmonize pipeline): mapped onto the reference reconstruction by CTFlow, int16 '
+    "HU on the conformed CT's grid; the sidecar names the weights' SHA-256, the source and "
+    'reference conditions, the temperature, samples and seed.',
+    'harmonizedstd': 'Voxel-wise SD (HU) of the CTFlow samples whose mean is desc-harmonized '
+    '(ct-harmonize --ctflow-samples N > 1): where the model is unsure.',
+    'ctharmonize': 'Figure: the CT, its harmonized image, their difference and the SD of the '
+    'samples, in the soft-tissue and the lung window (ct-harmonize).',
     'organs': 'Figure: organ contours (organ-seg) over soft-tissue-window slices through each '
     'organ.',
     'superres': 'Super-resolved (UniRes model): every scan of the session co-registered and '

@@ -120,6 +120,17 @@ class TooFewRadiographsError(InputError):
         )
 
 
+class NoReconstructionPairsError(InputError):
+    """No CT has both the reference reconstruction and another one of the same acquisition."""
+
+    def __init__(self, bids_dir: Path, reference_rec: str, found: list[str]):
+        self.bids_dir, self.reference_rec, self.found = bids_dir, reference_rec, found
+        super().__init__(
+            f'no pairs of a rec-{reference_rec} reference and a source reconstruction in '
+            f'{bids_dir} (rec- labels found: {", ".join(found) or "none"})'
+        )
+
+
 class ImplausibleBrainMaskError(MrctprepError, ValueError):
     """A brain extraction returned a mask whose volume no human brain has."""
 

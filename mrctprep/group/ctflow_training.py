@@ -27,7 +27,7 @@ import numpy as np
 
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
-from mrctprep.core.errors import InputError
+from mrctprep.core.errors import InputError, NoReconstructionPairsError
 from mrctprep.imaging.io import ImageReadError, load_image
 from mrctprep.models.ctflow import HU_OFFSET, SIZES, WINDOW_HU, WINDOW_WIDTH, count_parameters
 from mrctprep.models.ctflow_training import CTFlowSettings, CTFlowTraining, SlicePair
@@ -80,11 +80,7 @@ def find_reconstruction_pairs(
     ]
     if not pairs:
         found = sorted({rec for recs in groups.values() for rec in recs})
-        raise InputError(
-            f'--train ctflow: no pairs of a rec-{reference_rec} reference and a source '
-            f'reconstruction in {bids_dir} (rec- labels found: {", ".join(found) or "none"}); '
-            '`mrctprep simulate-ct` makes pairs from single CTs'
-        )
+        raise NoReconstructionPairsError(bids_dir, reference_rec, found)
     return pairs
 
 
@@ -98,7 +94,7 @@ def load_slice_pairs(pair: ReconstructionPair, crop: int) -> list[SlicePair]:
     try:
         source, reference = load_image(pair.source), load_image(pair.reference)
     except ImageReadError as exc:
-        raise InputError(f'--train ctflow: {exc}') from exc
+        raise InputError(f'CTFlow training: {exc}') from exc
     if source.shape != reference.shape or not np.allclose(
         source.affine, reference.affine, atol=1e-3
     ):

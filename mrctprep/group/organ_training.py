@@ -76,9 +76,7 @@ def training_pairs(bids_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
             )
         pairs.append((cts[0], dseg))
     if not pairs:
-        raise InputError(
-            f'--train-labels {labels_dir}: no sub-*/**/*_dseg.nii.gz label maps in it'
-        )
+        raise InputError(f'{labels_dir}: no sub-*/**/*_dseg.nii.gz label maps in it')
     return pairs
 
 
@@ -109,12 +107,11 @@ def train_organ_segmentation(
 ) -> ModelWeights:
     """Train the SCN on every labelled CT; write its weights, card and training log."""
     if models.train_labels is None:
-        raise InputError('--train efficientscn needs the label maps: --train-labels DIR')
+        raise InputError('the organ SCN trains on label maps, and no folder of them was given')
     if 'efficientscn-localization' not in models.weights:
         raise InputError(
-            '--train efficientscn trains the SCN only: give the localization stage with '
-            '--weights efficientscn-localization=FILE (mrctprep import-weights '
-            "efficientscn-localization DIR converts the authors' SavedModel)"
+            'the organ SCN trains beside a fixed localization stage, and no '
+            'efficientscn-localization weights were given'
         )
     spacing = models.train_spacing
     pairs = training_pairs(inputs.bids_dir, models.train_labels)

@@ -11,13 +11,20 @@ window does not erase them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch.nn import functional
 
-from mrctprep.models.ctflow import WINDOW_HU, CTFlow, hu_to_network, network_to_hu
+from mrctprep.models.ctflow import (
+    WINDOW_HU,
+    CTFlow,
+    CTFlowSize,
+    hu_to_network,
+    network_to_hu,
+)
 
 DEFAULT_TAU = 0.8
 DEFAULT_BATCH = 8
@@ -30,6 +37,14 @@ class Harmonized:
 
     hu: FloatVolume
     std: FloatVolume | None
+
+
+def load_ctflow(weights_file: str, size: dict[str, Any], device: str) -> CTFlow:
+    """A CTFlow of ``size`` (its card's ``trained.SizeParameters``) with these (already
+    verified) weights, on ``device``."""
+    model = CTFlow(CTFlowSize(**{**size, 'stacked_blocks': tuple(size['stacked_blocks'])}))
+    model.load_state_dict(torch.load(weights_file, map_location='cpu', weights_only=True))
+    return model.to(device).eval()
 
 
 @torch.no_grad()

@@ -192,6 +192,18 @@ REFERENCES = {
                 'url': 'https://arxiv.org/abs/2111.13630',
             },
         ),
+        Reference(
+            'ctflow',
+            'inproceedings',
+            {
+                'author': 'Wei, L. and Yadav, A. and Hsu, W.',
+                'year': '2023',
+                'title': 'CTFlow: mitigating effects of computed tomography acquisition and '
+                'reconstruction with normalizing flows',
+                'booktitle': 'Medical Image Computing and Computer Assisted Intervention (MICCAI)',
+                'url': 'https://github.com/hsu-lab/ctflow',
+            },
+        ),
         _article(
             'matplotlib',
             'Hunter, J. D.',
@@ -212,6 +224,7 @@ PIPELINE_REFERENCES = {
     'superres': ('unires', 'simpleitk'),
     'drr': ('deepdrr',),
     'organ-seg': ('efficientscn', 'pytorch'),
+    'ct-harmonize': ('ctflow', 'pytorch'),
 }
 _FRAMEWORK = ('mrctprep', 'nipype', 'pybids', 'nibabel', 'matplotlib')
 _SKULL_STRIP_REFERENCES = {'hdbet': 'hdbet', 'hdbet-accurate': 'hdbet', 'deepbet': 'deepbet'}

@@ -387,3 +387,38 @@ def init_ds_organ_seg(workflow: LiterateWorkflow, *, output_dir: str | Path) -> 
         ],
         output_dir=output_dir,
     )
+
+
+def init_ds_ct_harmonize(
+    workflow: LiterateWorkflow, *, output_dir: str | Path, with_std: bool
+) -> dict[str, pe.Node]:
+    """The harmonized CT (int16 HU) with its sidecar, the samples' SD, the figure."""
+    outputs = [
+        Output(
+            'ds_ct_harmonized',
+            ('harmonize', 'out_file'),
+            {'desc': 'harmonized'},
+            suffix='ct',
+            dtype='int16',
+            meta_dict=('harmonize', 'metadata'),
+        ),
+        Output(
+            'ds_report_ct_harmonize',
+            ('plot', 'out_report'),
+            {'desc': 'ctharmonize'},
+            suffix='ct',
+            datatype='figures',
+        ),
+    ]
+    if with_std:
+        outputs.append(
+            Output(
+                'ds_ct_harmonized_std',
+                ('harmonize', 'std_file'),
+                {'desc': 'harmonizedstd'},
+                suffix='ct',
+                dtype='float32',
+                static_meta={'Units': 'HU', 'Description': 'SD of the CTFlow samples'},
+            )
+        )
+    return add_outputs(workflow, outputs, output_dir=output_dir)

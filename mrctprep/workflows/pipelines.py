@@ -112,6 +112,16 @@ PIPELINES: dict[str, Pipeline] = {
             factory='mrctprep.workflows.organ_seg:init_organ_seg_wf',
             sections=('models', 'execution'),
         ),
+        Pipeline(
+            name='ct-harmonize',
+            level='participant',
+            summary='CTFlow: each CT mapped onto the reference reconstruction (weights: '
+            '--weights ctflow=FILE or group --train ctflow); int16 HU, optional SD of samples '
+            '+ QC figure',
+            inputs=('ct',),
+            factory='mrctprep.workflows.ct_harmonize:init_ct_harmonize_wf',
+            sections=('models', 'execution'),
+        ),
     )
 }
 
