@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -54,6 +55,10 @@ class SubjectData:
         """``sub-01`` or ``sub-01_ses-A``: the BIDS prefix of this group of files."""
         ses = f'_ses-{self.session}' if self.session else ''
         return f'sub-{self.subject}{ses}'
+
+
+#: A file name's ``rec-`` entity (the reconstruction), its label in group 1.
+REC_ENTITY = re.compile(r'_rec-([a-zA-Z0-9]+)')
 
 
 def read_dataset_description(bids_dir: Path) -> dict[str, Any]:

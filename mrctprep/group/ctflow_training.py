@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 
+from mrctprep.core.bids import REC_ENTITY
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
 from mrctprep.core.errors import InputError, NoReconstructionPairsError
@@ -37,7 +36,7 @@ from mrctprep.models.training import (
     seed_everything,
     write_training_log,
 )
-from mrctprep.models.weights import ModelWeights, save_weights, trained_weights_file
+from mrctprep.models.weights import ModelWeights, save_trained_weights, trained_weights_file
 
 LOGGER = logging.getLogger(__name__)
 MODEL_NAME = 'ctflow'
@@ -45,7 +44,6 @@ DEFAULT_REFERENCE_REC = 'standard100'
 #: Slices whose reference has less body than this share (HU > -500) teach nothing.
 MIN_BODY_SHARE = 0.1
 BODY_HU = -500.0
-_REC = re.compile(r'_rec-([a-zA-Z0-9]+)')
 
 
 @dataclass(frozen=True)
@@ -64,12 +62,12 @@ def find_reconstruction_pairs(
     """Every (source, reference) pair of CT images that differ only in their ``rec-``."""
     groups: dict[str, dict[str, Path]] = {}
     for path in sorted(bids_dir.glob('sub-*/**/sub-*_ct.nii*')):
-        match = _REC.search(path.name)
+        match = REC_ENTITY.search(path.name)
         if match is None or path.name.startswith('.'):
             continue
         if participants and path.name.split('_')[0].removeprefix('sub-') not in participants:
             continue
-        acquisition = str(path.parent / _REC.sub('', path.name))
+        acquisition = str(path.parent / REC_ENTITY.sub('', path.name))
         groups.setdefault(acquisition, {})[match.group(1)] = path
     pairs = [
         ReconstructionPair(path, recs[reference_rec], rec)
@@ -189,14 +187,16 @@ def train_ctflow(
         'Batch': settings.batch,
         'RandomSeed': settings.seed,
         'Device': settings.device,
-        'FinalLosses': {k: round(v, 5) for k, v in history[-1].items() if k != 'step'},
-        'TrainedWith': f'mrctprep {execution.version}',
-        'Date': datetime.now(UTC).isoformat(timespec='seconds'),
     }
     state = {key: value.cpu() for key, value in task.model.state_dict().items()}
-    weights = save_weights(state, weights_file, name=MODEL_NAME, provenance={'trained': trained})
-    LOGGER.info('ctflow weights written to %s (SHA-256 %s)', weights.path, weights.sha256[:12])
-    return weights
+    return save_trained_weights(
+        state,
+        weights_file,
+        name=MODEL_NAME,
+        trained=trained,
+        history=history,
+        version=execution.version,
+    )
 
 
 def _settings(models: ModelOptions, execution: ExecutionOptions) -> CTFlowSettings:

@@ -14,7 +14,6 @@ import csv
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 import nibabel as nb
@@ -35,7 +34,7 @@ from mrctprep.models.training import (
     seed_everything,
     write_training_log,
 )
-from mrctprep.models.weights import ModelWeights, save_weights, trained_weights_file
+from mrctprep.models.weights import ModelWeights, save_trained_weights, trained_weights_file
 
 LOGGER = logging.getLogger(__name__)
 MODEL_NAME = 'efficientscn-segmentation'
@@ -161,15 +160,13 @@ def train_organ_segmentation(
         'Weights': 'exponential moving average (decay 0.999)',
         'RandomSeed': execution.random_seed,
         'Device': execution.device,
-        'FinalLosses': {k: round(v, 5) for k, v in history[-1].items() if k != 'step'},
-        'TrainedWith': f'mrctprep {execution.version}',
-        'Date': datetime.now(UTC).isoformat(timespec='seconds'),
     }
     state = {k: v.cpu() for k, v in task.average.state_dict().items()}
-    weights = save_weights(state, weights_file, name=MODEL_NAME, provenance={'trained': trained})
-    LOGGER.info(
-        'efficientscn-segmentation weights written to %s (SHA-256 %s)',
-        weights.path,
-        weights.sha256[:12],
+    return save_trained_weights(
+        state,
+        weights_file,
+        name=MODEL_NAME,
+        trained=trained,
+        history=history,
+        version=execution.version,
     )
-    return weights

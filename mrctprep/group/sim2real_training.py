@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
@@ -35,7 +34,7 @@ from mrctprep.models.training import (
     seed_everything,
     write_training_log,
 )
-from mrctprep.models.weights import ModelWeights, save_weights, trained_weights_file
+from mrctprep.models.weights import ModelWeights, save_trained_weights, trained_weights_file
 
 LOGGER = logging.getLogger(__name__)
 MODEL_NAME = 'sim2real'
@@ -159,13 +158,15 @@ def train_sim2real(
             if chosen
             else 'last step'
         ),
-        'FinalLosses': {k: round(v, 5) for k, v in history[-1].items() if k != 'step'},
-        'TrainedWith': f'mrctprep {execution.version}',
-        'Date': datetime.now(UTC).isoformat(timespec='seconds'),
     }
-    weights = save_weights(state, weights_file, name=MODEL_NAME, provenance={'trained': trained})
-    LOGGER.info('sim2real weights written to %s (SHA-256 %s)', weights.path, weights.sha256[:12])
-    return weights
+    return save_trained_weights(
+        state,
+        weights_file,
+        name=MODEL_NAME,
+        trained=trained,
+        history=history,
+        version=execution.version,
+    )
 
 
 def _settings(models: ModelOptions, execution: ExecutionOptions) -> CycleGANSettings:

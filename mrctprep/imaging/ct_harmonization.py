@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
-from mrctprep.imaging.figures import CT_WINDOWS, QC_DPI  # noqa: E402
+from mrctprep.imaging.figures import CT_WINDOWS, save_figure  # noqa: E402
 
 #: the difference and SD panels' range (HU): kernel and dose change noise by tens of HU
 DIFFERENCE_RANGE_HU = 100.0
@@ -43,12 +43,7 @@ def plot_harmonization(
         if std is not None:
             _show(axes[row][3], std[:, :, middle], 'SD of the samples', 'magma', 0,
                   DIFFERENCE_RANGE_HU)  # fmt: skip
-    figure.suptitle(title, color='white', fontsize=11)
-    figure.tight_layout()
-    out = Path(out_file)
-    figure.savefig(out, facecolor='black', format=out.suffix.lstrip('.'), dpi=QC_DPI)
-    plt.close(figure)
-    return out
+    return save_figure(figure, title, out_file)
 
 
 def _show(panel: Axes, image: FloatVolume, title: str, cmap: str, low: float, high: float) -> None:

@@ -87,7 +87,8 @@ def _label_sides(axis, plane: _Plane) -> None:
     axis.text(0.98, 0.5, right, color='yellow', transform=axis.transAxes, va='center', ha='right')
 
 
-def _save_figure(figure, title: str, out_file: str | Path) -> Path:
+def save_figure(figure, title: str, out_file: str | Path) -> Path:
+    """Title ``figure``, write it to ``out_file`` in the format its extension names, close it."""
     figure.suptitle(title, color='white', fontsize=11)
     figure.tight_layout()
     out_file = Path(out_file)
@@ -133,7 +134,7 @@ def plot_orthogonal_slices(
     for axis, plane in zip(axes, _planes(img, _foreground_centre(data > low)), strict=True):
         _draw_plane(axis, data, plane, low, high, plane.name)
         _label_sides(axis, plane)
-    return _save_figure(figure, title, out_file)
+    return save_figure(figure, title, out_file)
 
 
 def plot_before_after(
@@ -158,7 +159,7 @@ def plot_before_after(
         for axis, plane in zip(row, planes, strict=True):
             _draw_plane(axis, data, plane, low, high, f'{label}: {plane.name}')
             _label_sides(axis, plane)
-    return _save_figure(figure, title, out_file)
+    return save_figure(figure, title, out_file)
 
 
 def plot_ct_windows(
@@ -189,7 +190,7 @@ def plot_ct_windows(
                 level + width / 2,
                 f'{plane.name}, {window_name} {level:g}/{width:g}',
             )
-    return _save_figure(figure, title, out_file)
+    return save_figure(figure, title, out_file)
 
 
 def _foreground_centre(foreground: np.ndarray) -> tuple[int, int, int]:
@@ -338,7 +339,7 @@ def plot_contour_mosaic(
             plane = _plane_at(img, axis_index, index)
             _draw_plane(axis, data, plane, low, high, plane.name)
             _draw_contour(axis, outline, plane, level, colour)
-    return _save_figure(figure, title, out_file)
+    return save_figure(figure, title, out_file)
 
 
 #: CSS inside the flicker SVG: the subject's frame shows, then hides to reveal the template.

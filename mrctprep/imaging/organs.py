@@ -17,7 +17,7 @@ import nibabel as nb  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
-from mrctprep.imaging.figures import CT_WINDOWS, QC_DPI  # noqa: E402
+from mrctprep.imaging.figures import CT_WINDOWS, save_figure  # noqa: E402
 
 #: FLARE21's organs: label, name, abbreviation, colour (the BIDS dseg.tsv columns).
 FLARE_ORGANS = (
@@ -129,12 +129,7 @@ def plot_organ_contours(
         axes[0][0].text(0.5, 0.5, 'no organ found', color='white', ha='center')
         axes[0][0].axis('off')
         axes[1][0].axis('off')
-    figure.suptitle(title, color='white', fontsize=11)
-    figure.tight_layout()
-    out = Path(out_file)
-    figure.savefig(out, facecolor='black', format=out.suffix.lstrip('.'), dpi=QC_DPI)
-    plt.close(figure)
-    return out
+    return save_figure(figure, title, out_file)
 
 
 #: Label names (a dseg.tsv's ``name`` column, lower case) that mean each FLARE organ.

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -20,6 +22,8 @@ from typing import Any
 
 from mrctprep.core.derivatives import write_atomically, write_json_atomically
 from mrctprep.core.errors import ResourceError, WeightsNotFoundError
+
+LOGGER = logging.getLogger(__name__)
 
 WEIGHTS_DIR_ENV = 'MRCTPREP_WEIGHTS_DIR'
 WEIGHTS_SUFFIX = '.pt'
@@ -174,3 +178,25 @@ def save_weights(
     card = {**bundled_card(name), **provenance, 'sha256': sha256_of(path)}
     write_json_atomically(card_path(path), card)
     return ModelWeights(name=name, path=path, card=card)
+
+
+def save_trained_weights(
+    state_dict: dict[str, Any],
+    path: Path,
+    *,
+    name: str,
+    trained: dict[str, Any],
+    history: list[dict[str, float]],
+    version: str,
+) -> ModelWeights:
+    """:func:`save_weights` at the end of a training: the card's ``trained`` summary gains the
+    final losses, the mrctprep version and the date; the SHA-256 is logged."""
+    summary = {
+        **trained,
+        'FinalLosses': {k: round(v, 5) for k, v in history[-1].items() if k != 'step'},
+        'TrainedWith': f'mrctprep {version}',
+        'Date': datetime.now(UTC).isoformat(timespec='seconds'),
+    }
+    weights = save_weights(state_dict, path, name=name, provenance={'trained': summary})
+    LOGGER.info('%s weights written to %s (SHA-256 %s)', name, weights.path, weights.sha256[:12])
+    return weights

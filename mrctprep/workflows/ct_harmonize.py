@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from mrctprep.core.bids import REC_ENTITY
 from mrctprep.core.config import ExecutionOptions, ModelOptions
 from mrctprep.core.errors import ResourceError
 from mrctprep.interfaces.ctflow import CTHarmonizationRPT, HarmonizeCT
@@ -18,7 +18,6 @@ from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_ct_harmonize
 
 MODEL_NAME = 'ctflow'
-_REC = re.compile(r'_rec-([a-zA-Z0-9]+)')
 
 
 def init_ct_harmonize_wf(
@@ -47,7 +46,7 @@ def init_ct_harmonize_wf(
             f'{weights.path}: its card names no network size (trained.SizeParameters), which '
             "the cards of mrctprep's CTFlow training carry"
         )
-    source_rec = _REC.search(Path(source_file).name)
+    source_rec = REC_ENTITY.search(Path(source_file).name)
     workflow = LiterateWorkflow(name=name)
     workflow.__desc__ = (
         'CT images were harmonized onto a reference reconstruction with CTFlow (Wei et al., '
