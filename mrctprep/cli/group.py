@@ -8,6 +8,7 @@ import logging
 from mrctprep.cli.errors import EXIT_OK
 from mrctprep.core.config import RunConfig
 from mrctprep.core.errors import InputError
+from mrctprep.group.ct_tables import write_group_ct_harmonization
 from mrctprep.group.harmonization import (
     NORM_PATTERN,
     find_model_inputs,
@@ -66,6 +67,7 @@ def _write_group_tables(config: RunConfig) -> int:
         return EXIT_OK
     write_group_tables(inputs)
     write_group_organs(inputs)
+    write_group_ct_harmonization(inputs)
     # Only mr-preproc's MNI-space model inputs can be compared across sites.
     model_inputs = find_model_inputs(inputs)
     if not model_inputs:

@@ -8,7 +8,10 @@ Poisson and electronic (Gaussian) noise for the dose fraction, log-transformed b
 integrals, and reconstructed by filtered back-projection (FBP) with a smoother or a sharper
 filter. The fine projection grid keeps the simulation from sharing the reconstruction's
 discretisation (the "inverse crime"); the detector integration gives the system its own,
-finite resolution.
+finite resolution. The full dose of each slice is set as a scanner's automatic exposure
+control sets it: so that the standard-kernel reconstruction has a given noise in the body
+(the noise index), whatever the patient's size, pixel size and number of views; a dose fraction
+scales those photons.
 
 Parallel beam and a single effective energy (no beam hardening, no scatter) keep it light
 enough for every slice of a volume on a CPU; kernel and dose change noise texture and edge
@@ -30,11 +33,15 @@ FloatArray = npt.NDArray[np.float64]
 #: Linear attenuation of water at about 70 keV (the effective energy of a 120 kVp beam), /mm.
 MU_WATER_PER_MM = 0.0195
 AIR_HU = -1000.0
+#: Above this, a voxel is the patient's body (where the noise index is measured).
+BODY_HU = -500.0
 #: Reconstruction filters by kernel name: the ramp windowed more (smooth) or less (sharp).
 KERNEL_FILTERS = {'smooth': 'hann', 'standard': 'shepp-logan', 'sharp': 'ramp'}
-#: Incident photons per detector bin and view at full dose, and the electronic noise SD in
-#: photons: chosen so that a full-dose standard-kernel abdomen has ~10-20 HU noise.
-FULL_DOSE_PHOTONS = 2.0e5
+#: Automatic exposure control's target: the noise SD (HU) that the full-dose, standard-kernel
+#: reconstruction adds inside the body, as a scanner's noise index sets the tube current for
+#: each patient and slice (abdominal protocols aim at about 10-15 HU).
+NOISE_INDEX_HU = 10.0
+#: The detector's electronic noise SD, in photons per bin and view.
 ELECTRONIC_NOISE_PHOTONS = 5.0
 #: Projection grid: this many times finer than the reconstruction grid.
 OVERSAMPLING = 2
@@ -63,7 +70,7 @@ class ScanCondition:
 
 @dataclass(frozen=True)
 class ScannerModel:
-    photons: float = FULL_DOSE_PHOTONS
+    noise_index_hu: float = NOISE_INDEX_HU
     electronic_noise: float = ELECTRONIC_NOISE_PHOTONS
     #: Views over 180 degrees; None: pi/2 per detector bin (the sampling FBP needs).
     views: int | None = None
@@ -111,22 +118,40 @@ def forward_project(mu: FloatArray, pixel_mm: float, angles: FloatArray) -> Floa
 
 
 def add_quantum_noise(
-    line_integrals: FloatArray, dose: float, scanner: ScannerModel, rng: np.random.Generator
+    line_integrals: FloatArray,
+    incident_photons: float,
+    electronic_noise: float,
+    rng: np.random.Generator,
 ) -> FloatArray:
-    """Measured line integrals: Poisson photon counts plus electronic noise, log-transformed.
-
-    ``line_integrals`` is bins x views. The dose is per rotation: ``scanner.photons`` per bin
-    and view at the default sampling (pi/2 views per bin), spread over the views there are, so
-    that fewer views change the angular sampling and not the dose. Counts below one photon
-    (possible with electronic noise on a dark ray) are held at one, as a scanner's log step
-    must.
-    """
-    bins, views = line_integrals.shape
-    incident = scanner.photons * dose * len(view_angles(bins, None)) / views
-    expected = incident * np.exp(-line_integrals)
+    """Measured line integrals (bins x views): Poisson counts of ``incident_photons`` per bin
+    and view plus electronic noise, log-transformed. Counts below one photon (possible with
+    electronic noise on a dark ray) are held at one, as a scanner's log step must."""
+    expected = incident_photons * np.exp(-line_integrals)
     counts = rng.poisson(expected).astype(np.float64)
-    counts += rng.normal(0.0, scanner.electronic_noise, size=counts.shape)
-    return np.asarray(-np.log(np.maximum(counts, 1.0) / incident))
+    counts += rng.normal(0.0, electronic_noise, size=counts.shape)
+    return np.asarray(-np.log(np.maximum(counts, 1.0) / incident_photons))
+
+
+def exposure_for_noise_index(
+    line_integrals: FloatArray,
+    body: npt.NDArray[np.bool_],
+    pixel_mm: float,
+    angles: FloatArray,
+    noise_index_hu: float,
+) -> float:
+    """The full-dose photons per bin and view whose standard-kernel reconstruction has
+    ``noise_index_hu`` of noise SD in ``body`` (a mask of the reconstruction grid).
+
+    A log-transformed Poisson count has variance exp(p) / N at line integral p (to first
+    order), so the reconstruction's noise variance is exactly proportional to 1 / N: one
+    reconstruction of that noise at a trial N gives the N that meets the index. Its generator
+    is fixed, so every condition of a slice gets the same exposure.
+    """
+    trial = 1.0e5
+    noise = np.random.default_rng(0).standard_normal(line_integrals.shape)
+    noise *= np.sqrt(np.exp(line_integrals) / trial)
+    noise_hu = reconstruct(noise, pixel_mm, angles, 'standard') / MU_WATER_PER_MM * 1000.0
+    return trial * float(noise_hu[body].std() / noise_index_hu) ** 2
 
 
 def reconstruct(
@@ -165,7 +190,13 @@ def simulate_slice(
     angles = view_angles(side, scanner.views)
     sinogram = forward_project(mu, pixel_mm, angles)
     if rng is not None:
-        sinogram = add_quantum_noise(sinogram, condition.dose, scanner, rng)
+        body = circle & (square > BODY_HU)
+        full_dose = exposure_for_noise_index(
+            sinogram, body if body.any() else circle, pixel_mm, angles, scanner.noise_index_hu
+        )
+        sinogram = add_quantum_noise(
+            sinogram, full_dose * condition.dose, scanner.electronic_noise, rng
+        )
     image = attenuation_to_hu(reconstruct(sinogram, pixel_mm, angles, condition.kernel))
     image[~circle] = AIR_HU
     return np.asarray(image[top : top + height, left : left + width])
