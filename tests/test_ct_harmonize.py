@@ -26,7 +26,13 @@ def _weights(folder):
 
 
 def test_ct_harmonize_writes_the_harmonized_ct_its_sd_and_figure(tmp_path):
-    bids = write_bids(tmp_path / 'bids', {'sub-01/anat/sub-01_rec-sharp25_ct.nii.gz': CT}, ['01'])
+    condition = {'ConvolutionKernel': 'B70f', 'KVP': 120, 'Exposure': 50}
+    sidecar_bytes = json.dumps(condition | {'Modality': 'CT'}).encode()
+    files = {
+        'sub-01/anat/sub-01_rec-sharp25_ct.nii.gz': CT,
+        'sub-01/anat/sub-01_rec-sharp25_ct.json': sidecar_bytes,
+    }
+    bids = write_bids(tmp_path / 'bids', files, ['01'])
     out, env = tmp_path / 'out', {'XDG_CACHE_HOME': str(tmp_path / 'cache'), WEIGHTS_DIR_ENV: ''}
     args = [bids, out, 'participant', '-w', tmp_path / 'work', '--pipelines', 'ct-harmonize']
     missing = run_cli(*args, '--skip-bids-validation', env=env)
@@ -60,6 +66,7 @@ def test_ct_harmonize_writes_the_harmonized_ct_its_sd_and_figure(tmp_path):
     assert sidecar['ModelWeightsSHA256'] == weights.sha256 == sha256_of(weights.path)
     assert sidecar['SourceCondition'] == 'rec-sharp25'
     assert sidecar['ReferenceCondition'] == 'rec-standard100'
+    assert sidecar['SourceAcquisition'] == condition
     assert (sidecar['Temperature'], sidecar['Samples'], sidecar['RandomSeed']) == (0.8, 2, 0)
     figure = out / 'sub-01' / 'figures' / 'sub-01_rec-sharp25_desc-ctharmonize_ct.svg'
     assert figure.stat().st_size > 10_000

@@ -37,6 +37,9 @@ def paired_dataset(tmp_path_factory):
         path = staged / f'{label}.nii.gz'
         nb.Nifti1Image(np.rint(data).astype(np.int16), source.affine).to_filename(path)
         files[f'sub-01/anat/sub-01_rec-{label}_ct.nii.gz'] = path
+        files[f'sub-01/anat/sub-01_rec-{label}_ct.json'] = json.dumps(
+            {'ConvolutionKernel': 'simulated-' + label[:-3], 'KVP': 120, 'Modality': 'CT'}
+        ).encode()
     files['sub-01/anat/sub-01_ct.nii.gz'] = staged / 'standard100.nii.gz'
     return write_bids(root, files, ['01'])
 
@@ -119,6 +122,10 @@ def test_group_train_ctflow_writes_weights_card_and_log(paired_dataset, tmp_path
     assert card['architecture']['paper_parameters'] == 29_172_817
     trained = card['trained']
     assert trained['ReferenceRec'] == 'standard100' and trained['SourceRecs'] == ['sharp25']
+    assert trained['Conditions'] == {
+        'sharp25': {'ConvolutionKernel': 'simulated-sharp', 'KVP': 120},
+        'standard100': {'ConvolutionKernel': 'simulated-standard', 'KVP': 120},
+    }
     assert trained['SlicePairs'] == 2 and trained['Steps'] == 3
     assert trained['Parameters'] == 1_988_977
     log = (folder / 'training_log.tsv').read_text().splitlines()

@@ -324,6 +324,21 @@ def read_sidecar(image_path: str | Path) -> dict[str, Any]:
     return content
 
 
+#: The sidecar fields that say how a CT was reconstructed and dosed: its condition.
+CT_CONDITION_FIELDS = ('ConvolutionKernel', 'KVP', 'Exposure', 'XRayTubeCurrent', 'CTDIvol')
+
+
+def read_ct_condition(image_path: str | Path) -> dict[str, Any]:
+    """A CT's kernel and dose as its sidecar gives them (``mrctprep import`` copies them from
+    DICOM), with the dose fraction where ``mrctprep simulate-ct`` made it; {} without one."""
+    sidecar = read_sidecar(image_path)
+    condition = {key: sidecar[key] for key in CT_CONDITION_FIELDS if key in sidecar}
+    simulation = sidecar.get('Simulation')
+    if isinstance(simulation, dict) and 'DoseFraction' in simulation:
+        condition['SimulatedDoseFraction'] = simulation['DoseFraction']
+    return condition
+
+
 def strip_image_suffix(name: str) -> str:
     """A file name without its image extension.
 

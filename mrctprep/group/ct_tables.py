@@ -83,7 +83,7 @@ def _rows(harmonized: Path) -> list[dict[str, str]]:
     images = {'before': before, 'after': harmonized} | (
         {'reference': reference} if reference else {}
     )
-    volumes = {key: nb.load(path) for key, path in images.items()}
+    volumes = {key: nb.Nifti1Image.from_filename(path) for key, path in images.items()}
     pixel_mm = float(np.mean(volumes['before'].header.get_zooms()[:2]))
     hu = {key: np.asarray(image.dataobj, dtype=np.float32) for key, image in volumes.items()}
     regions = tissue_regions(hu.get('reference', hu['before']), pixel_mm)
@@ -113,7 +113,7 @@ def _reference_file(conformed: Path, reference_rec: str) -> Path | None:
     candidate = conformed.with_name(REC_ENTITY.sub(f'_rec-{reference_rec}', conformed.name))
     if not candidate.is_file():
         return None
-    grids = [nb.load(path) for path in (candidate, conformed)]
+    grids = [nb.Nifti1Image.from_filename(path) for path in (candidate, conformed)]
     if grids[0].shape != grids[1].shape or not np.allclose(grids[0].affine, grids[1].affine):
         LOGGER.warning('%s: not on the grid of %s; regions from the latter', candidate, conformed)
         return None

@@ -19,11 +19,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nb
 import numpy as np
 
-from mrctprep.core.bids import REC_ENTITY
+from mrctprep.core.bids import REC_ENTITY, read_ct_condition
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
 from mrctprep.core.errors import InputError, NoReconstructionPairsError
@@ -173,6 +174,7 @@ def train_ctflow(
         'Dataset': str(inputs.bids_dir),
         'ReferenceRec': reference_rec,
         'SourceRecs': source_recs,
+        'Conditions': _conditions(pairs, reference_rec),
         'ImagePairs': [
             {'Source': pair.source.name, 'Reference': pair.reference.name} for pair in pairs
         ],
@@ -197,6 +199,13 @@ def train_ctflow(
         history=history,
         version=execution.version,
     )
+
+
+def _conditions(pairs: list[ReconstructionPair], reference_rec: str) -> dict[str, dict[str, Any]]:
+    """Each rec- label's kernel and dose facts, from the sidecar of its first image."""
+    images = {pair.source_rec: pair.source for pair in reversed(pairs)}
+    images[reference_rec] = pairs[0].reference
+    return {rec: read_ct_condition(path) for rec, path in sorted(images.items())}
 
 
 def _settings(models: ModelOptions, execution: ExecutionOptions) -> CTFlowSettings:

@@ -25,6 +25,7 @@ class _HarmonizeCTInputSpec(TorchInputSpec):
     seed = traits.Int(mandatory=True, desc='seed of the latent samples')
     source_condition = traits.Str(desc="the input's reconstruction, as its sidecar says")
     reference_condition = traits.Str(desc='the reconstruction the weights map onto')
+    source_acquisition = traits.Dict(desc="the input's kernel and dose facts, from its sidecar")
 
 
 class _HarmonizeCTOutputSpec(ImageMetadataOutputSpec):
@@ -65,6 +66,7 @@ class HarmonizeCT(SimpleInterface):
         conditions = {
             'SourceCondition': self.inputs.source_condition,
             'ReferenceCondition': self.inputs.reference_condition,
+            'SourceAcquisition': self.inputs.source_acquisition,
         }
         return {
             'Method': 'CTFlow (Wei et al., 2023): conditional normalizing flow, axial slices',

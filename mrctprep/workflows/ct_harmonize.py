@@ -7,7 +7,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from mrctprep.core.bids import REC_ENTITY
+from mrctprep.core.bids import REC_ENTITY, read_ct_condition
 from mrctprep.core.config import ExecutionOptions, ModelOptions
 from mrctprep.core.errors import ResourceError
 from mrctprep.interfaces.ctflow import CTHarmonizationRPT, HarmonizeCT
@@ -69,6 +69,8 @@ def init_ct_harmonize_wf(
         samples=models.ctflow_samples,
         seed=execution.random_seed,
     )
+    if source_acquisition := read_ct_condition(source_file):
+        harmonize.inputs.source_acquisition = source_acquisition
     if source_rec:
         harmonize.inputs.source_condition = f'rec-{source_rec.group(1)}'
     if trained.get('ReferenceRec'):
