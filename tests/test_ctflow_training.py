@@ -33,12 +33,12 @@ def paired_dataset(tmp_path_factory):
     staged = root.parent / 'staged'
     staged.mkdir()
     files = {}
-    for label, data in (('standard100', hu), ('sharp25', sharp)):
+    for label, kernel, data in (('standard100', 'standard', hu), ('sharp25', 'sharp', sharp)):
         path = staged / f'{label}.nii.gz'
         nb.Nifti1Image(np.rint(data).astype(np.int16), source.affine).to_filename(path)
         files[f'sub-01/anat/sub-01_rec-{label}_ct.nii.gz'] = path
         files[f'sub-01/anat/sub-01_rec-{label}_ct.json'] = json.dumps(
-            {'ConvolutionKernel': 'simulated-' + label[:-3], 'KVP': 120, 'Modality': 'CT'}
+            {'ConvolutionKernel': f'simulated-{kernel}', 'KVP': 120, 'Modality': 'CT'}
         ).encode()
     files['sub-01/anat/sub-01_ct.nii.gz'] = staged / 'standard100.nii.gz'
     return write_bids(root, files, ['01'])
