@@ -175,6 +175,25 @@ def test_simulate_ct_writes_labelled_simulated_variants(small_ct_dataset, capsys
     assert 'rec-sharp25' in error
 
 
+def test_simulate_ct_skips_an_unreadable_ct_and_writes_the_others(
+    small_ct_dataset, tmp_path, capsys
+):
+    good = small_ct_dataset / 'sub-01/anat/sub-01_run-1_ct.nii.gz'
+    root = write_bids(
+        tmp_path / 'bids',
+        {'sub-01/anat/sub-01_ct.nii.gz': good, 'sub-02/anat/sub-02_ct.nii.gz': b'not a NIfTI'},
+        ['01', '02'],
+    )
+    capsys.readouterr()
+    assert run_command(['simulate-ct', str(root), '--condition', 'standard:100']) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if 'error' in line.lower()]
+    assert any('sub-02_ct.nii.gz' in line for line in errors)
+    written = nb.load(root / 'sub-01/anat/sub-01_rec-standard100_ct.nii.gz')
+    assert written.shape == nb.load(good).shape
+    assert not list(root.glob('sub-02/anat/*rec-*'))
+    assert (root / 'sub-02/anat/sub-02_ct.nii.gz').read_bytes() == b'not a NIfTI'
+
+
 def test_simulate_ct_refuses_a_bad_condition(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_command(['simulate-ct', str(tmp_path), '--condition', 'sharp:250'])

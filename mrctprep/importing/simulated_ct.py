@@ -5,9 +5,10 @@ Each CT without a ``rec-`` entity is put through the scanner chain of
 ``..._rec-<kernel><dose %>_ct.nii.gz`` (``rec-`` placed where BIDS orders it: after ``acq-``
 and ``ce-``, before ``run-``), on the same grid, as int16 HU, with a sidecar that copies the
 source's acquisition facts, scales its dose figures, and says under ``Simulation`` that and
-how the image was simulated. Every variant is computed before any is written; each file is
-written atomically, so a refused or killed run leaves the dataset as it was or with whole
-files only.
+how the image was simulated. Existing variants are refused before anything is computed; then
+each variant is written (atomically) as soon as it is computed, so memory holds one image at a
+time, a killed run leaves whole files only, and a CT that cannot be simulated is reported and
+skipped while the others are written.
 """
 
 from __future__ import annotations
@@ -105,18 +106,30 @@ def simulate_dataset(
     seed: int = 0,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Write every CT's variants; returns the written images."""
+    """Write every CT's variants; returns the written images. A CT that cannot be read is
+    logged and skipped, and :class:`InputError` names all such CTs after the others are done."""
     scanner = scanner or ScannerModel()
     plan = plan_simulation(bids_dir, conditions, participants, overwrite)
-    computed = []
-    for item in plan:
-        image, sidecar = simulate_image(item, bids_dir, scanner, seed)
-        computed.append((item, image, sidecar))
-        LOGGER.info('%s -> %s', item.source.name, item.target.name)
-    for item, image, sidecar in computed:
+    written, failed = [], []
+    for number, item in enumerate(plan, start=1):
+        if item.source.name in failed:  # reported once, with its first condition
+            continue
+        try:
+            image, sidecar = simulate_image(item, bids_dir, scanner, seed)
+        except InputError as exc:
+            LOGGER.error('%s', exc)
+            failed.append(item.source.name)
+            continue
         write_atomically(item.target, image.to_filename)
         write_json_atomically(item.target.with_name(_stem(item.target) + '.json'), sidecar)
-    return [item.target for item in plan]
+        written.append(item.target)
+        LOGGER.info('%d/%d: %s -> %s', number, len(plan), item.source.name, item.target.name)
+    if failed:
+        raise InputError(
+            f'{len(failed)} CT image(s) not simulated (the others were written): '
+            + ', '.join(failed)
+        )
+    return written
 
 
 def _stem(path: Path) -> str:
@@ -129,7 +142,7 @@ def simulate_image(
     try:
         img = load_image(item.source)
     except ImageReadError as exc:
-        raise InputError(f'{item.source}: {exc}') from exc
+        raise InputError(str(exc)) from exc
     axial_axis, pixel_mm = _axial_geometry(img, item.source)
     # a seed per image and condition, stable across runs and platforms
     image_seed = zlib.crc32(f'{seed}:{item.target.name}'.encode())
