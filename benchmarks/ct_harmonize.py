@@ -15,9 +15,9 @@ Prints, per test CT: PSNR and SSIM in the body (reference > -500 HU, holes fille
 soft-tissue window [-160, 240] HU and the network's full window [-1024, 476] HU for the input,
 CTFlow at tau 0 and 0.8 and the baseline; the relative distance (L2) of each image's radial
 noise power spectrum to the reference's, and the curves (noise = image minus the noise-free
-reference reconstruction, i.e. the simulation without quantum noise, 32x32 ROIs inside the
-body); first-order and GLCM
-features in body ROIs and the share with CCC >= 0.85 against the reference (scikit-image's
+reference reconstruction, i.e. the simulation without quantum noise, in 16x16 ROIs where that
+reconstruction is uniform, as ICRU 87 measures noise); first-order and GLCM features in 32x32
+body ROIs and the share with CCC >= 0.85 against the reference (scikit-image's
 GLCM, not pyradiomics, which is not installed); uncertainty: Spearman correlation of the SD
 over --samples draws with the absolute error, and the share of body voxels whose error lies
 within 2 SD; training steps/s and inference seconds per volume and per 512x512 slice for the
@@ -58,6 +58,8 @@ WINDOWS = {'soft tissue': (-160.0, 240.0), 'full': (-1024.0, 476.0)}
 CROP = 64
 BATCH = 8
 ROI = 32
+NPS_ROI = 16
+UNIFORM_HU = 10.0
 
 
 def canonical_hu(path: Path) -> tuple[np.ndarray, float]:
@@ -190,10 +192,28 @@ def roi_corners(body: np.ndarray) -> list[tuple[int, int, int]]:
     return corners
 
 
+def uniform_roi_corners(clean: np.ndarray, body: np.ndarray) -> list[tuple[int, int, int]]:
+    """NPS ROIs as ICRU 87 measures noise: in uniform regions. NPS_ROI-square, half-overlapping,
+    inside the body, where the noise-free reference is uniform (the SD of its 2-pixel Gaussian
+    smoothing below UNIFORM_HU: the original CT's own fine noise may stay, edges and vessels
+    may not), so that a harmonizer's bias at edges does not count as noise."""
+    smooth = ndimage.gaussian_filter(clean, sigma=(2, 2, 0))
+    inside = ndimage.binary_erosion(body, structure=np.ones((NPS_ROI, NPS_ROI, 1)))
+    corners = []
+    for z in range(clean.shape[2]):
+        for i in range(0, clean.shape[0] - NPS_ROI, NPS_ROI // 2):
+            for j in range(0, clean.shape[1] - NPS_ROI, NPS_ROI // 2):
+                window = (slice(i, i + NPS_ROI), slice(j, j + NPS_ROI), z)
+                centre = (i + NPS_ROI // 2, j + NPS_ROI // 2, z)
+                if inside[centre] and smooth[window].std() < UNIFORM_HU:
+                    corners.append((i, j, z))
+    return corners
+
+
 def noise_power(image, clean, corners, pixel_mm) -> np.ndarray:
     """The radial NPS (8 bins to Nyquist, HU^2 mm^2) of ``image`` minus the noise-free
-    reference reconstruction in the ROIs."""
-    rois = np.stack([(image - clean)[i : i + ROI, j : j + ROI, z] for i, j, z in corners])
+    reference reconstruction in the uniform ROIs."""
+    rois = np.stack([(image - clean)[i : i + NPS_ROI, j : j + NPS_ROI, z] for i, j, z in corners])
     return radial_noise_power_spectrum(rois, pixel_mm, bins=8)[1]
 
 
@@ -239,22 +259,24 @@ def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed):
         'baseline (L1)': baseline_volume(baseline, source),
     }
     corners = roi_corners(body)
+    uniform = uniform_roi_corners(clean, body)
     print(
         f'\n{name}: {truth.shape[0]}x{truth.shape[1]}, {truth.shape[2]} slices at '
-        f'{pixel_mm:.2f} mm; {int(body.sum())} body voxels, {len(corners)} ROIs; '
+        f'{pixel_mm:.2f} mm; {int(body.sum())} body voxels, {len(corners)} feature ROIs of '
+        f'{ROI}^2, {len(uniform)} uniform NPS ROIs of {NPS_ROI}^2; '
         f'CTFlow {seconds:.1f} s per volume ({seconds / source.shape[2]:.2f} s per slice)'
     )
     print(
         f'{"image":16s} {"PSNR st":>8s} {"SSIM st":>8s} {"PSNR full":>9s} {"SSIM full":>9s} '
         f'{"NPS dist":>8s} {"CCC>=.85":>8s}'
     )
-    target = noise_power(reference, clean, corners, pixel_mm)
+    target = noise_power(reference, clean, uniform, pixel_mm)
     curves = {'reference': target}
     for label, image in images.items():
         figures = [
             f for window in WINDOWS.values() for f in psnr_ssim(image, reference, body, window)
         ]
-        curves[label] = noise_power(image, clean, corners, pixel_mm)
+        curves[label] = noise_power(image, clean, uniform, pixel_mm)
         distance = np.linalg.norm(curves[label] - target) / np.linalg.norm(target)
         share = share_reproducible(image, reference, corners)
         print(
