@@ -175,7 +175,7 @@ def test_simulate_ct_writes_labelled_simulated_variants(small_ct_dataset, capsys
     assert 'rec-sharp25' in error
 
 
-def test_simulate_ct_skips_an_unreadable_ct_and_writes_the_others(
+def test_simulate_ct_skips_an_unreadable_ct_and_writes_the_others_in_parallel(
     small_ct_dataset, tmp_path, capsys
 ):
     good = small_ct_dataset / 'sub-01/anat/sub-01_run-1_ct.nii.gz'
@@ -185,7 +185,9 @@ def test_simulate_ct_skips_an_unreadable_ct_and_writes_the_others(
         ['01', '02'],
     )
     capsys.readouterr()
-    assert run_command(['simulate-ct', str(root), '--condition', 'standard:100']) == 2
+    # two processes: the pool's path, and its error reporting
+    arguments = ['simulate-ct', str(root), '--condition', 'standard:100', '--nprocs', '2']
+    assert run_command(arguments) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if 'error' in line.lower()]
     assert any('sub-02_ct.nii.gz' in line for line in errors)
     written = nb.load(root / 'sub-01/anat/sub-01_rec-standard100_ct.nii.gz')

@@ -63,6 +63,13 @@ def add_parser(subparsers: Any, name: str) -> None:
     )
     parser.add_argument('--seed', type=non_negative_int, default=0, help='noise seed')
     parser.add_argument(
+        '--nprocs',
+        type=positive_int,
+        default=1,
+        help='images simulated at once, one process each (default 1; each holds one image '
+        'and its projections in memory)',
+    )
+    parser.add_argument(
         '--overwrite', action='store_true', help='replace variants that already exist'
     )
     add_verbosity_options(parser)
@@ -84,6 +91,7 @@ def handle(opts: argparse.Namespace) -> int:
             scanner=ScannerModel(views=opts.views),
             seed=opts.seed,
             overwrite=opts.overwrite,
+            processes=opts.nprocs,
         )
     except MrctprepError as exc:
         return report_error(exc, verbosity)

@@ -6,17 +6,19 @@ Each CT without a ``rec-`` entity is put through the scanner chain of
 and ``ce-``, before ``run-``), on the same grid, as int16 HU, with a sidecar that copies the
 source's acquisition facts, scales its dose figures, and says under ``Simulation`` that and
 how the image was simulated. Existing variants are refused before anything is computed; then
-each variant is written (atomically) as soon as it is computed, so memory holds one image at a
-time, a killed run leaves whole files only, and a CT that cannot be simulated is reported and
+each variant is written (atomically) as soon as it is computed, so memory holds one image per
+process (``--nprocs``), a killed run leaves whole files only, and a CT that cannot be simulated is reported and
 skipped while the others are written.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,21 +107,24 @@ def simulate_dataset(
     scanner: ScannerModel | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    processes: int = 1,
 ) -> list[Path]:
-    """Write every CT's variants; returns the written images. A CT that cannot be read is
-    logged and skipped, and :class:`InputError` names all such CTs after the others are done."""
+    """Write every CT's variants, ``processes`` images at a time; returns the written images.
+    A CT that cannot be read is logged and skipped, and :class:`InputError` names all such CTs
+    after the others are done."""
     scanner = scanner or ScannerModel()
     plan = plan_simulation(bids_dir, conditions, participants, overwrite)
-    written, failed = [], []
-    for number, item in enumerate(plan, start=1):
-        if item.source.name in failed:  # reported once, with its first condition
+    written: list[Path] = []
+    failed: list[str] = []
+    for number, (item, result) in enumerate(
+        _simulated(plan, bids_dir, scanner, seed, processes), 1
+    ):
+        if isinstance(result, InputError):
+            if item.source.name not in failed:  # once, with its first condition
+                LOGGER.error('%s', result)
+                failed.append(item.source.name)
             continue
-        try:
-            image, sidecar = simulate_image(item, bids_dir, scanner, seed)
-        except InputError as exc:
-            LOGGER.error('%s', exc)
-            failed.append(item.source.name)
-            continue
+        image, sidecar = result
         write_atomically(item.target, image.to_filename)
         write_json_atomically(item.target.with_name(_stem(item.target) + '.json'), sidecar)
         written.append(item.target)
@@ -130,6 +135,31 @@ def simulate_dataset(
             + ', '.join(failed)
         )
     return written
+
+
+SimulationResult = tuple[nb.Nifti1Image, dict[str, Any]] | InputError
+
+
+def _simulated(
+    plan: list[SimulatedCT], bids_dir: Path, scanner: ScannerModel, seed: int, processes: int
+) -> Iterator[tuple[SimulatedCT, SimulationResult]]:
+    """Each planned variant with its image and sidecar (or why it failed), in plan order, as
+    they are computed: in this process, or in a pool of ``processes``."""
+    simulate = functools.partial(_simulate_or_error, bids_dir=bids_dir, scanner=scanner, seed=seed)
+    if processes == 1:
+        yield from ((item, simulate(item)) for item in plan)
+        return
+    with ProcessPoolExecutor(processes) as pool:
+        yield from zip(plan, pool.map(simulate, plan), strict=True)
+
+
+def _simulate_or_error(
+    item: SimulatedCT, *, bids_dir: Path, scanner: ScannerModel, seed: int
+) -> SimulationResult:
+    try:
+        return simulate_image(item, bids_dir, scanner, seed)
+    except InputError as exc:
+        return exc
 
 
 def _stem(path: Path) -> str:
