@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 from bids.layout import parse_file_entities
+from nibabel.filebasedimages import ImageFileError
 
 from mrctprep.core.bids import REC_ENTITY
 from mrctprep.core.config import InputOptions
@@ -53,7 +54,12 @@ def write_group_ct_harmonization(inputs: InputOptions) -> Path | None:
     ]
     if not harmonized:
         return None
-    rows = [row for path in harmonized for row in _rows(path)]
+    rows = []
+    for path in harmonized:
+        try:
+            rows += _rows(path)
+        except (OSError, ImageFileError, json.JSONDecodeError) as exc:
+            LOGGER.warning('%s: left out of group_ct_harmonization.tsv (%s)', path, exc)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, COLUMNS, delimiter='\t', lineterminator='\n', restval='n/a')
     writer.writeheader()

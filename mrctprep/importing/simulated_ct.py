@@ -7,8 +7,8 @@ and ``ce-``, before ``run-``), on the same grid, as int16 HU, with a sidecar tha
 source's acquisition facts, scales its dose figures, and says under ``Simulation`` that and
 how the image was simulated. Existing variants are refused before anything is computed; then
 each variant is written (atomically) as soon as it is computed, so memory holds one image per
-process (``--nprocs``), a killed run leaves whole files only, and a CT that cannot be simulated is reported and
-skipped while the others are written.
+process (``--nprocs``), a killed run leaves whole files only, and a CT that cannot be
+simulated is reported and skipped while the others are written.
 """
 
 from __future__ import annotations
