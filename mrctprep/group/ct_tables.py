@@ -14,7 +14,7 @@ import numpy as np
 from bids.layout import parse_file_entities
 from nibabel.filebasedimages import ImageFileError
 
-from mrctprep.core.bids import REC_ENTITY
+from mrctprep.core.bids import REC_ENTITY, read_sidecar
 from mrctprep.core.config import InputOptions
 from mrctprep.core.derivatives import write_text_atomically
 from mrctprep.imaging.ct_noise import RegionStatistics, region_statistics, tissue_regions
@@ -81,15 +81,14 @@ def _rows(harmonized: Path) -> list[dict[str, str]]:
             before.name,
         )
         return []
-    sidecar = json.loads(
-        harmonized.with_name(harmonized.name[: -len('.nii.gz')] + '.json').read_text()
-    )
-    reference_rec = (sidecar.get('ReferenceCondition') or '').removeprefix('rec-')
-    reference = _reference_file(before, reference_rec)
-    images = {'before': before, 'after': harmonized} | (
-        {'reference': reference} if reference else {}
-    )
-    volumes = {key: nb.Nifti1Image.from_filename(path) for key, path in images.items()}
+    reference_rec = (read_sidecar(harmonized).get('ReferenceCondition') or '').removeprefix('rec-')
+    volumes = {
+        key: nb.Nifti1Image.from_filename(path)
+        for key, path in (('before', before), ('after', harmonized))
+    }
+    reference = _reference_image(before, volumes['before'], reference_rec)
+    if reference is not None:
+        volumes['reference'] = reference
     pixel_mm = float(np.mean(volumes['before'].header.get_zooms()[:2]))
     hu = {key: np.asarray(image.dataobj, dtype=np.float32) for key, image in volumes.items()}
     regions = tissue_regions(hu.get('reference', hu['before']), pixel_mm)
@@ -111,19 +110,21 @@ def _rows(harmonized: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _reference_file(conformed: Path, reference_rec: str) -> Path | None:
+def _reference_image(
+    conformed: Path, image: nb.Nifti1Image, reference_rec: str
+) -> nb.Nifti1Image | None:
     """ct-ingest's CT of the same acquisition in the reference reconstruction, if written
-    on the same grid."""
+    on the grid of ``image`` (the CT at ``conformed``)."""
     if not reference_rec or not REC_ENTITY.search(conformed.name):
         return None
     candidate = conformed.with_name(REC_ENTITY.sub(f'_rec-{reference_rec}', conformed.name))
     if not candidate.is_file():
         return None
-    grids = [nb.Nifti1Image.from_filename(path) for path in (candidate, conformed)]
-    if grids[0].shape != grids[1].shape or not np.allclose(grids[0].affine, grids[1].affine):
+    reference = nb.Nifti1Image.from_filename(candidate)
+    if reference.shape != image.shape or not np.allclose(reference.affine, image.affine):
         LOGGER.warning('%s: not on the grid of %s; regions from the latter', candidate, conformed)
         return None
-    return candidate
+    return reference
 
 
 def _measures(key: str, statistics: RegionStatistics) -> dict[str, str]:

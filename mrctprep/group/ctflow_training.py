@@ -28,6 +28,7 @@ from mrctprep.core.bids import REC_ENTITY, read_ct_condition
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
 from mrctprep.core.errors import InputError, NoReconstructionPairsError
+from mrctprep.imaging.hounsfield import BODY_HU
 from mrctprep.imaging.io import ImageReadError, load_image
 from mrctprep.models.ctflow import HU_OFFSET, SIZES, WINDOW_HU, WINDOW_WIDTH, count_parameters
 from mrctprep.models.ctflow_training import CTFlowSettings, CTFlowTraining, SlicePair
@@ -44,7 +45,6 @@ MODEL_NAME = 'ctflow'
 DEFAULT_REFERENCE_REC = 'standard100'
 #: Slices whose reference has less body than this share (HU > -500) teach nothing.
 MIN_BODY_SHARE = 0.1
-BODY_HU = -500.0
 
 
 @dataclass(frozen=True)

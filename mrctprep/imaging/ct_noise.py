@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
+from mrctprep.imaging.hounsfield import BODY_HU
+
 FloatVolume = npt.NDArray[np.floating]
 Mask = npt.NDArray[np.bool_]
 
@@ -33,7 +35,6 @@ TISSUE_RANGES_HU: dict[str, tuple[float, float]] = {
     'fat': (-190.0, -30.0),
     'soft_tissue': (0.0, 100.0),
 }
-BODY_THRESHOLD_HU = -500.0
 NOISE_WINDOW_MM = 6.0
 
 
@@ -60,7 +61,7 @@ def tissue_regions(hu: FloatVolume, pixel_mm: float) -> dict[str, Mask]:
     the last axis)."""
     smoothed = ndi.median_filter(hu, size=(5, 5, 1))
     body = np.stack(
-        [ndi.binary_fill_holes(smoothed[:, :, z] > BODY_THRESHOLD_HU) for z in range(hu.shape[2])],
+        [ndi.binary_fill_holes(smoothed[:, :, z] > BODY_HU) for z in range(hu.shape[2])],
         axis=2,
     )
     inside = np.ones((noise_window_pixels(pixel_mm),) * 2 + (1,), dtype=bool)

@@ -28,13 +28,13 @@ import numpy.typing as npt
 from scipy import ndimage
 from skimage.transform import iradon, radon
 
+from mrctprep.imaging.hounsfield import BODY_HU
+
 FloatArray = npt.NDArray[np.float64]
 
 #: Linear attenuation of water at about 70 keV (the effective energy of a 120 kVp beam), /mm.
 MU_WATER_PER_MM = 0.0195
 AIR_HU = -1000.0
-#: Above this, a voxel is the patient's body (where the noise index is measured).
-BODY_HU = -500.0
 #: Reconstruction filters by kernel name: the ramp windowed more (smooth) or less (sharp).
 KERNEL_FILTERS = {'smooth': 'hann', 'standard': 'shepp-logan', 'sharp': 'ramp'}
 #: Automatic exposure control's target: the noise SD (HU) that the full-dose, standard-kernel

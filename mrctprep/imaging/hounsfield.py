@@ -21,6 +21,8 @@ from mrctprep.imaging.orientation import reorient_to_ras
 AIR_RANGE_HU = (-1100.0, -900.0)
 #: Where fat, water and soft tissue lie.
 SOFT_TISSUE_RANGE_HU = (-200.0, 300.0)
+#: Above this a voxel is the patient's body (tissue, not air or lung parenchyma at its lightest).
+BODY_HU = -500.0
 #: Stored = HU + 1024 in the usual 12-bit unsigned storage (RescaleIntercept -1024).
 UNSIGNED_STORAGE_OFFSET = 1024.0
 #: What padding becomes: the floor of 12-bit CT storage, i.e. air.
