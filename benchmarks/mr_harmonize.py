@@ -1,96 +1,195 @@
-"""IGUANe on the demo's travelling subjects: training speed, inference speed, and the effect.
+"""IGUANe on a travelling-subject demo: the memory refusal, training, and what validation bought.
 
-    python benchmarks/mr_harmonize.py [--derivatives DIR] [--steps 40] [--patch 32]
-                                      [--device auto] [--threads 2]
+    mrctprep demo BIDS --participants-per-site 8
+    mrctprep BIDS OUT participant --pipelines mr-preproc
+    python benchmarks/mr_harmonize.py BIDS OUT [--steps 1800] [--patch 32] [--validate-every 300]
+                                      [--work DIR] [--threads 2] [--evaluate-only]
 
-Without ``--derivatives`` (an OUTPUT_DIR holding mr-preproc outputs of the demo dataset) the
-demo dataset is generated and mr-preproc run on it first (about 2 minutes). Then, in this
-process: IGUANe trained from scratch for ``--steps`` steps on random crops (steps/s, excluding
-the first step, which loads the images) -- or, with ``--weights FILE``, the generator that
-``group --train iguane`` wrote (for instance on a GPU machine) -- every model input harmonized
-(seconds per 160x192x160 volume, best of the four, and the peak MB of the process), and the
-figures of the issue: the mean absolute difference inside the brain between the two sites'
-images of the same anatomy before and after (target: a fall of >= 30 %), the SSIM of each
-harmonized image to its input (target >= 0.9), and the site effect (regional means, eta
-squared) raw, after ComBat and after IGUANe.
-
-Last, the ceiling of those figures on this dataset: what an ideal harmonizer of the site effect
-would reach. Each siteB image is mapped to its own travelling partner's intensity distribution
-(histogram matching inside the brain: the contrast part of the site effect, with knowledge no
-harmonizer has), then also smoothed to siteA's lower noise (Gaussian, sigma 0.7 voxel). What
-stays (noise, each scan's own residual bias field, interpolation) is not a site effect.
+1. The out-of-memory case of issue 18: ``group --train iguane --steps 20`` with whole volumes
+   (the default), as a new user would type it; its exit status, its message and the seconds it
+   took to refuse (or, on a machine where the step fits, that it fits).
+2. ``group --train iguane --train-patch-size P --steps N --validate-every V`` on the dataset
+   (seconds, steps/s); skipped with ``--evaluate-only`` (the weights and checkpoint of an earlier
+   run are evaluated).
+3. The generator that validation kept (the weights file) and the last one (in the checkpoint),
+   each on the held-out participants and on all of them: the travelling-subject difference
+   (mean absolute difference in the brain between a traveller's images at two sites) as a change
+   from the raw images, the site effect of the 24 regional means (eta squared; ComBat's beside
+   it) and the SSIM of every harmonized image to its input.
+4. The ceiling of those figures on this dataset: each siteB image mapped onto its own travelling
+   partner's brain histogram (the contrast part of the site effect, with knowledge no harmonizer
+   has), then smoothed to siteA's lower noise (Gaussian, sigma 0.7 voxel).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
+import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+from mrctprep.core.devices import set_torch_threads
+from mrctprep.group.harmonization import (
+    ModelInput,
+    combat_harmonize,
+    combat_installed,
+    regional_table,
+    site_effect,
+)
+from mrctprep.group.sites import read_participant_sites
+from mrctprep.group.validation import HarmonizationScore, ValidationImage
 from mrctprep.imaging.similarity import structural_similarity
+from mrctprep.models.iguane import IguaneGenerator
+from mrctprep.models.weights import card_path, trained_weights_file
 
 SPACE = 'space-MNI152NLin2009aSym_res-1'
-PAIRS = (('01', '02'), ('03', '04'))
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def mr_preproc_outputs(scratch: Path) -> Path:
-    def cli(*args):
-        subprocess.run([sys.executable, '-m', 'mrctprep', *map(str, args)], check=True)
-
-    cli('demo', scratch / 'bids')
-    cli(
-        scratch / 'bids',
-        scratch / 'out',
-        'participant',
-        '-w',
-        scratch / 'work',
-        '--pipelines',
-        'mr-preproc',
-        '-q',
-    )
-    return scratch / 'out'
-
-
-def train_from_scratch(norm, sites, opts, device):
-    from mrctprep.models.iguane_training import (
-        IguaneTraining,
-        IguaneTrainingSettings,
-        TrainingImage,
-    )
-
-    images = [TrainingImage(path=norm[s], site=site) for s, site in sites.items()]
-    settings = IguaneTrainingSettings(
-        steps=opts.steps, patch_size=(opts.patch,) * 3, device=device
-    )
-    training = IguaneTraining(
-        [i for i in images if i.site == 'siteA'],
-        {'siteB': [i for i in images if i.site == 'siteB']},
-        settings,
-    )
-    training.train_step()
+def mrctprep(*args: object) -> tuple[int, str, float]:
+    """Runs the command line; its exit status, its last stderr line and its seconds."""
     start = time.perf_counter()
-    for _ in range(opts.steps - 1):
-        losses = training.train_step()
-    train_seconds = time.perf_counter() - start
-    print(
-        f'training ({device}, {opts.threads} threads, crops {opts.patch}^3, one source '
-        f'site): {(opts.steps - 1) / train_seconds:.3f} steps/s '
-        f'({train_seconds / (opts.steps - 1):.2f} s/step); last losses '
-        + ', '.join(f'{k} {v:.3g}' for k, v in losses.items())
+    done = subprocess.run(
+        [sys.executable, '-m', 'mrctprep', *map(str, args)], capture_output=True, text=True
     )
-    return training.generator.eval(), settings.patch_size
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return done.returncode, lines[-1] if lines else '', time.perf_counter() - start
+
+
+def oom_case(bids: Path, out: Path, work: Path) -> None:
+    code, message, seconds = mrctprep(
+        bids, out, 'group', '--train', 'iguane', '--steps', '20', '-w', work / 'oom'
+    )
+    print(f'1. whole-volume training, the default (group --train iguane --steps 20): exit {code}')
+    print(f'   after {seconds:.1f} s: {message}')
+
+
+def train(bids: Path, out: Path, work: Path, opts: argparse.Namespace) -> None:
+    code, message, seconds = mrctprep(
+        bids, out, 'group', '--train', 'iguane', '--train-patch-size', opts.patch,
+        '--steps', opts.steps, '--validate-every', opts.validate_every,
+        '--omp-nthreads', opts.threads, '-w', work, '--skip-bids-validation',
+    )  # fmt: skip
+    if code:
+        sys.exit(f'training failed (exit {code}): {message}')
+    print(
+        f'2. training: {opts.steps} steps of {opts.patch}^3 crops in {seconds / 60:.1f} min '
+        f'({opts.steps / seconds:.2f} steps/s with validations every {opts.validate_every})'
+    )
+
+
+def trained_facts(out: Path) -> dict:
+    card = card_path(trained_weights_file(out, 'iguane'))
+    return json.loads(card.read_text()).get('trained', {})
+
+
+def generators(out: Path, work: Path) -> dict[str, IguaneGenerator]:
+    weights = trained_weights_file(out, 'iguane')
+    best = IguaneGenerator()
+    best.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
+    checkpoint = torch.load(
+        work / 'train' / 'iguane' / 'checkpoint.pt', map_location='cpu', weights_only=False
+    )
+    last = IguaneGenerator()
+    last.load_state_dict(checkpoint['task']['generator'])
+    validation = trained_facts(out).get('Validation', {})
+    print(
+        f'   validation kept step {validation.get("ChosenStep")} (score '
+        f'{validation.get("Score")}); the last is step {checkpoint["step"]}'
+    )
+    return {
+        f'IGUANe, kept by validation (step {validation.get("ChosenStep")})': best.eval(),
+        f'IGUANe, last (step {checkpoint["step"]})': last.eval(),
+    }
+
+
+def score_generators(images, held_out, nets, patch) -> None:
+    groups = {
+        'held out': [i for i in images if i.participant.subject in held_out],
+        'all': images,
+    }
+    print('3. figures (travelling difference: change from raw, target <= -10 %; site effect:')
+    print('   eta squared of the 24 regional means, target below raw; SSIM to input >= 0.9)')
+    for group, members in groups.items():
+        for name, generator in nets.items():
+            score = HarmonizationScore(members, generator, device='cpu', tile=(patch,) * 3)
+            figures = score()
+            print(
+                f'   {group:8s} {name}: travelling difference '
+                f'{100 * (figures["travelling_difference"] - 1):+.1f} %, site effect '
+                f'{score.raw_site_effect:.3f} -> {figures["site_effect"]:.3f}, SSIM min '
+                f'{figures["ssim_min"]:.3f}'
+            )
+
+
+def combat_figures(out: Path, images, participants) -> None:
+    inputs = [
+        ModelInput(i.participant.subject, None, i.path, None) for i in images
+    ]  # fmt: skip
+    table = regional_table(inputs, participants, out)
+    print(f'   ComBat, all: site effect {site_effect(table, "raw"):.3f}', end='')
+    if combat_installed():
+        table['combat'] = combat_harmonize(table, participants, 'siteA')
+        wide = table.pivot_table(
+            index='participant_id', columns='region', values=['raw', 'combat']
+        )
+        changes = []
+        for first, second in travelling_pairs(participants):
+            for column in ('raw', 'combat'):
+                values = wide[column]
+                difference = (
+                    (values.loc[f'sub-{first}'] - values.loc[f'sub-{second}']).abs().mean()
+                )
+                changes.append((column, difference))
+        raw = np.mean([d for c, d in changes if c == 'raw'])
+        combat = np.mean([d for c, d in changes if c == 'combat'])
+        print(
+            f' -> {site_effect(table, "combat"):.3f}; travelling difference of regional means '
+            f'{100 * (combat / raw - 1):+.1f} %'
+        )
+    else:
+        print(' (ComBat not installed: pip install mrctprep[combat])')
+
+
+def travelling_pairs(participants):
+    by_traveller: dict[str, dict[str, str]] = {}
+    for label, info in participants.items():
+        by_traveller.setdefault(info.traveller, {})[info.site] = label
+    return [
+        (s['siteA'], s['siteB']) for s in by_traveller.values() if {'siteA', 'siteB'} <= set(s)
+    ]
+
+
+def ceiling(images, participants) -> None:
+    data = {i.participant.subject: ndimage_load(i.path) for i in images}
+    print('4. ceiling (siteB histogram-matched to its partner, then smoothed):')
+    for label, smooth in (('contrast', False), ('contrast+noise', True)):
+        changes, similarities = [], []
+        for a, b in travelling_pairs(participants):
+            mapped = matched_histogram(data[b], data[a])
+            if smooth:
+                mapped = brain_smoothed(mapped, 0.7)
+            brain = (data[a] > 0) & (data[b] > 0)
+            before = np.abs(data[a] - data[b])[brain].mean()
+            changes.append(np.abs(data[a] - mapped)[brain].mean() / before - 1)
+            similarities.append(structural_similarity(mapped, data[b], data[b] > 0))
+        print(
+            f'   {label}: travelling difference {100 * np.mean(changes):+.1f} %, SSIM min '
+            f'{min(similarities):.3f}'
+        )
+
+
+def ndimage_load(path: Path) -> np.ndarray:
+    import nibabel as nb
+
+    return nb.load(path).get_fdata(dtype=np.float32)
 
 
 def matched_histogram(source, reference):
@@ -113,109 +212,33 @@ def brain_smoothed(image, sigma):
     return np.where(brain > 0, ndimage.gaussian_filter(image, sigma) / weight, 0)
 
 
-def compare_pairs(label, inputs, outputs):
-    for site_a, site_b in PAIRS:
-        brain = (inputs[site_a] > 0) & (inputs[site_b] > 0)
-        before = np.abs(inputs[site_a] - inputs[site_b])[brain].mean()
-        after = np.abs(outputs[site_a] - outputs[site_b])[brain].mean()
-        similarity = [
-            structural_similarity(outputs[s], inputs[s], inputs[s] > 0) for s in (site_a, site_b)
-        ]
-        print(
-            f'{label} sub-{site_a}/sub-{site_b}: mean |siteA - siteB| in the brain {before:.1f} '
-            f'-> {after:.1f} ({100 * (1 - after / before):.1f} % less; target >= 30 %); SSIM '
-            f'to input {similarity[0]:.3f} / {similarity[1]:.3f} (target >= 0.9)'
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--derivatives', type=Path, help='mr-preproc outputs of the demo')
-    parser.add_argument('--steps', type=int, default=40)
+    parser.add_argument('bids', type=Path)
+    parser.add_argument('derivatives', type=Path, help='mr-preproc outputs of the dataset')
+    parser.add_argument('--steps', type=int, default=1800)
     parser.add_argument('--patch', type=int, default=32, help='training crop size')
-    parser.add_argument('--device', default='auto')
+    parser.add_argument('--validate-every', type=int, default=300)
+    parser.add_argument('--work', type=Path, help='work directory (default: OUT/../work-bench)')
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument(
-        '--weights',
-        type=Path,
-        help='iguane weights (.pt and card) to evaluate instead of training',
-    )
+    parser.add_argument('--evaluate-only', action='store_true')
     opts = parser.parse_args()
-
-    import nibabel as nb
-    import pandas as pd
-
-    from mrctprep.core.devices import resolve_device, set_torch_threads
-    from mrctprep.group.harmonization import (
-        ModelInput,
-        combat_harmonize,
-        combat_installed,
-        regional_table,
-        summarize_site_effects,
-    )
-    from mrctprep.group.sites import ParticipantInfo
-    from mrctprep.models.iguane import harmonize_volume, load_generator
-    from mrctprep.models.weights import resolve_weights
-
-    with tempfile.TemporaryDirectory() as scratch:
-        out = opts.derivatives or mr_preproc_outputs(Path(scratch))
-        device = resolve_device(opts.device)
-        set_torch_threads(opts.threads)
-        sites = {'01': 'siteA', '02': 'siteB', '03': 'siteA', '04': 'siteB'}
-        norm = {s: out / f'sub-{s}/anat/sub-{s}_{SPACE}_desc-norm_T1w.nii.gz' for s in sites}
-        if opts.weights:
-            weights = resolve_weights('iguane', explicit=opts.weights)
-            generator = load_generator(str(weights.path), weights.sha256, device)
-            tile = weights.trained_patch_size
-            trained = weights.card.get('trained', {})
-            print(
-                f'weights {weights.path}: trained {trained.get("Steps")} steps, crops '
-                f'{trained.get("PatchSize")}, on {trained.get("Device")}'
-            )
-        else:
-            generator, tile = train_from_scratch(norm, sites, opts, device)
-        inputs, outputs, seconds = {}, {}, []
-        for subject, path in norm.items():
-            inputs[subject] = nb.load(path).get_fdata(dtype=np.float32)
-            start = time.perf_counter()
-            outputs[subject] = harmonize_volume(inputs[subject], generator, device, tile=tile)
-            seconds.append(time.perf_counter() - start)
-        shape = 'x'.join(map(str, inputs['01'].shape))
-        crops = f'in {"x".join(map(str, tile))} crops as trained' if tile else 'whole volume'
-        print(
-            f'inference ({device}, {crops}): {min(seconds):.2f} s per {shape} volume (best of 4; '
-            f'worst {max(seconds):.2f}), peak {peak_mb():.0f} MB for the whole benchmark'
-        )
-
-        compare_pairs('IGUANe', inputs, outputs)
-        if tile:
-            whole = {s: harmonize_volume(x, generator, device) for s, x in inputs.items()}
-            compare_pairs('IGUANe on whole volumes (not as trained)', inputs, whole)
-
-        harmonized_dir = Path(scratch) / 'harmonized'
-        harmonized_dir.mkdir(exist_ok=True)
-        model_inputs = []
-        for subject, path in norm.items():
-            harmonized = harmonized_dir / path.name.replace('desc-norm', 'desc-harmonized')
-            reference = nb.load(path)
-            nb.Nifti1Image(outputs[subject], reference.affine).to_filename(harmonized)
-            model_inputs.append(ModelInput(subject, None, path, harmonized))
-        participants = {s: ParticipantInfo(s, site, None) for s, site in sites.items()}
-        table = regional_table(model_inputs, participants, out)
-        if combat_installed():  # the optional combat extra
-            table['combat'] = combat_harmonize(table, participants, 'siteA')
-        summary = summarize_site_effects(table)
-        with pd.option_context('display.width', 120):
-            print('site effect (eta squared of regional means, 0 = none):')
-            print(summary.to_string(index=False))
-
-        contrast_only, contrast_and_noise = dict(inputs), dict(inputs)
-        for site_a, site_b in PAIRS:
-            contrast_only[site_b] = matched_histogram(inputs[site_b], inputs[site_a])
-            contrast_and_noise[site_b] = brain_smoothed(contrast_only[site_b], 0.7)
-        print('ceiling (an ideal harmonizer of the site effect, see the docstring):')
-        compare_pairs('contrast', inputs, contrast_only)
-        compare_pairs('contrast+noise', inputs, contrast_and_noise)
+    os.environ.setdefault('OMP_NUM_THREADS', str(opts.threads))
+    set_torch_threads(opts.threads)
+    out = opts.derivatives
+    work = opts.work or out.parent / 'work-bench'
+    oom_case(opts.bids, out, work)
+    if not opts.evaluate_only:
+        train(opts.bids, out, work, opts)
+    nets = generators(out, work)
+    norm = sorted(out.glob(f'sub-*/anat/sub-*_{SPACE}_desc-norm_T1w.nii.gz'))
+    labels = [re.match(r'sub-([^_]+)', p.name).group(1) for p in norm]
+    participants = read_participant_sites(opts.bids, labels)
+    images = [ValidationImage(p, participants[s]) for p, s in zip(norm, labels, strict=True)]
+    held_out = set(trained_facts(out)['HeldOut'])
+    score_generators(images, held_out, nets, opts.patch)
+    combat_figures(out, images, participants)
+    ceiling(images, participants)
 
 
 if __name__ == '__main__':

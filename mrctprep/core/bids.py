@@ -324,6 +324,19 @@ def read_sidecar(image_path: str | Path) -> dict[str, Any]:
     return content
 
 
+def dicom_source_files(image_path: str | Path) -> list[Path]:
+    """The DICOM files an image was converted from, as ``mrctprep import`` lists them in its
+    sidecar (``bids::`` paths from the dataset root); [] when it did not come from DICOM or
+    when any of them is gone."""
+    conversion = read_sidecar(image_path).get('Conversion', {})
+    if not isinstance(conversion, dict) or conversion.get('SourceFormat') != 'DICOM':
+        return []
+    path = Path(image_path)
+    root = next(p.parent for p in path.parents if p.name.startswith('sub-'))
+    files = [root / uri.removeprefix('bids::') for uri in conversion.get('SourceFiles', [])]
+    return files if files and all(f.is_file() for f in files) else []
+
+
 #: The sidecar fields that say how a CT was reconstructed and dosed: its condition.
 CT_CONDITION_FIELDS = ('ConvolutionKernel', 'KVP', 'Exposure', 'XRayTubeCurrent', 'CTDIvol')
 

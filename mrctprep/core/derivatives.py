@@ -103,6 +103,7 @@ BIDSIGNORE = [
     '*.html',
     'sub-*/log/',
     '*_volumes.tsv',
+    '*.dcm',
 ]
 
 SOFTWARE = ('nipype', 'pybids', 'nibabel', 'numpy', 'SimpleITK', 'torch')

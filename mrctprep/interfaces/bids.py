@@ -65,7 +65,7 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
     out_file = File(desc='the written derivative')
-    out_meta = File(desc='its JSON sidecar (not written for figures)')
+    out_meta = File(desc='its JSON sidecar (not written for figures and DICOM files)')
 
 
 class DerivativesDataSink(SimpleInterface):
@@ -92,7 +92,8 @@ class DerivativesDataSink(SimpleInterface):
         write_atomically(out_file, lambda tmp: _copy_derivative(self.inputs, tmp))
         self._results['out_file'] = str(out_file)
 
-        if self.inputs.datatype != 'figures':
+        # a DICOM object carries its own metadata, and its sidecar would be the label map's
+        if self.inputs.datatype != 'figures' and extension != '.dcm':
             sidecar = {
                 'Sources': [bids_uri(source) for source in sources],
                 **self.inputs.static_meta,

@@ -1,4 +1,5 @@
-"""Nipype interfaces of the organ-seg pipeline: EfficientSCN, the organ table, the QC figure."""
+"""Nipype interfaces of the organ-seg pipeline: EfficientSCN, the organ table, the QC figure,
+the DICOM SEG."""
 
 from __future__ import annotations
 
@@ -7,11 +8,27 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from nipype.interfaces.base import Bunch, File, SimpleInterface, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Bunch,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
+from mrctprep import __version__
 from mrctprep.core.derivatives import write_text_atomically
 from mrctprep.core.devices import set_torch_threads
-from mrctprep.imaging.organs import dseg_table, measures_table, organ_measures, plot_organ_contours
+from mrctprep.imaging.organs import (
+    FLARE_ORGANS,
+    dseg_table,
+    measures_table,
+    organ_measures,
+    plot_organ_contours,
+)
 from mrctprep.interfaces.base import ImageMetadataOutputSpec, TorchInputSpec, load_nifti
 from mrctprep.interfaces.reports import ReportletInputSpec, ReportletInterface
 
@@ -130,4 +147,38 @@ class LabelTableSink(SimpleInterface):
         out_file = Path(self.inputs.base_directory) / 'seg-organs_dseg.tsv'
         write_text_atomically(out_file, dseg_table())
         self._results['out_file'] = str(out_file)
+        return runtime
+
+
+class _DicomSegmentationInputSpec(BaseInterfaceInputSpec):
+    dseg_file = File(exists=True, mandatory=True, desc='organ labels (any grid of that CT)')
+    source_files = InputMultiObject(
+        File(exists=True), mandatory=True, desc='the DICOM series the CT was imported from'
+    )
+
+
+class _DicomSegmentationOutputSpec(TraitedSpec):
+    out_file = File(desc='DICOM SEG referencing the source series')
+
+
+class DicomSegmentation(SimpleInterface):
+    """The organ labels as a binary DICOM SEG over the CT's source series (one frame per
+    source image holding an organ, one segment per organ found)."""
+
+    input_spec = _DicomSegmentationInputSpec
+    output_spec = _DicomSegmentationOutputSpec
+
+    def _run_interface(self, runtime: Bunch) -> Bunch:
+        from mrctprep.imaging.dicom_seg import read_source_series, segmentation_of
+
+        segmentation = segmentation_of(
+            load_nifti(self.inputs.dseg_file),
+            read_source_series([Path(f) for f in self.inputs.source_files]),
+            {label: name for label, name, _, _ in FLARE_ORGANS},
+            algorithm='EfficientSCN',
+            version=__version__,
+        )
+        out_file = os.path.join(runtime.cwd, 'organs_dseg.dcm')
+        segmentation.save_as(out_file)
+        self._results['out_file'] = out_file
         return runtime

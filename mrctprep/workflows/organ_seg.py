@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from mrctprep.core.bids import dicom_source_files
 from mrctprep.core.config import ExecutionOptions, ModelOptions
-from mrctprep.interfaces.organs import LabelTableSink, OrgansRPT, OrganTable, SegmentOrgans
+from mrctprep.imaging.dicom_seg import unreferable
+from mrctprep.interfaces.organs import (
+    DicomSegmentation,
+    LabelTableSink,
+    OrgansRPT,
+    OrganTable,
+    SegmentOrgans,
+)
 from mrctprep.models.weights import ModelWeights, resolve_weights
 from mrctprep.workflows.ct_conform import init_conform_ct_wf
 from mrctprep.workflows.literate import LiterateWorkflow
 from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_organ_seg
+
+LOGGER = logging.getLogger(__name__)
 
 LOCALIZATION_MODEL = 'efficientscn-localization'
 SEGMENTATION_MODEL = 'efficientscn-segmentation'
@@ -46,6 +57,8 @@ def init_organ_seg_wf(
     in world mm RAS+ and both weights' SHA-256), ``sub-<l>_seg-organs_volumes.tsv`` (volume
     in ml, mean and median HU, field-of-view edge flag per organ), the label table
     ``seg-organs_dseg.tsv`` at the dataset root, and ``figures/sub-<l>_desc-organs_dseg.svg``.
+    A CT that ``mrctprep import`` converted from a DICOM series still in ``sourcedata/`` also
+    gets ``sub-<l>_seg-organs_dseg.dcm``, a DICOM SEG referencing that series.
     """
     localization, segmentation = organ_weights(models, Path(output_dir))
     workflow = LiterateWorkflow(name=name)
@@ -92,6 +105,21 @@ def init_organ_seg_wf(
         (segment, plot_organs, [('out_file', 'dseg_file')]),
     ])
     # fmt: on
-    sinks = init_ds_organ_seg(workflow, output_dir=output_dir)
+    dicom_files = _referable_dicom_source(source_file)
+    if dicom_files:
+        dicom_seg = pe.Node(DicomSegmentation(source_files=dicom_files), name='dicom_seg')
+        workflow.connect(segment, 'out_file', dicom_seg, 'dseg_file')
+    sinks = init_ds_organ_seg(workflow, output_dir=output_dir, dicom_seg=bool(dicom_files))
     workflow.connect(sinks['ds_organs_dseg'], 'out_file', label_table, 'dseg_file')
     return workflow
+
+
+def _referable_dicom_source(source_file: str) -> list[str]:
+    """The DICOM series a DICOM SEG of this CT can reference; [] (with a warning saying why
+    where the CT came from DICOM) when there is none."""
+    files = dicom_source_files(source_file)
+    reason = unreferable(files) if files else None
+    if reason:
+        LOGGER.warning('no DICOM SEG for %s: %s', source_file, reason)
+        return []
+    return [str(f) for f in files]

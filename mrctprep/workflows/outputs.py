@@ -362,31 +362,33 @@ def init_ds_sim2real(
     return add_outputs(workflow, outputs, output_dir=output_dir)
 
 
-def init_ds_organ_seg(workflow: LiterateWorkflow, *, output_dir: str | Path) -> dict[str, pe.Node]:
-    """``seg-organs`` label map (uint8) with its sidecar, the per-organ table, the figure."""
+def init_ds_organ_seg(
+    workflow: LiterateWorkflow, *, output_dir: str | Path, dicom_seg: bool = False
+) -> dict[str, pe.Node]:
+    """``seg-organs`` label map (uint8) with its sidecar, the per-organ table, the figure; and
+    the DICOM SEG where the CT came from a DICOM series."""
     entities = {'segmentation': 'organs'}
-    return add_outputs(
-        workflow,
-        [
-            Output(
-                'ds_organs_dseg',
-                ('segment', 'out_file'),
-                entities,
-                suffix='dseg',
-                dtype='uint8',
-                meta_dict=('segment', 'metadata'),
-            ),
-            Output('ds_organs_volumes', ('measure', 'out_file'), entities, suffix='volumes'),
-            Output(
-                'ds_report_organs',
-                ('plot_organs', 'out_report'),
-                {'desc': 'organs'},
-                suffix='dseg',
-                datatype='figures',
-            ),
-        ],
-        output_dir=output_dir,
-    )
+    outputs = [
+        Output(
+            'ds_organs_dseg',
+            ('segment', 'out_file'),
+            entities,
+            suffix='dseg',
+            dtype='uint8',
+            meta_dict=('segment', 'metadata'),
+        ),
+        Output('ds_organs_volumes', ('measure', 'out_file'), entities, suffix='volumes'),
+        Output(
+            'ds_report_organs',
+            ('plot_organs', 'out_report'),
+            {'desc': 'organs'},
+            suffix='dseg',
+            datatype='figures',
+        ),
+    ]
+    if dicom_seg:
+        outputs.append(Output('ds_organs_dicom_seg', ('dicom_seg', 'out_file'), entities, 'dseg'))
+    return add_outputs(workflow, outputs, output_dir=output_dir)
 
 
 def init_ds_ct_harmonize(
