@@ -48,6 +48,7 @@ from mrctprep.models.efficientscn_training import (
     ScnSample,
     ScnTraining,
     generalized_dice_loss,
+    random_elastic_displacement,
 )
 from mrctprep.models.tf_checkpoint import (
     checkpoint_prefix,
@@ -348,6 +349,19 @@ def test_generalized_dice_is_zero_for_a_perfect_and_one_for_a_disjoint_predictio
     target = functional.one_hot(torch.randint(5, (1, 8, 8, 8)), 5).permute(0, 4, 1, 2, 3).float()
     assert generalized_dice_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
     assert generalized_dice_loss(1 - target, target).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_elastic_deformation_is_smooth_and_within_15_mm():
+    """Upstream's B-spline deformation: at most 15 mm anywhere, several mm typically, and
+    smooth: neighbours move apart by no more than two control points' largest difference
+    (30 mm) spread over the voxels between them (an axis' size / 8)."""
+    shape, spacing = (40, 48, 64), 2.0
+    field = random_elastic_displacement(shape, spacing, torch.Generator().manual_seed(3))[0]
+    mm = field * torch.tensor([spacing * size / 2 for size in shape[::-1]])
+    assert mm.shape == (*shape, 3)
+    assert 3.0 < float(mm.abs().max()) <= 15.0 and float(mm.std()) > 1.0
+    for axis, size in enumerate(shape):
+        assert float(mm.diff(dim=axis).abs().max()) <= 2 * 15.0 / (size / 8)
 
 
 def test_the_clipper_follows_the_running_norm():

@@ -2,9 +2,10 @@
 norm-adaptive gradient clipping, the weight EMA, the intensity augmentation, and the SCN's
 training task for the shared loop (:mod:`mrctprep.models.training`).
 
-Spatial augmentation here is the affine part of upstream's (translation +-20 mm, rotation
-+-0.35 rad per axis, isotropic scale 0.8-1.2, per-axis scale 0.9-1.1), composed in voxel units
-of the training grid; upstream's elastic B-spline deformation is not reproduced.
+Spatial augmentation is upstream's: an affine part (translation +-20 mm, rotation +-0.35 rad per
+axis, isotropic scale 0.8-1.2, per-axis scale 0.9-1.1) composed with an elastic deformation
+(displacements of up to 15 mm on an 8 x 8 x 8 control grid over the output, a quadratic
+B-spline at half resolution, then linear), both in millimetres of the training grid.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.nn import functional
 
@@ -24,6 +27,7 @@ L2_FACTOR = 1e-6
 SCN_LEARNING_RATE = 1e-4
 EMA_DECAY = 0.999
 CLIP_INITIAL_NORM, CLIP_FACTOR, CLIP_MOMENTUM = 10.0, 5.0, 0.01
+ELASTIC_CONTROL_POINTS, ELASTIC_MAX_MM, ELASTIC_SPLINE_ORDER = 8, 15.0, 2
 
 
 def generalized_dice_loss(probabilities: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
@@ -76,7 +80,19 @@ class AdaptiveGradientClipper:
         return norm
 
 
-def update_ema(average: nn.Module, network: nn.Module, decay: float = EMA_DECAY) -> None:
+def ema_decay(updates: int) -> float:
+    """The decay of the weight average after ``n`` updates, ``min(0.999, (1 + n) / (10 + n))``
+    as TensorFlow's ExponentialMovingAverage with ``num_updates``. The same as upstream's 0.999
+    after 9,000 of its 100,000 steps; without the ramp the average of a run of a few hundred
+    steps would still be mostly the random initialisation (0.999^240 = 0.79 of it).
+
+    >>> [round(ema_decay(n), 4) for n in (0, 90, 9000)]
+    [0.1, 0.91, 0.999]
+    """
+    return min(EMA_DECAY, (1 + updates) / (10 + updates))
+
+
+def update_ema(average: nn.Module, network: nn.Module, decay: float) -> None:
     """``average <- decay * average + (1 - decay) * network``, parameter by parameter."""
     with torch.no_grad():
         for kept, current in zip(average.parameters(), network.parameters(), strict=True):
@@ -113,6 +129,35 @@ def random_affine_grid(
     return functional.affine_grid(theta, [1, 1, *shape], align_corners=False)
 
 
+def random_elastic_displacement(
+    shape: tuple[int, ...], spacing_mm: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A displacement in ``grid_sample`` units, ``(1, *shape, 3)``: uniform random
+    displacements of at most 15 mm at 8 x 8 x 8 control points spread over the volume, a
+    quadratic B-spline of them at half resolution, linear interpolation to full."""
+    control = torch.rand(
+        (3, *(ELASTIC_CONTROL_POINTS,) * 3), generator=generator, dtype=torch.float64
+    )
+    control = (control * 2 - 1) * ELASTIC_MAX_MM
+    half = [max(size // 2, 2) for size in shape]
+    zoom = [h / ELASTIC_CONTROL_POINTS for h in half]
+    # the random values are B-spline coefficients (no prefilter), as in a B-spline transform:
+    # the field never exceeds them
+    dense_half = np.stack([
+        ndimage.zoom(
+            c.numpy(), zoom, order=ELASTIC_SPLINE_ORDER, mode='grid-constant', grid_mode=True,
+            prefilter=False,
+        )
+        for c in control
+    ])  # fmt: skip
+    dense = functional.interpolate(
+        torch.from_numpy(dense_half)[None].float(), size=shape, mode='trilinear'
+    )[0]
+    # grid units: [-1, 1] over each axis, the last dimension in (x, y, z) = (W, H, D) order
+    half_extent_mm = torch.tensor([spacing_mm * size / 2 for size in shape[::-1]])
+    return (dense.flip(0).permute(1, 2, 3, 0) / half_extent_mm)[None]
+
+
 @dataclass(frozen=True)
 class ScnSample:
     """One training crop on the SCN grid: network-intensity image and uint8 FLARE labels."""
@@ -140,6 +185,7 @@ class ScnTraining:
         self.optimizer = torch.optim.Adam(network.parameters(), lr=SCN_LEARNING_RATE)
         self.clipper = AdaptiveGradientClipper()
         self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = int(torch.randint(len(self.samples), (1,), generator=self.generator))
@@ -147,7 +193,9 @@ class ScnTraining:
         image = sample.image[None, None].float()
         labels = sample.labels[None, None].float()
         if self.augment:
-            grid = random_affine_grid(tuple(sample.image.shape), sample.spacing_mm, self.generator)
+            shape, spacing = tuple(sample.image.shape), sample.spacing_mm
+            grid = random_affine_grid(shape, spacing, self.generator)
+            grid = grid + random_elastic_displacement(shape, spacing, self.generator)
             image = functional.grid_sample(image, grid, padding_mode='border', align_corners=False)
             labels = functional.grid_sample(labels, grid, mode='nearest', align_corners=False)
             image = augment_intensity(image, self.generator)
@@ -162,7 +210,8 @@ class ScnTraining:
         norm = self.clipper.clip(list(self.network.parameters()))
         if math.isfinite(norm):  # as upstream's loss scaling, a non-finite step is skipped
             self.optimizer.step()
-            update_ema(self.average, self.network)
+            update_ema(self.average, self.network, ema_decay(self.updates))
+            self.updates += 1
         return {
             **{name: float(value.detach()) for name, value in terms.items()},
             'grad_norm': norm,
@@ -175,6 +224,7 @@ class ScnTraining:
             'optimizer': self.optimizer.state_dict(),
             'clip_mean_norm': self.clipper.mean_norm,
             'generator': self.generator.get_state(),
+            'updates': self.updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,3 +233,4 @@ class ScnTraining:
         self.optimizer.load_state_dict(state['optimizer'])
         self.clipper.mean_norm = state['clip_mean_norm']
         self.generator.set_state(state['generator'])
+        self.updates = state['updates']
