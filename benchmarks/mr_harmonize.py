@@ -11,9 +11,11 @@
 2. ``group --train iguane --train-patch-size P --steps N --validate-every V`` on the dataset
    (seconds, steps/s); skipped with ``--evaluate-only`` (the weights and checkpoint of an earlier
    run are evaluated).
-3. The generator that validation kept (the weights file) and the last one (in the checkpoint),
-   each on the held-out participants and on all of them: the travelling-subject difference
-   (mean absolute difference in the brain between a traveller's images at two sites) as a change
+3. The validation scores logged during training; the generator that validation kept (the
+   weights file) and the last one (in the checkpoint), each on the held-out participants and on
+   all of them, in crops of the training size (seconds per volume): the travelling-subject
+   difference (mean absolute difference in the brain between a traveller's images at two sites)
+   as a change
    from the raw images, the site effect of the 24 regional means (eta squared; ComBat's beside
    it) and the SSIM of every harmonized image to its input.
 4. The ceiling of those figures on this dataset: each siteB image mapped onto its own travelling
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import ndimage
 
@@ -100,6 +103,10 @@ def generators(out: Path, work: Path) -> dict[str, IguaneGenerator]:
     last = IguaneGenerator()
     last.load_state_dict(checkpoint['task']['generator'])
     validation = trained_facts(out).get('Validation', {})
+    log = pd.read_csv(weights.with_name('training_log.tsv'), sep='\t', na_values='n/a')
+    scored = log.dropna(subset=['val_score'])
+    print('   validation scores logged:')
+    print(scored[['step', *[c for c in log if c.startswith('val_')]]].to_string(index=False))
     print(
         f'   validation kept step {validation.get("ChosenStep")} (score '
         f'{validation.get("Score")}); the last is step {checkpoint["step"]}'
@@ -120,12 +127,14 @@ def score_generators(images, held_out, nets, patch) -> None:
     for group, members in groups.items():
         for name, generator in nets.items():
             score = HarmonizationScore(members, generator, device='cpu', tile=(patch,) * 3)
+            start = time.perf_counter()
             figures = score()
+            seconds = (time.perf_counter() - start) / len(members)
             print(
                 f'   {group:8s} {name}: travelling difference '
                 f'{100 * (figures["travelling_difference"] - 1):+.1f} %, site effect '
                 f'{score.raw_site_effect:.3f} -> {figures["site_effect"]:.3f}, SSIM min '
-                f'{figures["ssim_min"]:.3f}'
+                f'{figures["ssim_min"]:.3f}; {seconds:.1f} s per volume with scoring'
             )
 
 

@@ -397,6 +397,20 @@ def _add_organ_training_options(parser: argparse.ArgumentParser) -> None:
         help="the SCN training grid's spacing (default: upstream's 2 mm, coarser when the "
         'organs do not fit 160x128x160); 6 makes CPU training of a small SCN practical',
     )
+    organs.add_argument(
+        '--fine-tune-localization',
+        action='store_true',
+        help='train the localization weights given with --weights efficientscn-localization=FILE '
+        'further on the labels (default: keep them and train the SCN only; without them both '
+        'stages train from scratch)',
+    )
+    organs.add_argument(
+        '--learning-rate',
+        type=float,
+        metavar='LR',
+        help="Adam's learning rate of both stages (default: the authors' 1e-5 localization, "
+        '1e-4 SCN, made for 100,000 steps; 1e-3 fits a few CTs in a CPU budget)',
+    )
 
 
 def _add_sim2real_options(parser: argparse.ArgumentParser) -> None:
@@ -565,12 +579,13 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
     if opts.train == 'efficientscn' and not opts.train_labels:
         parser.error('--train efficientscn needs the label maps: --train-labels DIR')
     given_weights = {name for name, _ in opts.weights or ()}
-    if opts.train == 'efficientscn' and 'efficientscn-localization' not in given_weights:
+    if opts.fine_tune_localization and 'efficientscn-localization' not in given_weights:
         parser.error(
-            '--train efficientscn trains the SCN only: give the localization stage with '
-            '--weights efficientscn-localization=FILE (mrctprep import-weights '
-            "efficientscn-localization DIR converts the authors' SavedModel)"
+            '--fine-tune-localization trains given weights further: add --weights '
+            "efficientscn-localization=FILE (mrctprep import-weights converts the authors')"
         )
+    if (opts.fine_tune_localization or opts.learning_rate) and opts.train != 'efficientscn':
+        parser.error('--fine-tune-localization and --learning-rate go with --train efficientscn')
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
         parser.error(

@@ -1,11 +1,12 @@
-"""Group-level training of EfficientSCN's SCN from label maps held as BIDS derivatives.
+"""Group-level training of EfficientSCN's two stages from label maps held as BIDS derivatives.
 
 ``--train-labels DIR``: ``sub-<l>[/ses-<s>]/anat/sub-<l>[_ses-<s>]_..._dseg.nii.gz`` aligned
 with the raw CTs, and a ``dseg.tsv`` naming the labels (beside each map, same name, or one
 ``*dseg.tsv`` at DIR's root); names that mean a FLARE organ (``liver``, ``kidney_left``...)
-become its label, the others background. The SCN trains on crops around the organs (+32 mm);
-the localization stage is the imported one (``--weights efficientscn-localization=FILE``).
-Weights, card, log and plot go to ``OUTPUT_DIR/models/efficientscn-segmentation/``.
+become its label, the others background. The localization net trains on whole scans at 6 mm
+with the organs merged, unless its weights are given (then they are kept, or trained further
+when asked); the SCN trains on crops around the organs (+32 mm), from given weights when there
+are some. Each stage's weights, card, log and plot go to ``OUTPUT_DIR/models/<its name>/``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nb
 import numpy as np
@@ -24,10 +26,21 @@ from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
 from mrctprep.core.devices import set_torch_threads
 from mrctprep.core.errors import InputError
 from mrctprep.imaging.io import load_image
-from mrctprep.imaging.organ_boxes import to_lps_volume, training_sample
+from mrctprep.imaging.organ_boxes import (
+    localization_training_sample,
+    to_lps_volume,
+    training_sample,
+)
 from mrctprep.imaging.organs import flare_labels
-from mrctprep.models.efficientscn import FLARE_LABELS, SpatialConfigurationNet
-from mrctprep.models.efficientscn_training import ScnSample, ScnTraining
+from mrctprep.models.efficientscn import FLARE_LABELS, LocalizationNet, SpatialConfigurationNet
+from mrctprep.models.efficientscn_inference import scn_from_state_dict
+from mrctprep.models.efficientscn_training import (
+    LOCALIZATION_STAGE,
+    SCN_STAGE,
+    Stage,
+    StageTraining,
+    TrainingSample,
+)
 from mrctprep.models.training import (
     TrainingSettings,
     run_training,
@@ -37,7 +50,8 @@ from mrctprep.models.training import (
 from mrctprep.models.weights import ModelWeights, save_trained_weights, trained_weights_file
 
 LOGGER = logging.getLogger(__name__)
-MODEL_NAME = 'efficientscn-segmentation'
+LOCALIZATION_MODEL = 'efficientscn-localization'
+SEGMENTATION_MODEL = 'efficientscn-segmentation'
 DEFAULT_STEPS = 100_000
 
 
@@ -79,9 +93,16 @@ def training_pairs(bids_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def prepare_sample(
+class StageSamples(NamedTuple):
+    """One labelled CT as each stage trains on it."""
+
+    localization: TrainingSample
+    segmentation: TrainingSample
+
+
+def prepare_samples(
     ct_file: Path, dseg_file: Path, labels_dir: Path, spacing: float | None
-) -> ScnSample:
+) -> StageSamples:
     ct, dseg = load_image(ct_file), load_image(dseg_file)
     if dseg.shape[:3] != ct.shape[:3] or not np.allclose(dseg.affine, ct.affine, atol=1e-3):
         raise InputError(f'{dseg_file}: not on the grid of {ct_file} (shape or affine differ)')
@@ -94,56 +115,123 @@ def prepare_sample(
             '(liver, kidneys, spleen, pancreas)'
         )
     volume = to_lps_volume(ct)
-    lps_labels = to_lps_volume(nb.Nifti1Image(labels.astype(np.float32), ct.affine)).array
-    image, crop = training_sample(
-        volume, np.rint(lps_labels).astype(np.uint8), len(FLARE_LABELS), spacing
+    lps_float = to_lps_volume(nb.Nifti1Image(labels.astype(np.float32), ct.affine)).array
+    lps_labels = np.rint(lps_float).astype(np.uint8)
+    image, crop = training_sample(volume, lps_labels, len(FLARE_LABELS), spacing)
+    whole, merged = localization_training_sample(volume, lps_labels)
+    return StageSamples(
+        TrainingSample(torch.from_numpy(whole.array), torch.from_numpy(merged), whole.spacing),
+        TrainingSample(
+            torch.from_numpy(image.array), torch.from_numpy(crop), (image.spacing,) * 3
+        ),
     )
-    return ScnSample(torch.from_numpy(image.array), torch.from_numpy(crop), image.spacing)
 
 
 def train_organ_segmentation(
     *, inputs: InputOptions, models: ModelOptions, execution: ExecutionOptions
 ) -> ModelWeights:
-    """Train the SCN on every labelled CT; write its weights, card and training log."""
+    """Train the stages that need it on every labelled CT; the SCN's weights are returned."""
     if models.train_labels is None:
-        raise InputError('the organ SCN trains on label maps, and no folder of them was given')
-    if 'efficientscn-localization' not in models.weights:
         raise InputError(
-            'the organ SCN trains beside a fixed localization stage, and no '
-            'efficientscn-localization weights were given'
+            'organ segmentation trains on label maps, and no folder of them was given'
         )
-    spacing = models.train_spacing
     pairs = training_pairs(inputs.bids_dir, models.train_labels)
-    samples = [prepare_sample(ct, dseg, models.train_labels, spacing) for ct, dseg in pairs]
-    steps = models.steps or DEFAULT_STEPS
+    samples = [
+        prepare_samples(ct, dseg, models.train_labels, models.train_spacing) for ct, dseg in pairs
+    ]
+    set_torch_threads(execution.omp_nthreads)
+    given = models.weights.get(LOCALIZATION_MODEL)
+    if given and not models.fine_tune_localization:
+        LOGGER.info('localization stage: the given weights %s, kept as they are', given)
+    else:
+        localization = LocalizationNet()
+        if given:
+            localization.load_state_dict(torch.load(given, map_location='cpu', weights_only=True))
+        _train_stage(
+            localization,
+            [s.localization for s in samples],
+            LOCALIZATION_STAGE,
+            pairs,
+            {'FineTunedFrom': given} if given else {},
+            inputs=inputs,
+            models=models,
+            execution=execution,
+        )
     width = models.network_width
+    network = SpatialConfigurationNet(filters=width, spatial_filters=max(width // 2, 1))
+    facts: dict[str, object] = {}
+    if start := models.weights.get(SEGMENTATION_MODEL):
+        network = scn_from_state_dict(torch.load(start, map_location='cpu', weights_only=True))
+        facts['FineTunedFrom'] = start
+    facts['NetworkWidth'] = {
+        'filters': int(network.local_prediction.weight.shape[1]),
+        'spatial_filters': int(network.state_dict()['spatial_unets.0.1.weight'].shape[1]),
+    }
+    if models.train_spacing:  # the grid inference must use (else upstream's rule)
+        facts['SpacingMM'] = [round(s.segmentation.spacing_mm[0], 4) for s in samples]
+    return _train_stage(
+        network,
+        [s.segmentation for s in samples],
+        SCN_STAGE,
+        pairs,
+        facts,
+        inputs=inputs,
+        models=models,
+        execution=execution,
+    )
+
+
+def _train_stage(
+    network: torch.nn.Module,
+    samples: list[TrainingSample],
+    stage: Stage,
+    pairs: list[tuple[Path, Path]],
+    facts: dict[str, object],
+    *,
+    inputs: InputOptions,
+    models: ModelOptions,
+    execution: ExecutionOptions,
+) -> ModelWeights:
+    """One stage through the shared loop; its weights (the average), card, log and plot."""
+    name = LOCALIZATION_MODEL if stage is LOCALIZATION_STAGE else SEGMENTATION_MODEL
+    steps = models.steps or DEFAULT_STEPS
+    rate = models.learning_rate or stage.learning_rate
     LOGGER.info(
-        'training efficientscn: %d labelled CTs, %d steps, SCN filters %d/%d on %s',
+        'training %s: %d labelled CTs, %d steps, learning rate %g on %s',
+        name,
         len(samples),
         steps,
-        width,
-        max(width // 2, 1),
+        rate,
         execution.device,
     )
-    set_torch_threads(execution.omp_nthreads)
     seed_everything(execution.random_seed)
-    network = SpatialConfigurationNet(filters=width, spatial_filters=max(width // 2, 1))
-    task = ScnTraining(network, samples, device=execution.device, seed=execution.random_seed)
+    task = StageTraining(
+        network,
+        samples,
+        stage,
+        device=execution.device,
+        seed=execution.random_seed,
+        learning_rate=rate,
+    )
     fingerprint = hashlib.sha256(
-        json.dumps([[str(a), str(b)] for a, b in pairs] + [steps, width, spacing]).encode()
+        json.dumps(
+            [[str(a), str(b)] for a, b in pairs]
+            + [steps, rate, models.train_spacing]
+            + [str(v) for v in facts.values()]
+        ).encode()
     ).hexdigest()
     history = run_training(
         task,
         TrainingSettings(
-            name='efficientscn',
+            name=name,
             steps=steps,
-            checkpoint_file=execution.work_dir / 'train' / MODEL_NAME / 'checkpoint.pt',
+            checkpoint_file=execution.work_dir / 'train' / name / 'checkpoint.pt',
             checkpoint_every=models.checkpoint_every,
             resume=models.resume,
             fingerprint=fingerprint,
         ),
     )
-    weights_file = trained_weights_file(inputs.output_dir, MODEL_NAME)
+    weights_file = trained_weights_file(inputs.output_dir, name)
     write_training_log(
         history,
         weights_file.with_name('training_log.tsv'),
@@ -154,19 +242,14 @@ def train_organ_segmentation(
         'Labels': str(models.train_labels),
         'Images': len(samples),
         'Steps': steps,
-        'NetworkWidth': {'filters': width, 'spatial_filters': max(width // 2, 1)},
-        # the grid inference must use: only when the user chose one (else upstream's rule)
-        'SpacingMM': [round(sample.spacing_mm, 4) for sample in samples] if spacing else None,
-        'Weights': 'exponential moving average (decay 0.999)',
+        'LearningRate': rate,
+        **facts,
+        'Weights': 'exponential moving average (decay 0.999, ramped as TensorFlow num_updates)',
         'RandomSeed': execution.random_seed,
         'Device': execution.device,
     }
     state = {k: v.cpu() for k, v in task.average.state_dict().items()}
     return save_trained_weights(
-        state,
-        weights_file,
-        name=MODEL_NAME,
-        trained=trained,
-        history=history,
+        state, weights_file, name=name, trained=trained, history=history,
         version=execution.version,
-    )
+    )  # fmt: skip

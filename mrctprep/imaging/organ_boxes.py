@@ -387,3 +387,28 @@ def training_sample(
     cropped = np.pad(labels[region], pads, constant_values=0)
     resized = nearest_resize(cropped, image.array.shape)  # type: ignore[arg-type]
     return image, smooth_labels(resized, classes)
+
+
+#: Training-time smoothing of the localization's source image (upstream's sigma, in mm).
+LOCALIZATION_TRAINING_SMOOTHING_MM = 3.0
+
+
+def localization_training_sample(
+    volume: LpsVolume, labels: npt.NDArray[np.uint8]
+) -> tuple[LocalizationInput, npt.NDArray[np.uint8]]:
+    """A localization training input: the scan smoothed (Gaussian, 3 mm) and prepared as at
+    inference, and the organs merged into one foreground on the same grid (the share of each
+    6 mm voxel they cover, area-resized as the image is, then > 1/2)."""
+    sigma = tuple(LOCALIZATION_TRAINING_SMOOTHING_MM / s for s in volume.spacing)
+    smoothed = LpsVolume(
+        gaussian_smooth(volume.array, sigma),  # type: ignore[arg-type]
+        volume.spacing,
+        volume.affine_xyz,
+    )
+    image = localization_input(smoothed)
+    size: IntTriple = volume.array.shape  # type: ignore[assignment]
+    share = area_resize(
+        (labels > 0).astype(np.float32), size_for_spacing(size, volume.spacing, image.spacing)
+    )
+    padded, _ = centre_pad(share, image.array.shape, 0.0)  # type: ignore[arg-type]
+    return image, (padded > 0.5).astype(np.uint8)

@@ -1,6 +1,8 @@
 """Training pieces of EfficientSCN as the authors' code defines them: the losses, the
-norm-adaptive gradient clipping, the weight EMA, the intensity augmentation, and the SCN's
-training task for the shared loop (:mod:`mrctprep.models.training`).
+norm-adaptive gradient clipping, the weight EMA, the augmentation, and the training task of
+either stage for the shared loop (:mod:`mrctprep.models.training`): the localization net on
+whole scans at 6 mm with the organs merged (Adam 1e-5, gamma augmentation too), the SCN on
+crops around the organs (Adam 1e-4).
 
 Spatial augmentation is upstream's: an affine part (translation +-20 mm, rotation +-0.35 rad per
 axis, isotropic scale 0.8-1.2, per-axis scale 0.9-1.1) composed with an elastic deformation
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +24,12 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional
 
-from mrctprep.models.efficientscn import FLARE_LABELS, SpatialConfigurationNet
+from mrctprep.models.efficientscn import FLARE_LABELS, LocalizationNet, SpatialConfigurationNet
 
 L2_FACTOR = 1e-6
 SCN_LEARNING_RATE = 1e-4
+LOCALIZATION_LEARNING_RATE = 1e-5
+GAMMA_RANGE = (0.8, 1.2)
 EMA_DECAY = 0.999
 CLIP_INITIAL_NORM, CLIP_FACTOR, CLIP_MOMENTUM = 10.0, 5.0, 0.01
 ELASTIC_CONTROL_POINTS, ELASTIC_MAX_MM, ELASTIC_SPLINE_ORDER = 8, 15.0, 2
@@ -57,6 +62,18 @@ def scn_loss(
         'bce_spatial': functional.binary_cross_entropy_with_logits(
             outputs.spatial_logits, one_hot
         ),
+        'l2': l2_penalty(network),
+    }
+    terms['loss'] = sum(terms.values())  # type: ignore[assignment]
+    return terms
+
+
+def localization_loss(
+    network: LocalizationNet, image: torch.Tensor, one_hot: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """GD on the softmax of the (background, foreground) logits + L2."""
+    terms = {
+        'dice': generalized_dice_loss(torch.softmax(network(image), dim=1), one_hot),
         'l2': l2_penalty(network),
     }
     terms['loss'] = sum(terms.values())  # type: ignore[assignment]
@@ -106,8 +123,18 @@ def augment_intensity(image: torch.Tensor, generator: torch.Generator) -> torch.
     return augmented
 
 
+def augment_gamma(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Localization only: min-max normalise to [0, 1], raise to U(0.8, 1.2), map back."""
+    low, high = image.min(), image.max()
+    gamma = GAMMA_RANGE[0] + float(torch.rand(1, generator=generator)) * (
+        GAMMA_RANGE[1] - GAMMA_RANGE[0]
+    )
+    unit = (image - low) / (high - low).clamp_min(1e-6)
+    return unit**gamma * (high - low) + low
+
+
 def random_affine_grid(
-    shape: tuple[int, ...], spacing_mm: float, generator: torch.Generator
+    shape: tuple[int, ...], spacing_mm: tuple[float, ...], generator: torch.Generator
 ) -> torch.Tensor:
     """A sampling grid (for ``grid_sample``) of a random rotation, scale and translation about
     the volume's centre, in upstream's ranges."""
@@ -123,14 +150,17 @@ def random_affine_grid(
     scale = (1 + 0.2 * u[3]) * (1 + 0.1 * u[4:7])
     matrix = matrix @ torch.diag(1 / scale)
     # grid units: [-1, 1] over each axis; 20 mm in those units per axis (x, y, z order)
-    sizes = torch.tensor(shape[::-1], dtype=torch.float64)
-    translation = u[7:10] * 20.0 / (spacing_mm * sizes / 2)
+    half_extent_mm = torch.tensor(
+        [mm * size / 2 for mm, size in zip(spacing_mm, shape, strict=True)][::-1],
+        dtype=torch.float64,
+    )
+    translation = u[7:10] * 20.0 / half_extent_mm
     theta = torch.cat([matrix, translation[:, None]], dim=1)[None].float()
     return functional.affine_grid(theta, [1, 1, *shape], align_corners=False)
 
 
 def random_elastic_displacement(
-    shape: tuple[int, ...], spacing_mm: float, generator: torch.Generator
+    shape: tuple[int, ...], spacing_mm: tuple[float, ...], generator: torch.Generator
 ) -> torch.Tensor:
     """A displacement in ``grid_sample`` units, ``(1, *shape, 3)``: uniform random
     displacements of at most 15 mm at 8 x 8 x 8 control points spread over the volume, a
@@ -154,35 +184,62 @@ def random_elastic_displacement(
         torch.from_numpy(dense_half)[None].float(), size=shape, mode='trilinear'
     )[0]
     # grid units: [-1, 1] over each axis, the last dimension in (x, y, z) = (W, H, D) order
-    half_extent_mm = torch.tensor([spacing_mm * size / 2 for size in shape[::-1]])
+    half_extent_mm = torch.tensor(
+        [mm * size / 2 for mm, size in zip(spacing_mm, shape, strict=True)][::-1]
+    )
     return (dense.flip(0).permute(1, 2, 3, 0) / half_extent_mm)[None]
 
 
 @dataclass(frozen=True)
-class ScnSample:
-    """One training crop on the SCN grid: network-intensity image and uint8 FLARE labels."""
+class TrainingSample:
+    """One training input of a stage: network-intensity image, uint8 labels on its grid (FLARE
+    labels for the SCN, merged organs for the localization), and its spacing per axis in mm."""
 
     image: torch.Tensor
     labels: torch.Tensor
-    spacing_mm: float
+    spacing_mm: tuple[float, float, float]
 
 
-class ScnTraining:
-    """The SCN's training task: Adam 1e-4, batch 1, augmentation, adaptive clipping, EMA."""
+Loss = Callable[[Any, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What differs between the two stages' training."""
+
+    classes: int
+    learning_rate: float
+    loss: Loss
+    gamma_augmentation: bool
+
+
+SCN_STAGE = Stage(len(FLARE_LABELS), SCN_LEARNING_RATE, scn_loss, gamma_augmentation=False)
+LOCALIZATION_STAGE = Stage(
+    2, LOCALIZATION_LEARNING_RATE, localization_loss, gamma_augmentation=True
+)
+
+
+class StageTraining:
+    """A stage's training task: Adam (the stage's rate unless one is given), batch 1,
+    augmentation, adaptive clipping, EMA."""
 
     def __init__(
         self,
-        network: SpatialConfigurationNet,
-        samples: list[ScnSample],
+        network: nn.Module,
+        samples: list[TrainingSample],
+        stage: Stage,
         *,
         device: str,
         seed: int,
         augment: bool = True,
+        learning_rate: float | None = None,
     ) -> None:
         self.network = network.to(device).train()
         self.average = copy.deepcopy(network).eval()
-        self.samples, self.device, self.augment = samples, device, augment
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=SCN_LEARNING_RATE)
+        self.samples, self.stage, self.device, self.augment = samples, stage, device, augment
+        self.optimizer = torch.optim.Adam(
+            network.parameters(), lr=learning_rate or stage.learning_rate
+        )
         self.clipper = AdaptiveGradientClipper()
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0
@@ -198,14 +255,16 @@ class ScnTraining:
             grid = grid + random_elastic_displacement(shape, spacing, self.generator)
             image = functional.grid_sample(image, grid, padding_mode='border', align_corners=False)
             labels = functional.grid_sample(labels, grid, mode='nearest', align_corners=False)
+            if self.stage.gamma_augmentation:
+                image = augment_gamma(image, self.generator)
             image = augment_intensity(image, self.generator)
-        one_hot = functional.one_hot(labels[:, 0].long(), len(FLARE_LABELS))
+        one_hot = functional.one_hot(labels[:, 0].long(), self.stage.classes)
         return image.to(self.device), one_hot.permute(0, 4, 1, 2, 3).float().to(self.device)
 
     def train_step(self) -> dict[str, float]:
         image, one_hot = self._batch()
         self.optimizer.zero_grad()
-        terms = scn_loss(self.network, image, one_hot)
+        terms = self.stage.loss(self.network, image, one_hot)
         terms['loss'].backward()  # type: ignore[no-untyped-call]
         norm = self.clipper.clip(list(self.network.parameters()))
         if math.isfinite(norm):  # as upstream's loss scaling, a non-finite step is skipped
