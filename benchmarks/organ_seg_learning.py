@@ -1,13 +1,15 @@
-"""EfficientSCN learning on a CPU budget: train the SCN from the command line on the training CT,
-then segment it and the DICOM series, and print Dice per organ.
+"""EfficientSCN learning on a CPU budget: train both stages from the command line on the training
+CT, then segment it and the DICOM series, and print Dice per organ.
 
-    python benchmarks/organ_seg_learning.py --localization-weights FILE.pt
-        [--steps 600] [--width 8] [--spacing 4] [--threads 2]
+    python benchmarks/organ_seg_learning.py [--steps 600] [--width 8] [--spacing 4]
+        [--learning-rate 1e-3] [--threads 2] [--localization-weights FILE.pt]
 
 Training: ``ct/totalseg_example_ct_sm.nii.gz`` with ``ct/totalseg_example_seg.nii.gz``
 (TotalSegmentator's predictions, not manual labels) mapped onto FLARE's organs, through
-``group --train efficientscn`` (a reduced SCN: ``--width`` filters, half in the spatial branch,
-at ``--spacing`` mm). Test: the DICOM series ``dicom/ct_abdomen_totalseg_j2k`` imported with
+``group --train efficientscn`` (the localization net at the authors' size; a reduced SCN:
+``--width`` filters, half in the spatial branch, at ``--spacing`` mm), both at
+``--learning-rate``; with ``--localization-weights`` (the authors', imported) only the SCN.
+Test: the DICOM series ``dicom/ct_abdomen_totalseg_j2k`` imported with
 ``mrctprep import``, against ``ct/totalseg_example_seg_dicom.nii.gz`` (liver and spleen are in
 its field of view). Both through ``participant --pipelines organ-seg``.
 """
@@ -46,7 +48,8 @@ def dice_per_organ(predicted: np.ndarray, reference: np.ndarray) -> dict[str, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--localization-weights', type=Path, required=True)
+    parser.add_argument('--localization-weights', type=Path)
+    parser.add_argument('--learning-rate', type=float, default=1e-3)
     parser.add_argument('--steps', type=int, default=600)
     parser.add_argument('--width', type=int, default=8)
     parser.add_argument('--spacing', type=float, default=4.0)
@@ -80,17 +83,23 @@ def main() -> None:
         '--omp-nthreads',
         opts.threads,
     ]
-    common += ['--weights', f'efficientscn-localization={opts.localization_weights}']
+    if opts.localization_weights:
+        common += ['--weights', f'efficientscn-localization={opts.localization_weights}']
     start = time.perf_counter()
     mrctprep(
         bids, out, 'group', '--train', 'efficientscn', '--train-labels', labels, '--steps',
         opts.steps, '--network-width', opts.width, '--train-spacing', opts.spacing,
+        '--learning-rate', opts.learning_rate,
         '--checkpoint-every', max(opts.steps // 4, 1), *common,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     mrctprep(bids, out, 'participant', '--pipelines', 'organ-seg', *common)
-    print(f'SCN {opts.width}/{max(opts.width // 2, 1)} filters at {opts.spacing} mm, ')
-    print(f'{opts.steps} steps in {seconds:.0f} s ({opts.threads} threads, training + start-up)')
+    stages = 'SCN' if opts.localization_weights else 'localization + SCN'
+    print(
+        f'{stages} (SCN {opts.width}/{max(opts.width // 2, 1)} filters at {opts.spacing} mm), '
+        f'{opts.steps} steps each at learning rate {opts.learning_rate:g} in {seconds:.0f} s '
+        f'({opts.threads} threads, training + start-up)'
+    )
     for subject, truth in (
         ('train', reference),
         ('test', SHARED_DATA / 'ct' / 'totalseg_example_seg_dicom.nii.gz'),
