@@ -452,7 +452,7 @@ def test_organ_training_options_are_checked_before_any_work(tmp_path, capsys):
 def test_the_localization_learns_the_merged_organs_of_its_training_ct():
     """The localization sample holds the scan as inference prepares it (3 mm smoothing first)
     and the organs merged on its 6 mm grid, with the organs' volume; the localization stage's
-    training (no augmentation, a raised learning rate) halves its Dice loss in 30 steps."""
+    training (no augmentation, a raised learning rate) halves its Dice loss in 15 steps."""
     ct = nb.load(CT / 'totalseg_example_ct_sm.nii.gz')
     labels = flare_labels(
         np.asarray(nb.load(CT / 'totalseg_example_seg.nii.gz').dataobj), TOTALSEG_NAMES
@@ -468,8 +468,8 @@ def test_the_localization_learns_the_merged_organs_of_its_training_ct():
     torch.set_num_threads(2)
     sample = TrainingSample(torch.from_numpy(image.array), torch.from_numpy(merged), image.spacing)
     task = StageTraining(
-        LocalizationNet(filters=8), [sample], LOCALIZATION_STAGE, device='cpu', seed=0,
+        LocalizationNet(filters=16), [sample], LOCALIZATION_STAGE, device='cpu', seed=0,
         augment=False, learning_rate=1e-3,
     )  # fmt: skip
-    losses = [task.train_step()['dice'] for _ in range(30)]
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    losses = [task.train_step()['dice'] for _ in range(15)]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
