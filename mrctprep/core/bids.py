@@ -332,7 +332,7 @@ def dicom_source_files(image_path: str | Path) -> list[Path]:
     if not isinstance(conversion, dict) or conversion.get('SourceFormat') != 'DICOM':
         return []
     path = Path(image_path)
-    root = next(p.parent for p in path.parents if p.name.startswith('sub-'))
+    root = next((p.parent for p in path.parents if p.name.startswith('sub-')), path.parent)
     files = [root / uri.removeprefix('bids::') for uri in conversion.get('SourceFiles', [])]
     return files if files and all(f.is_file() for f in files) else []
 

@@ -30,11 +30,9 @@ ORGAN_CODES = {
     'spleen': codes.SCT.Spleen,
     'pancreas': codes.SCT.Pancreas,
 }
-SEG_SERIES_NUMBER = 900
-
-
 #: What a SEG needs of each source image to reference it.
 REFERENCED_ATTRIBUTES = ('SOPClassUID', 'SOPInstanceUID', 'SeriesInstanceUID', 'StudyInstanceUID')
+SEG_SERIES_NUMBER = 900
 
 
 def read_source_series(files: Sequence[Path]) -> list[pydicom.Dataset]:
