@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.group.harmonization import (
     ModelInput,
     combat_harmonize,
@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument('--evaluate-only', action='store_true')
     opts = parser.parse_args()
     os.environ.setdefault('OMP_NUM_THREADS', str(opts.threads))
-    set_torch_threads(opts.threads)
+    configure_torch_cpu(opts.threads)
     out = opts.derivatives
     work = opts.work or out.parent / 'work-bench'
     oom_case(opts.bids, out, work)

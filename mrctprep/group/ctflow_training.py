@@ -26,7 +26,7 @@ import numpy as np
 
 from mrctprep.core.bids import REC_ENTITY, read_ct_condition
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.core.errors import InputError, NoReconstructionPairsError
 from mrctprep.imaging.hounsfield import BODY_HU
 from mrctprep.imaging.io import ImageReadError, load_image
@@ -150,7 +150,7 @@ def train_ctflow(
         settings.crop,
         settings.device,
     )
-    set_torch_threads(execution.omp_nthreads)
+    configure_torch_cpu(execution.omp_nthreads)
     seed_everything(execution.random_seed)
     task = CTFlowTraining(slices, settings)
     weights_file = trained_weights_file(inputs.output_dir, MODEL_NAME)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.core.errors import InputError
 from mrctprep.imaging.io import load_image
 from mrctprep.imaging.organ_boxes import (
@@ -139,7 +139,7 @@ def train_organ_segmentation(
     samples = [
         prepare_samples(ct, dseg, models.train_labels, models.train_spacing) for ct, dseg in pairs
     ]
-    set_torch_threads(execution.omp_nthreads)
+    configure_torch_cpu(execution.omp_nthreads)
     given = models.weights.get(LOCALIZATION_MODEL)
     if given and not models.fine_tune_localization:
         LOGGER.info('localization stage: the given weights %s, kept as they are', given)

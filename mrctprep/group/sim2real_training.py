@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.core.errors import InputError, TooFewRadiographsError
 from mrctprep.imaging.radiographs import (
     Radiograph,
@@ -108,7 +108,7 @@ def train_sim2real(
         settings.device,
         settings.ngf,
     )
-    set_torch_threads(execution.omp_nthreads)
+    configure_torch_cpu(execution.omp_nthreads)
     seed_everything(execution.random_seed)
     task = CycleGANTraining(
         train_a,

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nb
 
 from mrctprep.core.config import ExecutionOptions, InputOptions, ModelOptions
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.core.errors import InputError
 from mrctprep.group.harmonization import ModelInput
 from mrctprep.group.sites import ParticipantInfo
@@ -84,7 +84,7 @@ def train_harmonizer(
         settings.device,
         f'patches {settings.patch_size}' if settings.patch_size else 'whole volumes',
     )
-    set_torch_threads(execution.omp_nthreads)
+    configure_torch_cpu(execution.omp_nthreads)
     _check_training_memory(settings, images, source_sites=len(sources))
     seed_everything(execution.random_seed)
     task = IguaneTraining(reference, sources, settings)

@@ -20,7 +20,7 @@ import numpy as np
 from nibabel.orientations import aff2axcodes
 from scipy import ndimage
 
-from mrctprep.core.devices import fast_precision, set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu, fast_precision
 from mrctprep.core.errors import ImplausibleBrainMaskError
 
 #: HD-BET works at 1.5 mm isotropic.
@@ -46,10 +46,10 @@ def brain_mask(img: nb.Nifti1Image, settings: SkullStripSettings) -> nb.Nifti1Im
         raise ValueError('brain_mask needs an RAS+ image (run reorient_to_ras first)')
     data = img.get_fdata(dtype=np.float32)
     if settings.method in HDBET_FOLDS:
-        set_torch_threads(settings.threads)
+        configure_torch_cpu(settings.threads)
         mask = _hdbet_mask(data, img.header.get_zooms()[:3], settings)
     elif settings.method == 'deepbet':
-        set_torch_threads(settings.threads)
+        configure_torch_cpu(settings.threads)
         mask = _deepbet_mask(data, settings.device)
     elif settings.method == 'none':
         mask = _nonzero_mask(data)

@@ -9,7 +9,7 @@ import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import Bunch, File, SimpleInterface, isdefined, traits
 
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.imaging.ct_harmonization import plot_harmonization
 from mrctprep.interfaces.base import ImageMetadataOutputSpec, TorchInputSpec, load_nifti
 from mrctprep.interfaces.reports import ReportletInputSpec, ReportletInterface
@@ -43,7 +43,7 @@ class HarmonizeCT(SimpleInterface):
         # Deferred: torch costs seconds that building the workflow should not pay.
         from mrctprep.models.ctflow_inference import harmonize_volume, load_ctflow
 
-        set_torch_threads(self.inputs.num_threads)
+        configure_torch_cpu(self.inputs.num_threads)
         ct = load_nifti(self.inputs.in_file)
         model = load_ctflow(self.inputs.weights, self.inputs.size, self.inputs.device)
         result = harmonize_volume(

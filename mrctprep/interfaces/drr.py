@@ -16,7 +16,7 @@ from nipype.interfaces.base import (
 )
 from PIL import Image
 
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.imaging.drr.presets import resolve_drr_settings
 from mrctprep.imaging.io import load_image
 from mrctprep.interfaces.base import ImageInputSpec, TorchInputSpec, defined_or_none, load_nifti
@@ -64,7 +64,7 @@ class RenderDRR(SimpleInterface):
         # should not pay.
         from mrctprep.imaging.drr.simulate import simulate_drr
 
-        set_torch_threads(self.inputs.num_threads)
+        configure_torch_cpu(self.inputs.num_threads)
         settings = resolve_drr_settings(**self.inputs.options)
         ct = load_image(self.inputs.in_file)
         label_map_file = defined_or_none(self.inputs.label_map)

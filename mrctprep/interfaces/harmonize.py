@@ -8,7 +8,7 @@ from typing import Any
 import nibabel as nb
 from nipype.interfaces.base import File, traits
 
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.imaging.intensity import CropBox
 from mrctprep.imaging.registration import RigidTransform, cropped_mni_to_native
 from mrctprep.interfaces.base import (
@@ -45,7 +45,7 @@ class Harmonize(ImageInterface):
     _out_name = 'harmonized.nii'
 
     def _compute(self) -> tuple[nb.Nifti1Image, dict[str, Any]]:
-        set_torch_threads(self.inputs.num_threads)
+        configure_torch_cpu(self.inputs.num_threads)
         generator = load_generator(
             self.inputs.weights_file, self.inputs.weights_sha256, self.inputs.device
         )

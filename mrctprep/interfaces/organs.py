@@ -21,7 +21,7 @@ from nipype.interfaces.base import (
 
 from mrctprep import __version__
 from mrctprep.core.derivatives import write_text_atomically
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.imaging.organs import (
     FLARE_ORGANS,
     dseg_table,
@@ -54,7 +54,7 @@ class SegmentOrgans(SimpleInterface):
         # Deferred: torch costs seconds that building the workflow should not pay.
         from mrctprep.models.efficientscn_inference import load_organ_networks, segment_organs
 
-        set_torch_threads(self.inputs.num_threads)
+        configure_torch_cpu(self.inputs.num_threads)
         ct = load_nifti(self.inputs.in_file)
         localization, scn = load_organ_networks(
             self.inputs.localization_weights, self.inputs.scn_weights, self.inputs.device

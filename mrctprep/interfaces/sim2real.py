@@ -10,7 +10,7 @@ import numpy as np
 from nipype.interfaces.base import Bunch, File, SimpleInterface, TraitedSpec, traits
 from PIL import Image
 
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.imaging.figures import plot_contact_sheet
 from mrctprep.interfaces.base import TorchInputSpec, load_nifti
 from mrctprep.interfaces.reports import ReportletInputSpec, ReportletInterface
@@ -45,7 +45,7 @@ class Sim2Real(SimpleInterface):
         # should not pay.
         from mrctprep.models.cyclegan import load_generator, translate
 
-        set_torch_threads(self.inputs.num_threads)
+        configure_torch_cpu(self.inputs.num_threads)
         generator = load_generator(
             self.inputs.weights_file, self.inputs.weights_sha256, self.inputs.device
         )

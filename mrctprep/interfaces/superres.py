@@ -13,7 +13,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from mrctprep.core.devices import set_torch_threads
+from mrctprep.core.devices import configure_torch_cpu
 from mrctprep.imaging.io import load_anatomical
 from mrctprep.imaging.superres.reconstruct import (
     METHODS,
@@ -62,7 +62,7 @@ class SuperResolution(SimpleInterface):
     output_spec = _SuperResolutionOutputSpec
 
     def _run_interface(self, runtime: Bunch) -> Bunch:
-        set_torch_threads(self.inputs.num_threads)
+        configure_torch_cpu(self.inputs.num_threads)
         scans = _load_scans(self.inputs.in_files, self.inputs.channels)
         settings = SuperResSettings(
             voxel_size=self.inputs.voxel_size,
