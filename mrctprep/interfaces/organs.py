@@ -22,6 +22,7 @@ from nipype.interfaces.base import (
 from mrctprep import __version__
 from mrctprep.core.derivatives import write_text_atomically
 from mrctprep.core.devices import configure_torch_cpu
+from mrctprep.imaging.dicom_seg import read_source_series, segmentation_of
 from mrctprep.imaging.organs import (
     FLARE_ORGANS,
     dseg_table,
@@ -162,15 +163,13 @@ class _DicomSegmentationOutputSpec(TraitedSpec):
 
 
 class DicomSegmentation(SimpleInterface):
-    """The organ labels as a binary DICOM SEG over the CT's source series (one frame per
-    source image holding an organ, one segment per organ found)."""
+    """The organ labels as a binary DICOM SEG over the CT's source series: one frame per
+    source image holding an organ, one segment per organ (an organ not found, an empty one)."""
 
     input_spec = _DicomSegmentationInputSpec
     output_spec = _DicomSegmentationOutputSpec
 
     def _run_interface(self, runtime: Bunch) -> Bunch:
-        from mrctprep.imaging.dicom_seg import read_source_series, segmentation_of
-
         segmentation = segmentation_of(
             load_nifti(self.inputs.dseg_file),
             read_source_series([Path(f) for f in self.inputs.source_files]),
