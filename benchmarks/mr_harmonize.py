@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nb
 import numpy as np
 import pandas as pd
 import torch
@@ -93,7 +94,7 @@ def trained_facts(out: Path) -> dict:
     return json.loads(card.read_text()).get('trained', {})
 
 
-def generators(out: Path, work: Path) -> dict[str, IguaneGenerator]:
+def generators(out: Path, work: Path, trained: dict) -> dict[str, IguaneGenerator]:
     weights = trained_weights_file(out, 'iguane')
     best = IguaneGenerator()
     best.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
@@ -102,7 +103,7 @@ def generators(out: Path, work: Path) -> dict[str, IguaneGenerator]:
     )
     last = IguaneGenerator()
     last.load_state_dict(checkpoint['task']['generator'])
-    validation = trained_facts(out).get('Validation', {})
+    validation = trained.get('Validation', {})
     log = pd.read_csv(weights.with_name('training_log.tsv'), sep='\t', na_values='n/a')
     scored = log.dropna(subset=['val_score'])
     print('   validation scores logged:')
@@ -125,8 +126,10 @@ def score_generators(images, held_out, nets, patch) -> None:
     print('3. figures (travelling difference: change from raw, target <= -10 %; site effect:')
     print('   eta squared of the 24 regional means, target below raw; SSIM to input >= 0.9)')
     for group, members in groups.items():
+        # the raw images and their figures are loaded once per group, then each generator runs
+        score = HarmonizationScore(members, IguaneGenerator(), device='cpu', tile=(patch,) * 3)
         for name, generator in nets.items():
-            score = HarmonizationScore(members, generator, device='cpu', tile=(patch,) * 3)
+            score.generator = generator
             start = time.perf_counter()
             figures = score()
             seconds = (time.perf_counter() - start) / len(members)
@@ -177,7 +180,7 @@ def travelling_pairs(participants):
 
 
 def ceiling(images, participants) -> None:
-    data = {i.participant.subject: ndimage_load(i.path) for i in images}
+    data = {i.participant.subject: load_volume(i.path) for i in images}
     print('4. ceiling (siteB histogram-matched to its partner, then smoothed):')
     for label, smooth in (('contrast', False), ('contrast+noise', True)):
         changes, similarities = [], []
@@ -195,9 +198,7 @@ def ceiling(images, participants) -> None:
         )
 
 
-def ndimage_load(path: Path) -> np.ndarray:
-    import nibabel as nb
-
+def load_volume(path: Path) -> np.ndarray:
     return nb.load(path).get_fdata(dtype=np.float32)
 
 
@@ -239,12 +240,13 @@ def main() -> None:
     oom_case(opts.bids, out, work)
     if not opts.evaluate_only:
         train(opts.bids, out, work, opts)
-    nets = generators(out, work)
+    trained = trained_facts(out)
+    nets = generators(out, work, trained)
     norm = sorted(out.glob(f'sub-*/anat/sub-*_{SPACE}_desc-norm_T1w.nii.gz'))
     labels = [re.match(r'sub-([^_]+)', p.name).group(1) for p in norm]
     participants = read_participant_sites(opts.bids, labels)
     images = [ValidationImage(p, participants[s]) for p, s in zip(norm, labels, strict=True)]
-    held_out = set(trained_facts(out)['HeldOut'])
+    held_out = set(trained['HeldOut'])
     score_generators(images, held_out, nets, opts.patch)
     combat_figures(out, images, participants)
     ceiling(images, participants)

@@ -32,7 +32,13 @@ from mrctprep.imaging.organ_boxes import (
     training_sample,
 )
 from mrctprep.imaging.organs import flare_labels
-from mrctprep.models.efficientscn import FLARE_LABELS, LocalizationNet, SpatialConfigurationNet
+from mrctprep.models.efficientscn import (
+    FLARE_LABELS,
+    LOCALIZATION_MODEL,
+    SEGMENTATION_MODEL,
+    LocalizationNet,
+    SpatialConfigurationNet,
+)
 from mrctprep.models.efficientscn_inference import scn_from_state_dict
 from mrctprep.models.efficientscn_training import (
     LOCALIZATION_STAGE,
@@ -50,8 +56,6 @@ from mrctprep.models.training import (
 from mrctprep.models.weights import ModelWeights, save_trained_weights, trained_weights_file
 
 LOGGER = logging.getLogger(__name__)
-LOCALIZATION_MODEL = 'efficientscn-localization'
-SEGMENTATION_MODEL = 'efficientscn-segmentation'
 DEFAULT_STEPS = 100_000
 
 
@@ -94,14 +98,19 @@ def training_pairs(bids_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
 
 
 class StageSamples(NamedTuple):
-    """One labelled CT as each stage trains on it."""
+    """One labelled CT as each stage trains on it (the localization's only when it trains)."""
 
-    localization: TrainingSample
+    localization: TrainingSample | None
     segmentation: TrainingSample
 
 
 def prepare_samples(
-    ct_file: Path, dseg_file: Path, labels_dir: Path, spacing: float | None
+    ct_file: Path,
+    dseg_file: Path,
+    labels_dir: Path,
+    spacing: float | None,
+    *,
+    localization: bool,
 ) -> StageSamples:
     ct, dseg = load_image(ct_file), load_image(dseg_file)
     if dseg.shape[:3] != ct.shape[:3] or not np.allclose(dseg.affine, ct.affine, atol=1e-3):
@@ -118,12 +127,14 @@ def prepare_samples(
     lps_float = to_lps_volume(nb.Nifti1Image(labels.astype(np.float32), ct.affine)).array
     lps_labels = np.rint(lps_float).astype(np.uint8)
     image, crop = training_sample(volume, lps_labels, len(FLARE_LABELS), spacing)
+    scn = TrainingSample(
+        torch.from_numpy(image.array), torch.from_numpy(crop), (image.spacing,) * 3
+    )
+    if not localization:
+        return StageSamples(None, scn)
     whole, merged = localization_training_sample(volume, lps_labels)
     return StageSamples(
-        TrainingSample(torch.from_numpy(whole.array), torch.from_numpy(merged), whole.spacing),
-        TrainingSample(
-            torch.from_numpy(image.array), torch.from_numpy(crop), (image.spacing,) * 3
-        ),
+        TrainingSample(torch.from_numpy(whole.array), torch.from_numpy(merged), whole.spacing), scn
     )
 
 
@@ -136,20 +147,22 @@ def train_organ_segmentation(
             'organ segmentation trains on label maps, and no folder of them was given'
         )
     pairs = training_pairs(inputs.bids_dir, models.train_labels)
+    given = models.weights.get(LOCALIZATION_MODEL)
+    train_localization = not given or models.fine_tune_localization
     samples = [
-        prepare_samples(ct, dseg, models.train_labels, models.train_spacing) for ct, dseg in pairs
+        prepare_samples(
+            ct, dseg, models.train_labels, models.train_spacing, localization=train_localization
+        )
+        for ct, dseg in pairs
     ]
     configure_torch_cpu(execution.omp_nthreads)
-    given = models.weights.get(LOCALIZATION_MODEL)
-    if given and not models.fine_tune_localization:
-        LOGGER.info('localization stage: the given weights %s, kept as they are', given)
-    else:
+    if train_localization:
         localization = LocalizationNet()
         if given:
             localization.load_state_dict(torch.load(given, map_location='cpu', weights_only=True))
         _train_stage(
             localization,
-            [s.localization for s in samples],
+            [s.localization for s in samples if s.localization is not None],
             LOCALIZATION_STAGE,
             pairs,
             {'FineTunedFrom': given} if given else {},
@@ -157,6 +170,8 @@ def train_organ_segmentation(
             models=models,
             execution=execution,
         )
+    else:
+        LOGGER.info('localization stage: the given weights %s, kept as they are', given)
     width = models.network_width
     network = SpatialConfigurationNet(filters=width, spatial_filters=max(width // 2, 1))
     facts: dict[str, object] = {}
@@ -193,7 +208,7 @@ def _train_stage(
     execution: ExecutionOptions,
 ) -> ModelWeights:
     """One stage through the shared loop; its weights (the average), card, log and plot."""
-    name = LOCALIZATION_MODEL if stage is LOCALIZATION_STAGE else SEGMENTATION_MODEL
+    name = stage.weights_name
     steps = models.steps or DEFAULT_STEPS
     rate = models.learning_rate or stage.learning_rate
     LOGGER.info(

@@ -27,6 +27,7 @@ from mrctprep import __version__
 from mrctprep.core.errors import ResourceError
 from mrctprep.models.efficientscn import (
     FLARE_LABELS,
+    LOCALIZATION_MODEL,
     LocalizationNet,
     SpatialConfigurationNet,
     UnetAvgLinear3D,
@@ -167,6 +168,4 @@ def import_localization_weights(source: Path, output: Path) -> ModelWeights:
         },
         'converted_by': f'mrctprep {__version__} import-weights',
     }
-    return save_weights(
-        state_dict, output, name='efficientscn-localization', provenance=provenance
-    )
+    return save_weights(state_dict, output, name=LOCALIZATION_MODEL, provenance=provenance)

@@ -24,7 +24,13 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional
 
-from mrctprep.models.efficientscn import FLARE_LABELS, LocalizationNet, SpatialConfigurationNet
+from mrctprep.models.efficientscn import (
+    FLARE_LABELS,
+    LOCALIZATION_MODEL,
+    SEGMENTATION_MODEL,
+    LocalizationNet,
+    SpatialConfigurationNet,
+)
 
 L2_FACTOR = 1e-6
 SCN_LEARNING_RATE = 1e-4
@@ -207,15 +213,18 @@ Loss = Callable[[Any, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 class Stage:
     """What differs between the two stages' training."""
 
+    weights_name: str
     classes: int
     learning_rate: float
     loss: Loss
     gamma_augmentation: bool
 
 
-SCN_STAGE = Stage(len(FLARE_LABELS), SCN_LEARNING_RATE, scn_loss, gamma_augmentation=False)
+SCN_STAGE = Stage(
+    SEGMENTATION_MODEL, len(FLARE_LABELS), SCN_LEARNING_RATE, scn_loss, gamma_augmentation=False
+)
 LOCALIZATION_STAGE = Stage(
-    2, LOCALIZATION_LEARNING_RATE, localization_loss, gamma_augmentation=True
+    LOCALIZATION_MODEL, 2, LOCALIZATION_LEARNING_RATE, localization_loss, gamma_augmentation=True
 )
 
 

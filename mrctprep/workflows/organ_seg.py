@@ -18,6 +18,7 @@ from mrctprep.interfaces.organs import (
     OrganTable,
     SegmentOrgans,
 )
+from mrctprep.models.efficientscn import LOCALIZATION_MODEL, SEGMENTATION_MODEL
 from mrctprep.models.weights import ModelWeights, resolve_weights
 from mrctprep.workflows.ct_conform import init_conform_ct_wf
 from mrctprep.workflows.literate import LiterateWorkflow
@@ -25,9 +26,6 @@ from mrctprep.workflows.nodes import torch_node
 from mrctprep.workflows.outputs import init_ds_organ_seg
 
 LOGGER = logging.getLogger(__name__)
-
-LOCALIZATION_MODEL = 'efficientscn-localization'
-SEGMENTATION_MODEL = 'efficientscn-segmentation'
 
 
 def organ_weights(models: ModelOptions, output_dir: Path) -> tuple[ModelWeights, ModelWeights]:
