@@ -28,7 +28,7 @@ from mrctprep.imaging.organ_boxes import (
     localization_training_sample,
     next_allowed_size,
     to_lps_volume,
-    training_sample,
+    training_samples,
 )
 from mrctprep.imaging.organs import flare_labels
 from mrctprep.models.efficientscn import (
@@ -385,12 +385,34 @@ def training_crop():
     labels = flare_labels(np.asarray(names.dataobj), TOTALSEG_NAMES)
     volume = to_lps_volume(ct)
     lps_labels = to_lps_volume(nb.Nifti1Image(labels.astype(np.float32), ct.affine)).array
-    image, crop_labels = training_sample(
+    ((image, crop_labels),) = training_samples(
         volume, np.rint(lps_labels).astype(np.uint8), 5, spacing=6.0
     )
     return TrainingSample(
         torch.from_numpy(image.array), torch.from_numpy(crop_labels), (6.0, 6.0, 6.0)
     )
+
+
+def test_scn_training_crops_frame_the_organs_as_training_and_inference_do():
+    """At 4 mm the training CT (90 mm tall) gives two crop sizes: the labels' box with
+    upstream's 32 mm margin and with inference's 10 mm; both hold every organ at its volume
+    and have air (-1024 HU) beyond the scan."""
+    ct = nb.load(CT / 'totalseg_example_ct_sm.nii.gz')
+    labels = flare_labels(
+        np.asarray(nb.load(CT / 'totalseg_example_seg.nii.gz').dataobj), TOTALSEG_NAMES
+    )
+    volume = to_lps_volume(ct)
+    lps_labels = to_lps_volume(nb.Nifti1Image(labels.astype(np.float32), ct.affine)).array
+    crops = training_samples(volume, np.rint(lps_labels).astype(np.uint8), 5, spacing=4.0)
+    assert [image.array.shape for image, _ in crops] == [(64, 96, 96), (32, 64, 96)]
+    organ_ml = [(labels == organ).sum() * 27 / 1000 for organ in (1, 3)]  # liver, spleen
+    for image, crop_labels in crops:
+        assert crop_labels.shape == image.array.shape
+        assert [(crop_labels == organ).sum() * 64 / 1000 for organ in (1, 3)] == pytest.approx(
+            organ_ml, rel=0.1
+        )
+        above_the_scan = image.crop.pad_before[0] * 3 // 4 - 1  # 4 mm slices above 3 mm pad
+        np.testing.assert_allclose(image.array[:above_the_scan], -0.5, atol=1e-6)
 
 
 def test_scn_training_on_a_real_crop_resumes_exactly(training_crop, tmp_path):

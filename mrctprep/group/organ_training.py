@@ -29,7 +29,7 @@ from mrctprep.imaging.io import load_image
 from mrctprep.imaging.organ_boxes import (
     localization_training_sample,
     to_lps_volume,
-    training_sample,
+    training_samples,
 )
 from mrctprep.imaging.organs import flare_labels
 from mrctprep.models.efficientscn import (
@@ -101,7 +101,7 @@ class StageSamples(NamedTuple):
     """One labelled CT as each stage trains on it (the localization's only when it trains)."""
 
     localization: TrainingSample | None
-    segmentation: TrainingSample
+    segmentation: list[TrainingSample]
 
 
 def prepare_samples(
@@ -126,10 +126,10 @@ def prepare_samples(
     volume = to_lps_volume(ct)
     lps_float = to_lps_volume(nb.Nifti1Image(labels.astype(np.float32), ct.affine)).array
     lps_labels = np.rint(lps_float).astype(np.uint8)
-    image, crop = training_sample(volume, lps_labels, len(FLARE_LABELS), spacing)
-    scn = TrainingSample(
-        torch.from_numpy(image.array), torch.from_numpy(crop), (image.spacing,) * 3
-    )
+    scn = [
+        TrainingSample(torch.from_numpy(image.array), torch.from_numpy(crop), (image.spacing,) * 3)
+        for image, crop in training_samples(volume, lps_labels, len(FLARE_LABELS), spacing)
+    ]
     if not localization:
         return StageSamples(None, scn)
     whole, merged = localization_training_sample(volume, lps_labels)
@@ -183,10 +183,10 @@ def train_organ_segmentation(
         'spatial_filters': int(network.state_dict()['spatial_unets.0.1.weight'].shape[1]),
     }
     if models.train_spacing:  # the grid inference must use (else upstream's rule)
-        facts['SpacingMM'] = [round(s.segmentation.spacing_mm[0], 4) for s in samples]
+        facts['SpacingMM'] = sorted({s.spacing_mm[0] for x in samples for s in x.segmentation})
     return _train_stage(
         network,
-        [s.segmentation for s in samples],
+        [crop for s in samples for crop in s.segmentation],
         SCN_STAGE,
         pairs,
         facts,
@@ -212,9 +212,10 @@ def _train_stage(
     steps = models.steps or DEFAULT_STEPS
     rate = models.learning_rate or stage.learning_rate
     LOGGER.info(
-        'training %s: %d labelled CTs, %d steps, learning rate %g on %s',
+        'training %s: %d crops of %d labelled CTs, %d steps, learning rate %g on %s',
         name,
         len(samples),
+        len(pairs),
         steps,
         rate,
         execution.device,
@@ -255,7 +256,7 @@ def _train_stage(
     trained = {
         'Dataset': str(inputs.bids_dir),
         'Labels': str(models.train_labels),
-        'Images': len(samples),
+        'Images': len(pairs),
         'Steps': steps,
         'LearningRate': rate,
         **facts,
