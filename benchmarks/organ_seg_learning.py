@@ -3,6 +3,7 @@ CT, then segment it and the DICOM series, and print Dice per organ.
 
     python benchmarks/organ_seg_learning.py [--steps 600] [--width 8] [--spacing 4]
         [--learning-rate 1e-3] [--threads 2] [--localization-weights FILE.pt]
+        [--no-augmentation]
 
 Training: ``ct/totalseg_example_ct_sm.nii.gz`` with ``ct/totalseg_example_seg.nii.gz``
 (TotalSegmentator's predictions, not manual labels) mapped onto FLARE's organs, through
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument('--width', type=int, default=8)
     parser.add_argument('--spacing', type=float, default=4.0)
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument(
+        '--no-augmentation', action='store_true', help="train without upstream's augmentation"
+    )
     opts = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix='mrctprep-organs-'))
     bids = root / 'bids'
@@ -90,14 +94,16 @@ def main() -> None:
         bids, out, 'group', '--train', 'efficientscn', '--train-labels', labels, '--steps',
         opts.steps, '--network-width', opts.width, '--train-spacing', opts.spacing,
         '--learning-rate', opts.learning_rate,
-        '--checkpoint-every', max(opts.steps // 4, 1), *common,
+        '--checkpoint-every', max(opts.steps // 4, 1),
+        *(['--no-augmentation'] if opts.no_augmentation else []), *common,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     mrctprep(bids, out, 'participant', '--pipelines', 'organ-seg', *common)
     stages = 'SCN' if opts.localization_weights else 'localization + SCN'
     print(
         f'{stages} (SCN {opts.width}/{max(opts.width // 2, 1)} filters at {opts.spacing} mm), '
-        f'{opts.steps} steps each at learning rate {opts.learning_rate:g} in {seconds:.0f} s '
+        f'{opts.steps} steps each at learning rate {opts.learning_rate:g}'
+        f'{" without augmentation" if opts.no_augmentation else ""} in {seconds:.0f} s '
         f'({opts.threads} threads, training + start-up)'
     )
     for subject, truth in (

@@ -286,12 +286,13 @@ def test_group_training_then_organ_seg_writes_labels_table_box_and_figure(
     train = run_cli(
         bids, out, 'group', '-w', tmp_path / 'work', '--train', 'efficientscn', '--train-labels',
         labels, *localization, '--steps', '2', '--network-width', '4', '--train-spacing', '6',
-        '--skip-bids-validation', env=cache,
+        '--no-augmentation', '--skip-bids-validation', env=cache,
     )  # fmt: skip
     assert train.returncode == 0, train.stderr
     models = out / 'models' / 'efficientscn-segmentation'
     card = json.loads((models / 'efficientscn-segmentation.json').read_text())
     assert card['trained']['NetworkWidth'] == {'filters': 4, 'spatial_filters': 2}
+    assert card['trained']['Augmentation'] == 'none'
     assert (models / 'training_log.tsv').read_text().count('\n') == 3
 
     # with ct-ingest too, as CT users run it: the group level tabulates both
@@ -469,6 +470,9 @@ def test_organ_training_options_are_checked_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             run([*base, *extra])
         assert exit_info.value.code == 2 and said in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run([*base[:-1], 'iguane', '--no-augmentation'])
+    assert '--no-augmentation go with --train efficientscn' in capsys.readouterr().err
 
 
 def test_the_localization_learns_the_merged_organs_of_its_training_ct():

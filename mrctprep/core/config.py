@@ -177,9 +177,10 @@ class ModelOptions:
     train_labels: Path | None = None
     train_spacing: float | None = None
     #: efficientscn: train the given localization weights further instead of keeping them;
-    #: Adam's learning rate of both stages (None: the authors')
+    #: Adam's learning rate of both stages (None: the authors'); upstream's augmentation
     fine_tune_localization: bool = False
     learning_rate: float | None = None
+    train_augmentation: bool = True
     #: ctflow: the target reconstruction's rec- label, the sources' (empty: all others)
     reference_rec: str | None = None
     source_rec: tuple[str, ...] = ()

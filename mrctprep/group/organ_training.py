@@ -227,12 +227,13 @@ def _train_stage(
         stage,
         device=execution.device,
         seed=execution.random_seed,
+        augment=models.train_augmentation,
         learning_rate=rate,
     )
     fingerprint = hashlib.sha256(
         json.dumps(
             [[str(a), str(b)] for a, b in pairs]
-            + [steps, rate, models.train_spacing]
+            + [steps, rate, models.train_spacing, models.train_augmentation]
             + [str(v) for v in facts.values()]
         ).encode()
     ).hexdigest()
@@ -259,6 +260,7 @@ def _train_stage(
         'Images': len(pairs),
         'Steps': steps,
         'LearningRate': rate,
+        'Augmentation': 'upstream' if models.train_augmentation else 'none',
         **facts,
         'Weights': 'exponential moving average (decay 0.999, ramped as TensorFlow num_updates)',
         'RandomSeed': execution.random_seed,
