@@ -3,7 +3,7 @@ CT, then segment it and the DICOM series, and print Dice per organ.
 
     python benchmarks/organ_seg_learning.py [--steps 600] [--width 8] [--spacing 4]
         [--learning-rate 1e-3] [--threads 2] [--localization-weights FILE.pt]
-        [--no-augmentation]
+        [--no-augmentation] [--fine-tune-steps N [N ...]]
 
 Training: ``ct/totalseg_example_ct_sm.nii.gz`` with ``ct/totalseg_example_seg.nii.gz``
 (TotalSegmentator's predictions, not manual labels) mapped onto FLARE's organs, through
@@ -12,7 +12,10 @@ Training: ``ct/totalseg_example_ct_sm.nii.gz`` with ``ct/totalseg_example_seg.ni
 ``--learning-rate``; with ``--localization-weights`` (the authors', imported) only the SCN.
 Test: the DICOM series ``dicom/ct_abdomen_totalseg_j2k`` imported with
 ``mrctprep import``, against ``ct/totalseg_example_seg_dicom.nii.gz`` (liver and spleen are in
-its field of view). Both through ``participant --pipelines organ-seg``.
+its field of view). Both through ``participant --pipelines organ-seg``. With
+``--fine-tune-steps``, the SCN then continues in further ``group --train efficientscn`` runs
+from its last weights (the fine-tuning option: Adam and the weight average start anew each
+run), the localization kept.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import nibabel as nb
 import numpy as np
 
 from mrctprep.imaging.organs import FLARE_ORGANS, flare_labels
+from mrctprep.models.efficientscn import LOCALIZATION_MODEL as LOCALIZATION
+from mrctprep.models.efficientscn import SEGMENTATION_MODEL as SEGMENTATION
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 TOTALSEG_NAMES = {1: 'spleen', 2: 'kidney_right', 3: 'kidney_left', 5: 'liver', 7: 'pancreas'}
@@ -57,6 +62,13 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument(
         '--no-augmentation', action='store_true', help="train without upstream's augmentation"
+    )
+    parser.add_argument(
+        '--fine-tune-steps',
+        type=int,
+        nargs='*',
+        default=[],
+        help='then continue the SCN in further runs of these many steps (--weights NAME=FILE)',
     )
     opts = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix='mrctprep-organs-'))
@@ -87,22 +99,40 @@ def main() -> None:
         '--omp-nthreads',
         opts.threads,
     ]
-    if opts.localization_weights:
-        common += ['--weights', f'efficientscn-localization={opts.localization_weights}']
+    given = (
+        ['--weights', f'efficientscn-localization={opts.localization_weights}']
+        if opts.localization_weights
+        else []
+    )
+    training = [
+        '--train', 'efficientscn', '--train-labels', labels, '--network-width', opts.width,
+        '--train-spacing', opts.spacing, '--learning-rate', opts.learning_rate,
+        *(['--no-augmentation'] if opts.no_augmentation else []), *common,
+    ]  # fmt: skip
     start = time.perf_counter()
     mrctprep(
-        bids, out, 'group', '--train', 'efficientscn', '--train-labels', labels, '--steps',
-        opts.steps, '--network-width', opts.width, '--train-spacing', opts.spacing,
-        '--learning-rate', opts.learning_rate,
+        bids, out, 'group', *training, *given, '--steps', opts.steps,
         '--checkpoint-every', max(opts.steps // 4, 1),
-        *(['--no-augmentation'] if opts.no_augmentation else []), *common,
     )  # fmt: skip
+    models = out / 'models'
+    localization = opts.localization_weights or models / LOCALIZATION / f'{LOCALIZATION}.pt'
+    for steps in opts.fine_tune_steps:
+        # the SCN continues from its last weights (a copy: the run writes that file anew)
+        previous = root / 'scn-start.pt'
+        shutil.copyfile(models / SEGMENTATION / f'{SEGMENTATION}.pt', previous)
+        mrctprep(
+            bids, out, 'group', *training, '--steps', steps,
+            '--checkpoint-every', max(steps // 4, 1),
+            '--weights', f'{LOCALIZATION}={localization}',
+            '--weights', f'{SEGMENTATION}={previous}',
+        )  # fmt: skip
     seconds = time.perf_counter() - start
-    mrctprep(bids, out, 'participant', '--pipelines', 'organ-seg', *common)
+    mrctprep(bids, out, 'participant', '--pipelines', 'organ-seg', *given, *common)
     stages = 'SCN' if opts.localization_weights else 'localization + SCN'
     print(
         f'{stages} (SCN {opts.width}/{max(opts.width // 2, 1)} filters at {opts.spacing} mm), '
-        f'{opts.steps} steps each at learning rate {opts.learning_rate:g}'
+        f'{opts.steps} steps each, the SCN fine-tuned {opts.fine_tune_steps} more, '
+        f'at learning rate {opts.learning_rate:g}'
         f'{" without augmentation" if opts.no_augmentation else ""} in {seconds:.0f} s '
         f'({opts.threads} threads, training + start-up)'
     )

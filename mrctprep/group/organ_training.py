@@ -183,10 +183,12 @@ def train_organ_segmentation(
         'spatial_filters': int(network.state_dict()['spatial_unets.0.1.weight'].shape[1]),
     }
     if models.train_spacing:  # the grid inference must use (else upstream's rule)
-        facts['SpacingMM'] = sorted({s.spacing_mm[0] for x in samples for s in x.segmentation})
+        facts['SpacingMM'] = sorted(
+            {round(crop.spacing_mm[0], 4) for ct in samples for crop in ct.segmentation}
+        )
     return _train_stage(
         network,
-        [crop for s in samples for crop in s.segmentation],
+        [crop for ct in samples for crop in ct.segmentation],
         SCN_STAGE,
         pairs,
         facts,
