@@ -24,10 +24,10 @@ from torch.nn import functional
 
 LEAKY_SLOPE = 0.1
 DROPOUT = 0.1
-#: FLARE21's classes, in the networks' channel order.
 #: The names of the two stages' weights (cards, files, --weights NAME=FILE).
 LOCALIZATION_MODEL = 'efficientscn-localization'
 SEGMENTATION_MODEL = 'efficientscn-segmentation'
+#: FLARE21's classes, in the networks' channel order.
 FLARE_LABELS = ('background', 'liver', 'kidneys', 'spleen', 'pancreas')
 LOCALIZATION_LEVELS, LOCALIZATION_FILTERS = 5, 32
 LOCAL_APPEARANCE_LEVELS, LOCAL_APPEARANCE_FILTERS = 5, 32
