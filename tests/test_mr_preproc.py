@@ -248,7 +248,8 @@ def test_load_anatomical_refuses_unusable_images(tmp_path):
 
 
 def test_pipeline_outputs_and_bad_subjects(tmp_path):
-    """One participant run: good, coarse, anisotropic and broken T1w images side by side."""
+    """One participant run: good, anisotropic and broken T1w images side by side (the
+    warning for coarse voxels is checked on load_anatomical above)."""
     head = load_image(MR / 't1_head_2mm.nii.gz')
     data = head.get_fdata(dtype=np.float32)
     nan_file, no_affine_file = tmp_path / 'nan.nii.gz', tmp_path / 'no_affine.nii.gz'
@@ -264,12 +265,11 @@ def test_pipeline_outputs_and_bad_subjects(tmp_path):
         tmp_path / 'bids',
         {
             'sub-good/anat/sub-good_T1w.nii.gz': MR / 'colin27_t1_head.nii.gz',
-            'sub-coarse/anat/sub-coarse_T1w.nii.gz': MR / 't1_head_2mm.nii.gz',
             'sub-thick/anat/sub-thick_T1w.nii.gz': thick,
             'sub-nan/anat/sub-nan_T1w.nii.gz': nan_file,
             'sub-noaffine/anat/sub-noaffine_T1w.nii.gz': no_affine_file,
         },
-        participants=['good', 'coarse', 'thick', 'nan', 'noaffine'],
+        participants=['good', 'thick', 'nan', 'noaffine'],
     )
     make_read_only(bids)
     out = tmp_path / 'out'
@@ -291,7 +291,6 @@ def test_pipeline_outputs_and_bad_subjects(tmp_path):
     assert len(failures) == 2
     assert any('sub-nan_T1w.nii.gz' in f and 'NaN or infinite' in f for f in failures)
     assert any('sub-noaffine_T1w.nii.gz' in f and 'no usable affine' in f for f in failures)
-    assert 'sub-coarse_T1w.nii.gz: 2x2x2 mm voxels are coarser' in result.stderr
     assert 'sub-thick_T1w.nii.gz: anisotropic' in result.stderr
     assert not list(out.glob('sub-nan/anat/*')) and not list(out.glob('sub-noaffine/anat/*'))
 
@@ -310,7 +309,7 @@ def test_pipeline_outputs_and_bad_subjects(tmp_path):
     ]
     for name in expected:
         assert (anat / f'sub-good_{name}').is_file(), name
-    for subject in ('good', 'coarse', 'thick'):
+    for subject in ('good', 'thick'):
         model_input = nb.load(
             out / f'sub-{subject}/anat/sub-{subject}_{space}_desc-norm_T1w.nii.gz'
         )
@@ -331,8 +330,8 @@ def test_pipeline_outputs_and_bad_subjects(tmp_path):
         anat / 'sub-good_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.txt'
     )
     assert itk.rotation_degrees() < 2 and np.linalg.norm(itk.template_to_subject[:3, 3]) < 5
-    coarse = json.loads((out / 'sub-coarse/anat/sub-coarse_desc-preproc_T1w.json').read_text())
-    assert coarse['SkullStripped'] is False and 'BiasCorrection' in coarse
+    thick = json.loads((out / 'sub-thick/anat/sub-thick_desc-preproc_T1w.json').read_text())
+    assert thick['SkullStripped'] is False and 'BiasCorrection' in thick
     for figure in ('desc-brainmask_T1w.svg', 'space-MNI152NLin2009aSym_T1w.svg'):
         assert (out / 'sub-good' / 'figures' / f'sub-good_{figure}').is_file()
     # Each subject's report, the failed ones' naming the node, the error and the crash file.
