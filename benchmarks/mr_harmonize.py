@@ -3,12 +3,13 @@
     mrctprep demo BIDS --participants-per-site 8
     mrctprep BIDS OUT participant --pipelines mr-preproc
     python benchmarks/mr_harmonize.py BIDS OUT [--steps 1800] [--patch 32] [--validate-every 300]
-                                      [--work DIR] [--threads 2] [--evaluate-only]
+                                      [--head-scale 1] [--work DIR] [--threads 2] [--evaluate-only]
 
 1. The out-of-memory case of issue 18: ``group --train iguane --steps 20`` with whole volumes
    (the default), as a new user would type it; its exit status, its message and the seconds it
    took to refuse (or, on a machine where the step fits, that it fits).
-2. ``group --train iguane --train-patch-size P --steps N --validate-every V`` on the dataset
+2. ``group --train iguane --train-patch-size P --steps N --validate-every V
+   --iguane-head-scale S`` on the dataset
    (seconds, steps/s); skipped with ``--evaluate-only`` (the weights and checkpoint of an earlier
    run are evaluated).
 3. The validation scores logged during training; the generator that validation kept (the
@@ -79,12 +80,14 @@ def train(bids: Path, out: Path, work: Path, opts: argparse.Namespace) -> None:
     code, message, seconds = mrctprep(
         bids, out, 'group', '--train', 'iguane', '--train-patch-size', opts.patch,
         '--steps', opts.steps, '--validate-every', opts.validate_every,
+        '--iguane-head-scale', opts.head_scale,
         '--omp-nthreads', opts.threads, '-w', work, '--skip-bids-validation',
     )  # fmt: skip
     if code:
         sys.exit(f'training failed (exit {code}): {message}')
     print(
-        f'2. training: {opts.steps} steps of {opts.patch}^3 crops in {seconds / 60:.1f} min '
+        f'2. training: {opts.steps} steps of {opts.patch}^3 crops, head scale {opts.head_scale}, '
+        f'in {seconds / 60:.1f} min '
         f'({opts.steps / seconds:.2f} steps/s with validations every {opts.validate_every})'
     )
 
@@ -229,6 +232,7 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=1800)
     parser.add_argument('--patch', type=int, default=32, help='training crop size')
     parser.add_argument('--validate-every', type=int, default=300)
+    parser.add_argument('--head-scale', type=float, default=1.0, help='--iguane-head-scale')
     parser.add_argument('--work', type=Path, help='work directory (default: OUT/../work-bench)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--evaluate-only', action='store_true')

@@ -64,6 +64,7 @@ def test_training_writes_weights_card_log_and_loss_plot(harmonized_demo):
     assert card['trained']['ReferenceSite'] == 'siteA'
     assert card['trained']['Sites'] == {'siteA': 2, 'siteB': 2}
     assert card['trained']['PatchSize'] == [32, 32, 32] and card['trained']['Steps'] == 10
+    assert card['trained']['HeadInitScale'] == 1.0  # upstream's initialisation by default
     rows = list(csv.DictReader((models / 'training_log.tsv').open(), delimiter='\t'))
     assert [int(row['step']) for row in rows] == list(range(1, 11))
     assert all(np.isfinite(float(row['loss_G'])) for row in rows)

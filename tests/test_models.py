@@ -32,6 +32,7 @@ from mrctprep.models.iguane_training import (
     TrainingImage,
     age_bin_probabilities,
     augment,
+    load_network_space,
     random_patch,
 )
 from mrctprep.models.inference import predict_in_tiles, predict_whole_or_tiled
@@ -364,6 +365,28 @@ def test_training_resumes_exactly_where_it_stopped(tmp_path):
     assert (tmp_path / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_a_scaled_head_starts_the_generators_near_the_identity(tmp_path):
+    """Upstream's Glorot head starts a generator adding a residual of tanh(N(0, ~1.7)), about
+    +-0.7 (350 on the median-500 scale); a tenth of that head starts it far closer to its input,
+    yet not at it: at exactly the identity the L1 terms' kink would hold it there."""
+    images = _synthetic_sites(tmp_path)
+    volume = load_network_space(images[0].path)
+    residuals = {}
+    for scale in (1.0, 0.1):
+        settings = IguaneTrainingSettings(steps=1, patch_size=(16,) * 3, seed=7, head_scale=scale)
+        torch.manual_seed(7)
+        task = IguaneTraining(images[:2], {'B': images[2:]}, settings)
+        batch = task._masked_batch([volume])
+        brain = batch.masks.bool()
+        with torch.no_grad():
+            residuals[scale] = [
+                (generator(batch.images) - batch.images)[brain].abs().mean().item()
+                for generator in (task.generator, task.backward['site0'])
+            ]
+    for upstream, scaled in zip(residuals[1.0], residuals[0.1], strict=True):
+        assert upstream > 0.4 and 0.01 < scaled < 0.3 * upstream, (upstream, scaled)
+
+
 def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     checkpoint = tmp_path / 'checkpoint.pt'
     run_training(_training(tmp_path, 1), TrainingSettings('iguane', 1, checkpoint, 1, False, 'a'))
@@ -381,6 +404,7 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
         (['group', '--train', 'iguane', '--train-patch-size', '40'], 'multiple of 16'),
         (['group', '--weights', 'iguane'], 'expected NAME=FILE'),
         (['group', '--weights', 'unet=w.pt'], 'unknown model'),
+        (['group', '--iguane-head-scale', '0.1'], '--iguane-head-scale goes with --train iguane'),
     ],
 )
 def test_training_and_weights_options_are_checked_before_any_work(tmp_path, capsys, argv, message):

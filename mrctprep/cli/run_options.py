@@ -377,6 +377,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "authors' 5 epochs, on the held-out participants; cyclegan 500, a saved panel of "
         'held-out DRRs mapped and mapped back, and their score)',
     )
+    models.add_argument(
+        '--iguane-head-scale',
+        type=positive_float,
+        default=1.0,
+        metavar='S',
+        help="iguane: multiply the generators' initial 1x1 output heads by S (default 1, "
+        "upstream's Glorot start, a residual of about +-350 to undo first); 0.1 starts near "
+        'the identity, for short (CPU) trainings',
+    )
 
 
 def _add_organ_training_options(parser: argparse.ArgumentParser) -> None:
@@ -591,6 +600,8 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
             '--fine-tune-localization trains given weights further: add --weights '
             "efficientscn-localization=FILE (mrctprep import-weights converts the authors')"
         )
+    if opts.iguane_head_scale != 1.0 and opts.train != 'iguane':
+        parser.error('--iguane-head-scale goes with --train iguane')
     efficientscn_only = opts.fine_tune_localization or opts.learning_rate
     if (efficientscn_only or not opts.train_augmentation) and opts.train != 'efficientscn':
         parser.error(

@@ -181,6 +181,8 @@ class ModelOptions:
     fine_tune_localization: bool = False
     learning_rate: float | None = None
     train_augmentation: bool = True
+    #: iguane: the factor on the generators' initial 1x1 heads (1: upstream's Glorot)
+    iguane_head_scale: float = 1.0
     #: ctflow: the target reconstruction's rec- label, the sources' (empty: all others)
     reference_rec: str | None = None
     source_rec: tuple[str, ...] = ()

@@ -116,6 +116,7 @@ def train_harmonizer(
         'PatchSize': list(settings.patch_size) if settings.patch_size else 'whole volume',
         'RandomSeed': settings.seed,
         'Device': settings.device,
+        'HeadInitScale': settings.head_scale,
         'FinalLosses': {k: round(v, 5) for k, v in history[-1].items() if k.startswith('loss')},
         'TrainedWith': f'mrctprep {execution.version}',
         'Date': datetime.now(UTC).isoformat(timespec='seconds'),
@@ -227,6 +228,7 @@ def _training_settings(
         patch_size=(sizes[0], sizes[1], sizes[2]) if patch else None,
         device=execution.device,
         seed=execution.random_seed,
+        head_scale=models.iguane_head_scale,
     )
 
 
@@ -244,5 +246,6 @@ def _fingerprint(
         'patch_size': settings.patch_size,
         'seed': settings.seed,
         'steps': settings.steps,
+        'head_scale': settings.head_scale,
     }
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()
