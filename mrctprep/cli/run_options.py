@@ -21,6 +21,7 @@ from mrctprep.cli.option_types import (
     positive_int,
     weights_option,
 )
+from mrctprep.core.config import ModelOptions
 from mrctprep.imaging.drr.presets import OUTPUTS, PRESETS, resolve_drr_settings
 from mrctprep.imaging.drr.tables import SPECTRA
 from mrctprep.imaging.intensity import SIZE_MULTIPLE
@@ -578,6 +579,18 @@ def check_options(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> 
     _check_training(parser, opts)
 
 
+MODEL_DEFAULTS = ModelOptions()
+#: Training options that one model reads, by model: each option's destination and its flag.
+MODEL_ONLY_OPTIONS = {
+    'efficientscn': {
+        'fine_tune_localization': '--fine-tune-localization',
+        'learning_rate': '--learning-rate',
+        'train_augmentation': '--no-augmentation',
+    },
+    'iguane': {'iguane_head_scale': '--iguane-head-scale'},
+}
+
+
 def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
     if opts.train and opts.analysis_level != 'group':
         parser.error(
@@ -600,14 +613,13 @@ def _check_training(parser: argparse.ArgumentParser, opts: argparse.Namespace) -
             '--fine-tune-localization trains given weights further: add --weights '
             "efficientscn-localization=FILE (mrctprep import-weights converts the authors')"
         )
-    if opts.iguane_head_scale != 1.0 and opts.train != 'iguane':
-        parser.error('--iguane-head-scale goes with --train iguane')
-    efficientscn_only = opts.fine_tune_localization or opts.learning_rate
-    if (efficientscn_only or not opts.train_augmentation) and opts.train != 'efficientscn':
-        parser.error(
-            '--fine-tune-localization, --learning-rate and --no-augmentation go with '
-            '--train efficientscn'
-        )
+    for model, options in MODEL_ONLY_OPTIONS.items():
+        # against the library's defaults: a --config-file replaces the parser's
+        given = [dest for dest in options if getattr(opts, dest) != getattr(MODEL_DEFAULTS, dest)]
+        if given and opts.train != model:
+            flags = list(options.values())
+            listed = ', '.join(flags[:-1]) + ' and ' + flags[-1] if len(flags) > 1 else flags[0]
+            parser.error(f'{listed} go{"es" if len(flags) == 1 else ""} with --train {model}')
     patch = opts.train_patch_size
     if patch and (len(patch) not in (1, 3) or any(size % SIZE_MULTIPLE for size in patch)):
         parser.error(
