@@ -1,20 +1,22 @@
 """Sim2real CycleGAN: does a reduced-size CycleGAN, trained on a CPU within a time budget, bring
 DRRs to a target radiograph domain, keeping the anatomy, better than histogram matching?
 
-    python benchmarks/sim2real.py [--pairing issue|mixed] [--minutes 15] [--crop 96]
-                                  [--width 8] [--threads 1] [--figure FILE]
+    python benchmarks/sim2real.py [--pairing issue|mixed] [--minutes 15] [--pixels 256]
+                                  [--crop 96] [--width 8] [--threads 1] [--figure FILE]
 
 No real radiographs are available here, so the target domain is a STAND-IN: DRRs of
 ../shared/data/ct/totalseg_pulmonary_ct_cropped.nii.gz given a "clinical look" by
-:func:`clinical_look` (film-like tone curve, scatter-like low-pass veil, heel-effect
-gradient, Poisson noise, detector blur, readout noise, collimator shutters). Both CTs are
-rendered here with mrctprep's DRR renderer, 256x256 detectors, on a grid of 39 views. Two
-pairings (--pairing):
+:func:`clinical_look` (exposure recognition with a film-like tone curve and partial histogram
+equalisation, scatter-like low-pass veil, heel-effect gradient, Poisson noise, detector blur,
+readout noise, collimator shutters; its sizes are in detector pixels). Both CTs are rendered
+here with mrctprep's DRR renderer on square detectors of --pixels (the field of view of 256
+pixels at any size), on a grid of 39 views. Two pairings (--pairing):
 
 - ``issue`` (as the issue asks): domain A = the plain DRRs (DeepDRR neglog) of
   totalseg_example_ct.nii.gz (abdomen and pelvis), domain B = the look applied to the DRRs of
-  the pulmonary CT (heart and lungs). The two domains differ in anatomy as much as in look: the
-  oracle below shows that even a perfect mapper moves the histogram away from B here.
+  the pulmonary CT (heart and lungs). The domains differ in anatomy as well as in look, and a
+  CycleGAN's distribution matching then replaces anatomy (it draws a heart into the abdomen):
+  the oracle below separates what the look changes from what the anatomy does.
 - ``mixed`` (same anatomy in both domains, as real sim2real data has: chest DRRs vs chest
   radiographs): the views of both CTs alternate between the domains, so domain A holds plain
   DRRs of both anatomies and domain B the look on other views of both; no view is in both.
@@ -22,9 +24,10 @@ pairings (--pairing):
 Every 4th image of each domain is held out.
 
 The CycleGAN is upstream's architecture at a reduced width (ngf = ndf = --width, 9 residual
-blocks) trained on --crop random crops (``crop`` preprocessing: the 256 images as they are,
-cropped and flipped) for as many steps as fit in --minutes (measured on the first steps; the
-learning-rate schedule is upstream's, over those steps). The baseline, in the same run, maps
+blocks) trained on --crop random crops (``crop`` preprocessing: the images as they are,
+cropped and flipped; a crop of --pixels is the whole image, flipped) for as many steps as fit
+in --minutes (measured on the first steps; the learning-rate schedule is upstream's, over
+those steps). The baseline, in the same run, maps
 each held-out DRR's intensities onto the training target images' pooled histogram (histogram
 matching). On the held-out images it prints: the Wasserstein distance of intensity histograms
 and the distance of radially averaged power spectra to the held-out target images, before
@@ -52,29 +55,36 @@ from scipy import ndimage
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 DOMAIN_A_CT = SHARED_DATA / 'ct' / 'totalseg_example_ct.nii.gz'
 DOMAIN_B_CT = SHARED_DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz'
-PIXELS = 256
-#: detector pixel (mm) that puts each CT's field of view on the 256 detector
+#: detector pixel (mm) that puts each CT's field of view on a 256-pixel detector
 PIXEL_SIZE = {DOMAIN_A_CT: 2.8, DOMAIN_B_CT: 1.5}
 ANGLES = [(orbital, angulation) for orbital in range(-30, 31, 5) for angulation in (-10, 0, 10)]
 HOLD_OUT_EVERY = 4
 
 
-def render(ct_file: Path) -> list[np.ndarray]:
-    """DeepDRR-preset DRRs (neglog, [0, 1]) of every view in :data:`ANGLES`."""
+def render(ct_file: Path, pixels: int) -> list[np.ndarray]:
+    """DeepDRR-preset DRRs (neglog, [0, 1]) of every view in :data:`ANGLES` on a ``pixels``
+    square detector covering the same field of view at any size."""
     from mrctprep.imaging.drr.presets import resolve_drr_settings
     from mrctprep.imaging.drr.simulate import simulate_drr
     from mrctprep.imaging.io import load_image
 
     settings = resolve_drr_settings(
-        'deepdrr', angles=ANGLES, detector_pixels=PIXELS, pixel_size_mm=PIXEL_SIZE[ct_file]
+        'deepdrr',
+        angles=ANGLES,
+        detector_pixels=pixels,
+        pixel_size_mm=PIXEL_SIZE[ct_file] * 256 / pixels,
     )
     return [view.image.astype(np.float32) for view in simulate_drr(load_image(ct_file), settings)]
 
 
 def clinical_look(drr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A stand-in for a real chest radiograph's look, applied to a neglog DRR in [0, 1]:
+    """A stand-in for a processed clinical radiograph's look, applied to a neglog DRR in [0, 1]:
 
-    1. tone curve: gamma 0.75 then a gentle film-like sigmoid (slope 4 around 0.5);
+    1. exposure recognition, as a radiography system's processing does: the values of
+       interest are the exposed pixels' (above 0.02); a film-like sigmoid centred on their
+       median, its slope set by their 2-98 % range (so an abdomen and a chest both fill the
+       display range), blended half and half with the image's own cumulative histogram
+       (histogram equalisation);
     2. scatter: a low-pass halo (Gaussian, sigma = 1/8 of the image) mixed in at 20 %,
        veiling the contrast;
     3. heel effect: exposure falling linearly by 15 % across the columns (anode side);
@@ -86,8 +96,12 @@ def clinical_look(drr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     7. collimator shutters: 3-6 % of each side left unexposed (bright), soft 2-pixel edges.
     """
     rows, columns = drr.shape
-    toned = 1 / (1 + np.exp(-4 * (np.clip(drr, 0, 1) ** 0.75 - 0.5)))
-    toned = (toned - toned.min()) / (toned.max() - toned.min())
+    neglog = np.clip(drr, 0, 1)
+    low, median, high = np.percentile(neglog[neglog > 0.02], [2, 50, 98])
+    film = 1 / (1 + np.exp(-(neglog - median) / (0.25 * (high - low))))
+    quantiles = np.linspace(0, 1, 257)
+    equalised = np.interp(neglog, np.quantile(neglog, quantiles), quantiles)
+    toned = 0.5 * film + 0.5 * equalised
     toned = 0.8 * toned + 0.2 * ndimage.gaussian_filter(toned, rows / 8)
     toned *= 1 - 0.15 * np.linspace(0, 1, columns)[None, :]
     toned = rng.poisson(np.clip(toned, 0, None) * 3000) / 3000
@@ -100,12 +114,16 @@ def clinical_look(drr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(look, 0, 1).astype(np.float32)
 
 
-def domains(pairing: str, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def domains(
+    pairing: str, pixels: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Domain A (plain DRRs) and domain B (the look) of ``pairing`` (see the module's
     docstring)."""
     if pairing == 'issue':
-        return render(DOMAIN_A_CT), [clinical_look(i, rng) for i in render(DOMAIN_B_CT)]
-    views = [render(DOMAIN_A_CT), render(DOMAIN_B_CT)]
+        return render(DOMAIN_A_CT, pixels), [
+            clinical_look(i, rng) for i in render(DOMAIN_B_CT, pixels)
+        ]
+    views = [render(DOMAIN_A_CT, pixels), render(DOMAIN_B_CT, pixels)]
     plain = [image for ct in views for image in ct[0::2]]
     looked = [clinical_look(image, rng) for ct in views for image in ct[1::2]]
     return plain, looked
@@ -185,6 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--pairing', choices=('issue', 'mixed'), default='issue')
     parser.add_argument('--minutes', type=float, default=15.0, help='training time budget')
+    parser.add_argument('--pixels', type=int, default=256, help='detector side of every DRR')
     parser.add_argument('--crop', type=int, default=96)
     parser.add_argument('--width', type=int, default=8, help='ngf = ndf')
     parser.add_argument('--threads', type=int, default=1)
@@ -205,7 +224,7 @@ def main() -> None:
     seed_everything(0)
     start = time.perf_counter()
     rng = np.random.default_rng(0)
-    domain_a, domain_b = domains(args.pairing, rng)
+    domain_a, domain_b = domains(args.pairing, args.pixels, rng)
     print(
         f'pairing {args.pairing}: rendered {len(domain_a)} + {len(domain_b)} views in '
         f'{time.perf_counter() - start:.0f} s'
