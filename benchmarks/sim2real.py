@@ -56,7 +56,8 @@ from scipy import ndimage
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 DOMAIN_A_CT = SHARED_DATA / 'ct' / 'totalseg_example_ct.nii.gz'
 DOMAIN_B_CT = SHARED_DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz'
-#: detector pixel (mm) that puts each CT's field of view on a 256-pixel detector
+FIELD_PIXELS = 256
+#: detector pixel (mm) that puts each CT's field of view on a FIELD_PIXELS detector
 PIXEL_SIZE = {DOMAIN_A_CT: 2.8, DOMAIN_B_CT: 1.5}
 ANGLES = [(orbital, angulation) for orbital in range(-30, 31, 5) for angulation in (-10, 0, 10)]
 HOLD_OUT_EVERY = 4
@@ -73,7 +74,7 @@ def render(ct_file: Path, pixels: int) -> list[np.ndarray]:
         'deepdrr',
         angles=ANGLES,
         detector_pixels=pixels,
-        pixel_size_mm=PIXEL_SIZE[ct_file] * 256 / pixels,
+        pixel_size_mm=PIXEL_SIZE[ct_file] * FIELD_PIXELS / pixels,
     )
     return [view.image.astype(np.float32) for view in simulate_drr(load_image(ct_file), settings)]
 
@@ -100,9 +101,7 @@ def clinical_look(drr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     neglog = np.clip(drr, 0, 1)
     low, median, high = np.percentile(neglog[neglog > 0.02], [2, 50, 98])
     film = 1 / (1 + np.exp(-(neglog - median) / (0.25 * (high - low))))
-    quantiles = np.linspace(0, 1, 257)
-    equalised = np.interp(neglog, np.quantile(neglog, quantiles), quantiles)
-    toned = 0.5 * film + 0.5 * equalised
+    toned = 0.5 * film + 0.5 * quantile_ranks(neglog, 257)
     toned = 0.8 * toned + 0.2 * ndimage.gaussian_filter(toned, rows / 8)
     toned *= 1 - 0.15 * np.linspace(0, 1, columns)[None, :]
     toned = rng.poisson(np.clip(toned, 0, None) * 3000) / 3000
@@ -136,14 +135,19 @@ def central(image: np.ndarray, keep: float = 0.8) -> np.ndarray:
     return image[rows : image.shape[0] - rows, columns : image.shape[1] - columns]
 
 
+def quantile_ranks(image: np.ndarray, levels: int) -> np.ndarray:
+    """Each pixel's rank in ``image``'s own histogram, in [0, 1], interpolated between
+    ``levels`` quantiles: histogram equalisation."""
+    quantiles = np.linspace(0, 1, levels)
+    return np.interp(image, np.quantile(image, quantiles), quantiles)
+
+
 def histogram_match(image: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
     """The baseline: ``image``'s intensities mapped by quantiles onto the pooled histogram of
     ``references``."""
     quantiles = np.linspace(0, 1, 1025)
-    source = np.quantile(image, quantiles)
     target = np.quantile(np.concatenate([r.ravel() for r in references]), quantiles)
-    ranks = np.interp(image, source, quantiles)
-    return np.interp(ranks, quantiles, target).astype(np.float32)
+    return np.interp(quantile_ranks(image, 1025), quantiles, target).astype(np.float32)
 
 
 def split(images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
