@@ -14,9 +14,13 @@ totalseg_pulmonary_ct_cropped.nii.gz and of the DICOM series dicom/ct_abdomen_to
 Prints, per test CT: PSNR and SSIM in the body (reference > -500 HU, holes filled) in the
 soft-tissue window [-160, 240] HU and the network's full window [-1024, 476] HU for the input,
 CTFlow at tau 0 and 0.8 and the baseline; the relative distance (L2) of each image's radial
-noise power spectrum to the reference's, and the curves (noise = image minus the noise-free
-reference reconstruction, i.e. the simulation without quantum noise, in 16x16 ROIs where that
-reconstruction is uniform, as ICRU 87 measures noise); first-order and GLCM features in 32x32
+noise power spectrum to the reference's, and the curves, measured two ways in 16x16 ROIs where
+the noise-free reference reconstruction is uniform: 'error NPS', of the image minus that
+noise-free reconstruction (the simulation without quantum noise), which counts a harmonizer's
+low-frequency bias as noise; and 'noise NPS', of the difference of two scans (a second,
+independent noise draw of source and reference, harmonized with another sampling seed) over
+sqrt(2), the repeated-scan method of AAPM TG-233 and ICRU 87, which counts only what varies
+from scan to scan; first-order and GLCM features in 32x32
 body ROIs and the share with CCC >= 0.85 against the reference (scikit-image's
 GLCM, not pyradiomics, which is not installed); uncertainty: Spearman correlation of the SD
 over --samples draws with the absolute error, and the share of body voxels whose error lies
@@ -60,6 +64,9 @@ BATCH = 8
 ROI = 32
 NPS_ROI = 16
 UNIFORM_HU = 10.0
+#: the second scan's seed offset (its noise independent of the first's)
+RESCAN = 1000
+SQRT2 = np.sqrt(2.0)
 
 
 def canonical_hu(path: Path) -> tuple[np.ndarray, float]:
@@ -210,11 +217,23 @@ def uniform_roi_corners(clean: np.ndarray, body: np.ndarray) -> list[tuple[int, 
     return corners
 
 
-def noise_power(image, clean, corners, pixel_mm) -> np.ndarray:
-    """The radial NPS (8 bins to Nyquist, HU^2 mm^2) of ``image`` minus the noise-free
-    reference reconstruction in the uniform ROIs."""
-    rois = np.stack([(image - clean)[i : i + NPS_ROI, j : j + NPS_ROI, z] for i, j, z in corners])
+def noise_power(noise, corners, pixel_mm) -> np.ndarray:
+    """The radial NPS (8 bins to Nyquist, HU^2 mm^2) of a noise image in the uniform ROIs."""
+    rois = np.stack([noise[i : i + NPS_ROI, j : j + NPS_ROI, z] for i, j, z in corners])
     return radial_noise_power_spectrum(rois, pixel_mm, bins=8)[1]
+
+
+def harmonized_images(source, model, baseline, seed) -> dict[str, np.ndarray]:
+    return {
+        'input': source,
+        'CTFlow tau 0': harmonize_volume(model, source, tau=0.0).hu,
+        'CTFlow tau 0.8': harmonize_volume(model, source, tau=0.8, seed=seed).hu,
+        'baseline (L1)': baseline_volume(baseline, source),
+    }
+
+
+def nps_distance(curve: np.ndarray, target: np.ndarray) -> float:
+    return float(np.linalg.norm(curve - target) / np.linalg.norm(target))
 
 
 def features(image, corners) -> np.ndarray:
@@ -245,19 +264,15 @@ def share_reproducible(image, reference, corners) -> float:
 
 def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed):
     source, reference = simulate_pair(truth, pixel_mm, views, seed)
+    rescan_source, rescan_reference = simulate_pair(truth, pixel_mm, views, seed + RESCAN)
     clean = noise_free_reference(truth, pixel_mm, views)
     body = body_mask(reference)
     start = time.perf_counter()
-    tau0 = harmonize_volume(model, source, tau=0.0).hu
+    harmonize_volume(model, source, tau=0.0)
     seconds = time.perf_counter() - start
-    tau8 = harmonize_volume(model, source, tau=0.8, seed=seed).hu
     sampled = harmonize_volume(model, source, tau=0.8, samples=samples, seed=seed)
-    images = {
-        'input': source,
-        'CTFlow tau 0': tau0,
-        'CTFlow tau 0.8': tau8,
-        'baseline (L1)': baseline_volume(baseline, source),
-    }
+    images = harmonized_images(source, model, baseline, seed)
+    rescans = harmonized_images(rescan_source, model, baseline, seed + RESCAN)
     corners = roi_corners(body)
     uniform = uniform_roi_corners(clean, body)
     print(
@@ -268,24 +283,28 @@ def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed):
     )
     print(
         f'{"image":16s} {"PSNR st":>8s} {"SSIM st":>8s} {"PSNR full":>9s} {"SSIM full":>9s} '
-        f'{"NPS dist":>8s} {"CCC>=.85":>8s}'
+        f'{"NPS dist":>8s} {"(noise)":>8s} {"CCC>=.85":>8s}'
     )
-    target = noise_power(reference, clean, uniform, pixel_mm)
-    curves = {'reference': target}
+    error_curves = {'reference': noise_power(reference - clean, uniform, pixel_mm)}
+    noise_curves = {
+        'reference': noise_power((reference - rescan_reference) / SQRT2, uniform, pixel_mm)
+    }
     for label, image in images.items():
         figures = [
             f for window in WINDOWS.values() for f in psnr_ssim(image, reference, body, window)
         ]
-        curves[label] = noise_power(image, clean, uniform, pixel_mm)
-        distance = np.linalg.norm(curves[label] - target) / np.linalg.norm(target)
+        error_curves[label] = noise_power(image - clean, uniform, pixel_mm)
+        noise_curves[label] = noise_power((image - rescans[label]) / SQRT2, uniform, pixel_mm)
         share = share_reproducible(image, reference, corners)
+        distances = [nps_distance(c[label], c['reference']) for c in (error_curves, noise_curves)]
         print(
             f'{label:16s} {figures[0]:8.2f} {figures[1]:8.3f} {figures[2]:9.2f} '
-            f'{figures[3]:9.3f} {distance:8.3f} {share:8.2f}'
+            f'{figures[3]:9.3f} {distances[0]:8.3f} {distances[1]:8.3f} {share:8.2f}'
         )
-    print('radial NPS (HU^2 mm^2, 8 bins from 0 to Nyquist):')
-    for label, curve in curves.items():
-        print(f'  {label:16s} ' + ' '.join(f'{value:8.1f}' for value in curve))
+    for title, curves in (('error', error_curves), ('noise', noise_curves)):
+        print(f'radial {title} NPS (HU^2 mm^2, 8 bins from 0 to Nyquist):')
+        for label, curve in curves.items():
+            print(f'  {label:16s} ' + ' '.join(f'{value:8.1f}' for value in curve))
     error = np.abs(sampled.hu - reference)[body]
     std = sampled.std[body]
     rho = stats.spearmanr(std, error).statistic
