@@ -17,16 +17,15 @@ CTFlow at tau 0 and 0.8 and the baseline; the relative distance (L2) of each ima
 noise power spectrum to the reference's, and the curves, measured two ways in 16x16 ROIs where
 the noise-free reference reconstruction is uniform: 'error NPS', of the image minus that
 noise-free reconstruction (the simulation without quantum noise), which counts a harmonizer's
-low-frequency bias as noise; and 'noise NPS', of the difference of two scans (a second,
-independent noise draw of source and reference, harmonized with another sampling seed) over
-sqrt(2), the repeated-scan method of AAPM TG-233 and ICRU 87, which counts only what varies
-from scan to scan; first-order and GLCM features in 32x32
-body ROIs and the share with CCC >= 0.85 against the reference (scikit-image's
-GLCM, not pyradiomics, which is not installed); uncertainty: Spearman correlation of the SD
-over --samples draws with the absolute error, and the share of body voxels whose error lies
-within 2 SD; training steps/s and inference seconds per volume and per 512x512 slice for the
-CPU size and the paper size, and peak memory. All figures are for the CPU size unless marked
-paper.
+bias as noise; and 'noise NPS', of the difference of two scans (a second, independent noise
+draw of source and reference, harmonized with another sampling seed) over sqrt(2), the
+repeated-scan method of AAPM TG-233 and ICRU 87, which counts only what varies from scan to
+scan; first-order and GLCM features in 32x32 body ROIs and the share with CCC >= 0.85 against
+the reference (scikit-image's GLCM, not pyradiomics, which is not installed); uncertainty:
+Spearman correlation of the SD over --samples draws with the absolute error, and the share of
+body voxels whose error lies within 2 SD; training steps/s and inference seconds per volume
+and per 512x512 slice for the CPU size and the paper size, and peak memory. All figures are
+for the CPU size unless marked paper.
 """
 
 from __future__ import annotations
@@ -223,13 +222,18 @@ def noise_power(noise, corners, pixel_mm) -> np.ndarray:
     return radial_noise_power_spectrum(rois, pixel_mm, bins=8)[1]
 
 
-def harmonized_images(source, model, baseline, seed) -> dict[str, np.ndarray]:
-    return {
+def harmonized_images(source, model, baseline, seed) -> tuple[dict[str, np.ndarray], float]:
+    """The input and its three harmonizations, and the seconds CTFlow took at tau 0."""
+    start = time.perf_counter()
+    tau0 = harmonize_volume(model, source, tau=0.0).hu
+    seconds = time.perf_counter() - start
+    images = {
         'input': source,
-        'CTFlow tau 0': harmonize_volume(model, source, tau=0.0).hu,
+        'CTFlow tau 0': tau0,
         'CTFlow tau 0.8': harmonize_volume(model, source, tau=0.8, seed=seed).hu,
         'baseline (L1)': baseline_volume(baseline, source),
     }
+    return images, seconds
 
 
 def nps_distance(curve: np.ndarray, target: np.ndarray) -> float:
@@ -267,12 +271,9 @@ def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed):
     rescan_source, rescan_reference = simulate_pair(truth, pixel_mm, views, seed + RESCAN)
     clean = noise_free_reference(truth, pixel_mm, views)
     body = body_mask(reference)
-    start = time.perf_counter()
-    harmonize_volume(model, source, tau=0.0)
-    seconds = time.perf_counter() - start
+    images, seconds = harmonized_images(source, model, baseline, seed)
+    rescans, _ = harmonized_images(rescan_source, model, baseline, seed + RESCAN)
     sampled = harmonize_volume(model, source, tau=0.8, samples=samples, seed=seed)
-    images = harmonized_images(source, model, baseline, seed)
-    rescans = harmonized_images(rescan_source, model, baseline, seed + RESCAN)
     corners = roi_corners(body)
     uniform = uniform_roi_corners(clean, body)
     print(
