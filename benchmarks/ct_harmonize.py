@@ -6,10 +6,10 @@ regression CNN (the same RRDB encoder with its L1 head) trained for the same tim
                                       [--threads 2] [--samples 8]
 
 Pairs: mrctprep's scanner simulation (imaging/ct_simulation.py) of every n-th axial slice of
-../shared/data/ct/totalseg_example_ct.nii.gz as sharp kernel at 25 % dose (source) and
-standard kernel at full dose (reference). Test: the same simulation of slices of
-totalseg_pulmonary_ct_cropped.nii.gz and of the DICOM series dicom/ct_abdomen_totalseg_j2k/
-(read with SimpleITK), which training never saw.
+../shared/data/ct/totalseg_example_ct.nii.gz as sharp kernel at 25 % dose (source; the dose is
+--source-dose) and standard kernel at full dose (reference). Test: the same simulation of
+slices of totalseg_pulmonary_ct_cropped.nii.gz and of the DICOM series
+dicom/ct_abdomen_totalseg_j2k/ (read with SimpleITK), which training never saw.
 
 Prints, per test CT: PSNR and SSIM in the body (reference > -500 HU, holes filled) in the
 soft-tissue window [-160, 240] HU and the network's full window [-1024, 476] HU for the input,
@@ -55,7 +55,7 @@ from mrctprep.models.ctflow_inference import harmonize_volume
 from mrctprep.models.ctflow_training import CTFlowSettings, CTFlowTraining, random_batch
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-SOURCE = ScanCondition('sharp', 0.25)
+SOURCE_KERNEL = 'sharp'
 REFERENCE = ScanCondition('standard', 1.0)
 WINDOWS = {'soft tissue': (-160.0, 240.0), 'full': (-1024.0, 476.0)}
 CROP = 64
@@ -87,9 +87,10 @@ def body_slices(hu: np.ndarray, count: int) -> list[int]:
     return [int(z) for z in np.linspace(candidates[0], candidates[-1], count).round()]
 
 
-def simulate_pair(hu: np.ndarray, pixel_mm: float, views: int | None, seed: int):
+def simulate_pair(hu: np.ndarray, pixel_mm: float, views: int | None, seed: int, dose: float):
+    """The source (sharp kernel at ``dose``) and reference reconstructions of ``hu``."""
     scanner = ScannerModel(views=views)
-    source = simulate_volume(hu, 2, pixel_mm, SOURCE, scanner, seed)
+    source = simulate_volume(hu, 2, pixel_mm, ScanCondition(SOURCE_KERNEL, dose), scanner, seed)
     reference = simulate_volume(hu, 2, pixel_mm, REFERENCE, scanner, seed + 1)
     return source.astype(np.float32), reference.astype(np.float32)
 
@@ -266,9 +267,9 @@ def share_reproducible(image, reference, corners) -> float:
     return float(np.mean([ccc(x[:, k], y[:, k]) >= 0.85 for k in range(x.shape[1])]))
 
 
-def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed):
-    source, reference = simulate_pair(truth, pixel_mm, views, seed)
-    rescan_source, rescan_reference = simulate_pair(truth, pixel_mm, views, seed + RESCAN)
+def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed, dose):
+    source, reference = simulate_pair(truth, pixel_mm, views, seed, dose)
+    rescan_source, rescan_reference = simulate_pair(truth, pixel_mm, views, seed + RESCAN, dose)
     clean = noise_free_reference(truth, pixel_mm, views)
     body = body_mask(reference)
     images, seconds = harmonized_images(source, model, baseline, seed)
@@ -340,6 +341,9 @@ def timing(size_name: str, size) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--minutes', type=float, default=5.0)
+    parser.add_argument(
+        '--source-dose', type=float, default=0.25, help="the sharp source's dose fraction"
+    )
     parser.add_argument('--train-slices', type=int, default=24)
     parser.add_argument('--test-slices', type=int, default=6)
     parser.add_argument('--dicom-slices', type=int, default=2)
@@ -358,7 +362,7 @@ def main() -> None:
     hu, pixel = canonical_hu(DATA / 'ct' / 'totalseg_example_ct.nii.gz')
     start = time.perf_counter()
     chosen = hu[:, :, body_slices(hu, args.train_slices)]
-    source, reference = simulate_pair(chosen, pixel, None, args.seed)
+    source, reference = simulate_pair(chosen, pixel, None, args.seed, args.source_dose)
     print(
         f'simulated {chosen.shape[2]} training slice pairs in {time.perf_counter() - start:.0f} s'
     )
@@ -373,12 +377,30 @@ def main() -> None:
         torch.save(baseline.state_dict(), args.save_models / 'baseline_rrdb_l1.pt')
     pulmonary, pulmonary_pixel = canonical_hu(DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz')
     test = pulmonary[:, :, body_slices(pulmonary, args.test_slices)]
-    evaluate('pulmonary CT', test, pulmonary_pixel, None, model, baseline, args.samples, 1)
+    evaluate(
+        'pulmonary CT',
+        test,
+        pulmonary_pixel,
+        None,
+        model,
+        baseline,
+        args.samples,
+        1,
+        args.source_dose,
+    )
     if args.dicom_slices:
         dicom, dicom_pixel = dicom_hu(DATA / 'dicom' / 'ct_abdomen_totalseg_j2k')
         test = dicom[:, :, body_slices(dicom, args.dicom_slices)]
         evaluate(
-            'DICOM abdomen', test, dicom_pixel, args.dicom_views, model, baseline, args.samples, 2
+            'DICOM abdomen',
+            test,
+            dicom_pixel,
+            args.dicom_views,
+            model,
+            baseline,
+            args.samples,
+            2,
+            args.source_dose,
         )
     print()
     timing('cpu', SIZES['cpu'])
