@@ -267,7 +267,7 @@ def share_reproducible(image, reference, corners) -> float:
     return float(np.mean([ccc(x[:, k], y[:, k]) >= 0.85 for k in range(x.shape[1])]))
 
 
-def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed, dose):
+def evaluate(name, truth, pixel_mm, views, model, baseline, *, samples, seed, dose):
     source, reference = simulate_pair(truth, pixel_mm, views, seed, dose)
     rescan_source, rescan_reference = simulate_pair(truth, pixel_mm, views, seed + RESCAN, dose)
     clean = noise_free_reference(truth, pixel_mm, views)
@@ -287,26 +287,33 @@ def evaluate(name, truth, pixel_mm, views, model, baseline, samples, seed, dose)
         f'{"image":16s} {"PSNR st":>8s} {"SSIM st":>8s} {"PSNR full":>9s} {"SSIM full":>9s} '
         f'{"NPS dist":>8s} {"(noise)":>8s} {"CCC>=.85":>8s}'
     )
-    error_curves = {'reference': noise_power(reference - clean, uniform, pixel_mm)}
-    noise_curves = {
-        'reference': noise_power((reference - rescan_reference) / SQRT2, uniform, pixel_mm)
+    scans = {'reference': (reference, rescan_reference)}
+    scans |= {label: (image, rescans[label]) for label, image in images.items()}
+    # per image: the error NPS and the noise (repeated-scan) NPS
+    curves = {
+        label: [
+            noise_power(first - clean, uniform, pixel_mm),
+            noise_power((first - second) / SQRT2, uniform, pixel_mm),
+        ]
+        for label, (first, second) in scans.items()
     }
     for label, image in images.items():
         figures = [
             f for window in WINDOWS.values() for f in psnr_ssim(image, reference, body, window)
         ]
-        error_curves[label] = noise_power(image - clean, uniform, pixel_mm)
-        noise_curves[label] = noise_power((image - rescans[label]) / SQRT2, uniform, pixel_mm)
         share = share_reproducible(image, reference, corners)
-        distances = [nps_distance(c[label], c['reference']) for c in (error_curves, noise_curves)]
+        distances = [
+            nps_distance(curve, target)
+            for curve, target in zip(curves[label], curves['reference'], strict=True)
+        ]
         print(
             f'{label:16s} {figures[0]:8.2f} {figures[1]:8.3f} {figures[2]:9.2f} '
             f'{figures[3]:9.3f} {distances[0]:8.3f} {distances[1]:8.3f} {share:8.2f}'
         )
-    for title, curves in (('error', error_curves), ('noise', noise_curves)):
+    for index, title in enumerate(('error', 'noise')):
         print(f'radial {title} NPS (HU^2 mm^2, 8 bins from 0 to Nyquist):')
-        for label, curve in curves.items():
-            print(f'  {label:16s} ' + ' '.join(f'{value:8.1f}' for value in curve))
+        for label, pair in curves.items():
+            print(f'  {label:16s} ' + ' '.join(f'{value:8.1f}' for value in pair[index]))
     error = np.abs(sampled.hu - reference)[body]
     std = sampled.std[body]
     rho = stats.spearmanr(std, error).statistic
@@ -377,17 +384,8 @@ def main() -> None:
         torch.save(baseline.state_dict(), args.save_models / 'baseline_rrdb_l1.pt')
     pulmonary, pulmonary_pixel = canonical_hu(DATA / 'ct' / 'totalseg_pulmonary_ct_cropped.nii.gz')
     test = pulmonary[:, :, body_slices(pulmonary, args.test_slices)]
-    evaluate(
-        'pulmonary CT',
-        test,
-        pulmonary_pixel,
-        None,
-        model,
-        baseline,
-        args.samples,
-        1,
-        args.source_dose,
-    )
+    measure = {'samples': args.samples, 'dose': args.source_dose}
+    evaluate('pulmonary CT', test, pulmonary_pixel, None, model, baseline, seed=1, **measure)
     if args.dicom_slices:
         dicom, dicom_pixel = dicom_hu(DATA / 'dicom' / 'ct_abdomen_totalseg_j2k')
         test = dicom[:, :, body_slices(dicom, args.dicom_slices)]
@@ -398,9 +396,8 @@ def main() -> None:
             args.dicom_views,
             model,
             baseline,
-            args.samples,
-            2,
-            args.source_dose,
+            seed=2,
+            **measure,
         )
     print()
     timing('cpu', SIZES['cpu'])
