@@ -3,7 +3,10 @@ CT, bring unseen CTs' sharp/low-dose reconstructions closer to their reference, 
 regression CNN (the same RRDB encoder with its L1 head) trained for the same time?
 
     python benchmarks/ct_harmonize.py [--minutes 5] [--train-slices 24] [--test-slices 6]
-                                      [--threads 2] [--samples 8]
+                                      [--dicom-slices 2] [--dicom-views 360] [--samples 8]
+                                      [--threads 2] [--seed 10] [--source-dose 0.25]
+                                      [--crop 64] [--batch 8] [--paper-timing]
+                                      [--save-models DIR]
 
 Pairs: mrctprep's scanner simulation (imaging/ct_simulation.py) of every n-th axial slice of
 ../shared/data/ct/totalseg_example_ct.nii.gz as sharp kernel at 25 % dose (source; the dose is
